@@ -1,0 +1,14 @@
+//! Schema migrations of the scenehook database; the same migrations run on SQLite and Postgres.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261129_000001_initial_schema;
+
+pub struct Migrator;
+
+#[sea_orm_migration::async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261129_000001_initial_schema::Migration)]
+    }
+}

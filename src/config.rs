@@ -1,0 +1,638 @@
+//! One typed [`Config`], loaded in layers and validated once at start-up.
+//!
+//! Layers, later ones winning: the defaults compiled into the binary (`config/default.toml`),
+//! `default.toml` and `{APP_ENV}.toml` from the config directory (`config/` or
+//! `$SCENEHOOK_CONFIG_DIR`), the environment names of the original design
+//! (`VIDEO_WEBHOOK_SECRET`, `DATABASE_URL`, …), and finally `SCENEHOOK_<SECTION>__<KEY>` for
+//! every other key. A value of the wrong shape stops start-up with an error naming the key.
+
+use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
+
+use figment::{
+    Figment,
+    providers::{Env, Format, Toml},
+};
+use ipnet::IpNet;
+use serde::{Deserialize, Deserializer, de};
+use url::Url;
+
+const BUILT_IN_DEFAULTS: &str = include_str!("../config/default.toml");
+
+/// Minimum length of a raw webhook secret in production.
+const MIN_SECRET_BYTES: usize = 32;
+/// Minimum decoded length of a `whsec_` secret (the Standard Webhooks minimum).
+const MIN_WHSEC_BYTES: usize = 24;
+
+/// The whole configuration of one gateway instance.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Config {
+    /// `development` or `production` (`APP_ENV`, alias `NODE_ENV`).
+    pub env: String,
+    pub bind_addr: SocketAddr,
+    /// Public base URL of this gateway, used for callback URLs (`APP_URL`).
+    pub app_url: Url,
+    pub database_url: String,
+    /// Empty: the in-process store. `redis://…` or `redis-cluster://…`: shared by the fleet.
+    pub redis_url: String,
+    pub run_migrations: bool,
+    /// `text` or `json` (`LOG_FORMAT`).
+    pub log_format: String,
+    pub shutdown_grace_secs: u64,
+    pub max_body_bytes: usize,
+    #[serde(deserialize_with = "comma_list")]
+    pub cors_allowed_origins: Vec<String>,
+    #[serde(deserialize_with = "comma_list")]
+    pub trusted_proxies: Vec<IpNet>,
+    #[serde(deserialize_with = "comma_list")]
+    pub operator_api_keys: Vec<OperatorKey>,
+    pub metrics_bind_addr: String,
+    pub database: DatabaseConfig,
+    pub webhooks: WebhookConfig,
+    pub rate_limit: RateLimitConfig,
+    pub pipeline: PipelineConfig,
+    pub services: ServicesConfig,
+    pub outbox: OutboxConfig,
+    pub errors: ErrorStoreConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DatabaseConfig {
+    pub max_connections: u32,
+    pub acquire_timeout_ms: u64,
+}
+
+#[derive(Clone, Deserialize)]
+pub struct WebhookConfig {
+    #[serde(deserialize_with = "comma_list")]
+    pub video_secrets: Vec<Secret>,
+    #[serde(deserialize_with = "comma_list")]
+    pub last_frame_secrets: Vec<Secret>,
+    #[serde(deserialize_with = "comma_list")]
+    pub stitch_secrets: Vec<Secret>,
+    pub timestamp_tolerance_secs: u64,
+}
+
+impl fmt::Debug for WebhookConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WebhookConfig")
+            .field("video_secrets", &self.video_secrets.len())
+            .field("last_frame_secrets", &self.last_frame_secrets.len())
+            .field("stitch_secrets", &self.stitch_secrets.len())
+            .field("timestamp_tolerance_secs", &self.timestamp_tolerance_secs)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct RateLimitConfig {
+    pub window_secs: u64,
+    pub video_complete: u32,
+    pub last_frame_complete: u32,
+    pub stitch_complete: u32,
+    pub fail_open: bool,
+    pub redis_timeout_ms: u64,
+    pub flood_guard_per_second: u64,
+    pub flood_guard_burst: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct PipelineConfig {
+    pub max_scene_attempts: i32,
+    pub max_extract_attempts: i32,
+    pub max_stitch_attempts: i32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ServicesConfig {
+    pub video: ServiceConfig,
+    pub last_frame: ServiceConfig,
+    pub stitch: ServiceConfig,
+    pub notification: ServiceConfig,
+}
+
+#[derive(Clone, Deserialize)]
+pub struct ServiceConfig {
+    pub url: Url,
+    pub path: String,
+    pub api_key: Secret,
+}
+
+impl fmt::Debug for ServiceConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServiceConfig")
+            .field("url", &self.url.as_str())
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServiceConfig {
+    /// The full endpoint URL: the service's base URL joined with its path.
+    pub fn endpoint(&self) -> String {
+        format!(
+            "{}/{}",
+            self.url.as_str().trim_end_matches('/'),
+            self.path.trim_start_matches('/')
+        )
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct OutboxConfig {
+    pub poll_interval_ms: u64,
+    pub lease_secs: u64,
+    pub base_delay_ms: u64,
+    pub max_delay_secs: u64,
+    pub max_attempts: i32,
+    pub batch_size: u64,
+    pub concurrency_per_service: usize,
+    pub request_timeout_ms: u64,
+    pub inline_retries: u32,
+    pub breaker_consecutive_failures: u32,
+    pub breaker_open_min_ms: u64,
+    pub breaker_open_max_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ErrorStoreConfig {
+    pub success_ttl_secs: u64,
+    pub info_ttl_secs: u64,
+    pub warning_ttl_secs: u64,
+    pub retention_secs: u64,
+    pub cleanup_interval_secs: u64,
+    pub max_entries: u64,
+}
+
+/// A secret value. Its `Debug` never shows the value, so it cannot reach a log line.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Self(d.deserialize_any(Scalar)?))
+    }
+}
+
+/// What an operator key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    ReadOnly,
+    ReadWrite,
+}
+
+/// One entry of `OPERATOR_API_KEYS`: `key`, `name:key`, `name:key:rw` or `name:key:ro`.
+#[derive(Clone)]
+pub struct OperatorKey {
+    pub name: String,
+    pub key: Secret,
+    pub access: Access,
+}
+
+impl fmt::Debug for OperatorKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "OperatorKey({}, {:?})", self.name, self.access)
+    }
+}
+
+impl FromStr for OperatorKey {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let parts: Vec<&str> = s.split(':').collect();
+        let (name, key, access) = match parts.as_slice() {
+            [key] => ("operator", *key, Access::ReadWrite),
+            [name, key] => (*name, *key, Access::ReadWrite),
+            [name, key, "rw"] => (*name, *key, Access::ReadWrite),
+            [name, key, "ro"] => (*name, *key, Access::ReadOnly),
+            [name, _, other] => {
+                return Err(format!(
+                    "operator key `{name}` has access `{other}`; expected `rw` or `ro`"
+                ));
+            }
+            _ => return Err("an operator key is `key`, `name:key` or `name:key:rw|ro`".into()),
+        };
+        if key.is_empty() || name.is_empty() {
+            return Err("an operator key entry has an empty name or key".into());
+        }
+        Ok(Self {
+            name: name.to_owned(),
+            key: Secret::new(key),
+            access,
+        })
+    }
+}
+
+/// Accepts a scalar of any type as its string form: figment reads `PORT=3000` as a number and
+/// a secret may well be all digits.
+struct Scalar;
+
+impl de::Visitor<'_> for Scalar {
+    type Value = String;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string")
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<String, E> {
+        Ok(v.to_owned())
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<String, E> {
+        Ok(v.to_string())
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<String, E> {
+        Ok(v.to_string())
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<String, E> {
+        Ok(v.to_string())
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<String, E> {
+        Ok(v.to_string())
+    }
+}
+
+/// A list given either as a TOML array or, from the environment, as one comma-separated string.
+fn comma_list<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: FromStr,
+    T::Err: fmt::Display,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        List(Vec<RawItem>),
+        One(RawItem),
+    }
+    struct RawItem(String);
+    impl<'de> Deserialize<'de> for RawItem {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_any(Scalar).map(RawItem)
+        }
+    }
+    let items: Vec<String> = match Raw::deserialize(d)? {
+        Raw::List(items) => items.into_iter().map(|i| i.0).collect(),
+        Raw::One(item) => item.0.split(',').map(str::to_owned).collect(),
+    };
+    items
+        .iter()
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<T>()
+                .map_err(|e| de::Error::custom(format!("`{}`: {e}", redact(s))))
+        })
+        .collect()
+}
+
+/// Values in error messages may be secrets: show only their length.
+fn redact(value: &str) -> String {
+    format!("<{} characters>", value.len())
+}
+
+/// Why the configuration was refused; each problem is one line naming the variable.
+#[derive(Debug)]
+pub struct ConfigError(pub Vec<String>);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, problem) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "config: {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The original design's environment names, mapped to config keys.
+const ENV_NAMES: &[(&str, &str)] = &[
+    ("VIDEO_WEBHOOK_SECRET", "webhooks.video_secrets"),
+    ("LAST_FRAME_WEBHOOK_SECRET", "webhooks.last_frame_secrets"),
+    ("STITCH_WEBHOOK_SECRET", "webhooks.stitch_secrets"),
+    ("VIDEO_SERVICE_URL", "services.video.url"),
+    ("VIDEO_API_KEY", "services.video.api_key"),
+    ("LAST_FRAME_SERVICE_URL", "services.last_frame.url"),
+    ("LAST_FRAME_API_KEY", "services.last_frame.api_key"),
+    ("STITCH_SERVICE_URL", "services.stitch.url"),
+    ("STITCH_API_KEY", "services.stitch.api_key"),
+    ("NOTIFICATION_SERVICE_URL", "services.notification.url"),
+    ("NOTIFICATION_API_KEY", "services.notification.api_key"),
+    ("APP_URL", "app_url"),
+    ("APP_ENV", "env"),
+    ("DATABASE_URL", "database_url"),
+    ("REDIS_URL", "redis_url"),
+    ("BIND_ADDR", "bind_addr"),
+    ("OPERATOR_API_KEYS", "operator_api_keys"),
+    ("CORS_ALLOWED_ORIGINS", "cors_allowed_origins"),
+    ("TRUSTED_PROXIES", "trusted_proxies"),
+    ("LOG_FORMAT", "log_format"),
+];
+
+/// Older names, used only when the primary name is absent.
+const ENV_ALIASES: &[(&str, &str)] = &[("NEXT_PUBLIC_APP_URL", "app_url"), ("NODE_ENV", "env")];
+
+fn env_provider(names: &'static [(&'static str, &'static str)]) -> Env {
+    Env::raw().filter_map(move |key| {
+        names
+            .iter()
+            .find(|(name, _)| key.as_str().eq_ignore_ascii_case(name))
+            .map(|(_, path)| (*path).into())
+    })
+}
+
+impl Config {
+    /// Loads from the process environment and the config directory, then validates.
+    pub fn load() -> Result<Self, ConfigError> {
+        let dir = std::env::var_os("SCENEHOOK_CONFIG_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("config"));
+        let env_name = std::env::var("APP_ENV")
+            .or_else(|_| std::env::var("NODE_ENV"))
+            .unwrap_or_default();
+        let mut figment = Figment::from(Toml::string(BUILT_IN_DEFAULTS))
+            .merge(Toml::file(dir.join("default.toml")));
+        if !env_name.is_empty() {
+            figment = figment.merge(Toml::file(dir.join(format!("{env_name}.toml"))));
+        }
+        figment = figment
+            .merge(env_provider(ENV_ALIASES))
+            .merge(env_provider(ENV_NAMES));
+        // `PORT` alone sets the port of the default bind address.
+        if std::env::var_os("BIND_ADDR").is_none()
+            && let Ok(port) = std::env::var("PORT")
+        {
+            figment = figment.merge(("bind_addr", format!("0.0.0.0:{port}")));
+        }
+        figment = figment.merge(Env::prefixed("SCENEHOOK_").split("__"));
+        Self::from_figment(figment)
+    }
+
+    /// The built-in defaults alone (development), for tests and tools.
+    pub fn defaults() -> Self {
+        Self::from_figment(Figment::from(Toml::string(BUILT_IN_DEFAULTS)))
+            .expect("the built-in defaults are valid")
+    }
+
+    fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
+        let config: Config = figment.extract().map_err(|errors| {
+            ConfigError(
+                errors
+                    .into_iter()
+                    .map(|e| {
+                        let key = e.path.join(".");
+                        let mut e = e;
+                        e.path.clear();
+                        e.profile = None;
+                        e.metadata = None;
+                        if key.is_empty() {
+                            e.to_string()
+                        } else {
+                            format!("{key}: {e}")
+                        }
+                    })
+                    .collect(),
+            )
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn is_production(&self) -> bool {
+        self.env.eq_ignore_ascii_case("production")
+    }
+
+    /// Checks what serde cannot; in production, also that no secret is missing, weak or a
+    /// placeholder. Each problem names the environment variable that fixes it.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        if self.outbox.max_attempts < 1 {
+            problems.push("SCENEHOOK_OUTBOX__MAX_ATTEMPTS must be at least 1".to_owned());
+        }
+        if self.rate_limit.window_secs == 0 {
+            problems.push("SCENEHOOK_RATE_LIMIT__WINDOW_SECS must be at least 1".to_owned());
+        }
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            problems.push(format!(
+                "LOG_FORMAT is `{}`; expected `text` or `json`",
+                self.log_format
+            ));
+        }
+        if !(self.database_url.starts_with("sqlite:")
+            || self.database_url.starts_with("postgres://")
+            || self.database_url.starts_with("postgresql://"))
+        {
+            problems.push("DATABASE_URL must start with sqlite:, postgres:// or postgresql://".into());
+        }
+        if !self.redis_url.is_empty() && Url::parse(&self.redis_url).is_err() {
+            problems.push("REDIS_URL is not a valid URL".to_owned());
+        }
+        if !self.metrics_bind_addr.is_empty()
+            && self.metrics_bind_addr.parse::<SocketAddr>().is_err()
+        {
+            problems.push("SCENEHOOK_METRICS_BIND_ADDR is not a socket address".to_owned());
+        }
+        if self.is_production() {
+            for (var, secrets) in [
+                ("VIDEO_WEBHOOK_SECRET", &self.webhooks.video_secrets),
+                ("LAST_FRAME_WEBHOOK_SECRET", &self.webhooks.last_frame_secrets),
+                ("STITCH_WEBHOOK_SECRET", &self.webhooks.stitch_secrets),
+            ] {
+                if let Some(problem) = production_secret_problem(secrets) {
+                    problems.push(format!("{var} {problem}"));
+                }
+            }
+            if self.operator_api_keys.is_empty() {
+                problems.push(
+                    "OPERATOR_API_KEYS is empty: production needs at least one operator key"
+                        .to_owned(),
+                );
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError(problems))
+        }
+    }
+
+    /// Problems that refuse production but only warn in development.
+    pub fn development_warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        for (var, secrets) in [
+            ("VIDEO_WEBHOOK_SECRET", &self.webhooks.video_secrets),
+            ("LAST_FRAME_WEBHOOK_SECRET", &self.webhooks.last_frame_secrets),
+            ("STITCH_WEBHOOK_SECRET", &self.webhooks.stitch_secrets),
+        ] {
+            if let Some(problem) = production_secret_problem(secrets) {
+                warnings.push(format!("{var} {problem}"));
+            }
+        }
+        if self.operator_api_keys.is_empty() {
+            warnings.push(
+                "OPERATOR_API_KEYS is empty: /api/v1 answers loopback clients only".to_owned(),
+            );
+        }
+        warnings
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs)
+    }
+}
+
+fn production_secret_problem(secrets: &[Secret]) -> Option<String> {
+    if secrets.is_empty() {
+        return Some("is missing".to_owned());
+    }
+    for secret in secrets {
+        let value = secret.expose();
+        if is_placeholder(value) {
+            return Some("is still a placeholder value".to_owned());
+        }
+        match crate::signature::standard_webhooks_key(value) {
+            Some(Ok(key)) if key.len() < MIN_WHSEC_BYTES => {
+                return Some(format!(
+                    "is too short: a whsec_ secret needs at least {MIN_WHSEC_BYTES} decoded bytes"
+                ));
+            }
+            Some(Err(())) => return Some("has a whsec_ prefix but is not valid base64".into()),
+            Some(Ok(_)) => {}
+            None if value.len() < MIN_SECRET_BYTES => {
+                return Some(format!(
+                    "is too short: at least {MIN_SECRET_BYTES} bytes are required"
+                ));
+            }
+            None => {}
+        }
+    }
+    None
+}
+
+fn is_placeholder(value: &str) -> bool {
+    let lower = value.to_ascii_lowercase();
+    lower.starts_with("your-")
+        || lower.starts_with("dev-")
+        || ["placeholder", "change-me", "changeme", "not-for-production"]
+            .iter()
+            .any(|marker| lower.contains(marker))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_env(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let mut loaded = None;
+        figment::Jail::expect_with(|jail| {
+            for (k, v) in vars {
+                jail.set_env(k, v);
+            }
+            loaded = Some(Config::load());
+            Ok(())
+        });
+        loaded.expect("the jail ran")
+    }
+
+    #[test]
+    fn defaults_load_in_development() {
+        let config = Config::defaults();
+        assert!(!config.is_production());
+        assert_eq!(config.rate_limit.video_complete, 100);
+        assert_eq!(config.webhooks.video_secrets.len(), 1);
+        assert!(!config.development_warnings().is_empty());
+    }
+
+    #[test]
+    fn original_env_names_override_and_split_on_commas() {
+        let config = with_env(&[
+            ("VIDEO_WEBHOOK_SECRET", "new-secret,old-secret"),
+            ("NEXT_PUBLIC_APP_URL", "https://alias.example.com"),
+            ("PORT", "8080"),
+            ("OPERATOR_API_KEYS", "alice:k1:rw,bob:k2:ro,bare"),
+            ("SCENEHOOK_RATE_LIMIT__VIDEO_COMPLETE", "7"),
+        ])
+        .unwrap();
+        let secrets: Vec<_> = config.webhooks.video_secrets.iter().map(Secret::expose).collect();
+        assert_eq!(secrets, ["new-secret", "old-secret"]);
+        assert_eq!(config.app_url.as_str(), "https://alias.example.com/");
+        assert_eq!(config.bind_addr.port(), 8080);
+        assert_eq!(config.rate_limit.video_complete, 7);
+        let keys = &config.operator_api_keys;
+        assert_eq!((keys[0].name.as_str(), keys[0].access), ("alice", Access::ReadWrite));
+        assert_eq!((keys[1].name.as_str(), keys[1].access), ("bob", Access::ReadOnly));
+        assert_eq!((keys[2].name.as_str(), keys[2].access), ("operator", Access::ReadWrite));
+    }
+
+    #[test]
+    fn app_url_wins_over_its_alias() {
+        let config = with_env(&[
+            ("NEXT_PUBLIC_APP_URL", "https://alias.example.com"),
+            ("APP_URL", "https://primary.example.com"),
+        ])
+        .unwrap();
+        assert_eq!(config.app_url.host_str(), Some("primary.example.com"));
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let err = with_env(&[("BIND_ADDR", "not-an-address")]).unwrap_err();
+        assert!(err.to_string().contains("bind_addr"), "{err}");
+        let err = with_env(&[("LAST_FRAME_SERVICE_URL", "::nope")]).unwrap_err();
+        assert!(err.to_string().contains("services.last_frame.url"), "{err}");
+        let err = with_env(&[("OPERATOR_API_KEYS", "a:b:admin")]).unwrap_err();
+        assert!(err.to_string().contains("operator_api_keys"), "{err}");
+    }
+
+    #[test]
+    fn production_refuses_placeholders_short_secrets_and_no_operator_keys() {
+        let err = with_env(&[
+            ("NODE_ENV", "production"),
+            ("VIDEO_WEBHOOK_SECRET", "your-video-webhook-secret"),
+            ("LAST_FRAME_WEBHOOK_SECRET", "0123456789"),
+            ("STITCH_WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
+        ])
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("VIDEO_WEBHOOK_SECRET is still a placeholder"), "{text}");
+        assert!(text.contains("LAST_FRAME_WEBHOOK_SECRET is too short"), "{text}");
+        assert!(!text.contains("STITCH_WEBHOOK_SECRET"), "{text}");
+        assert!(text.contains("OPERATOR_API_KEYS"), "{text}");
+        assert!(!text.contains("0123456789"), "secret leaked: {text}");
+    }
+
+    #[test]
+    fn production_accepts_strong_secrets() {
+        let strong = "k".repeat(40);
+        let config = with_env(&[
+            ("APP_ENV", "production"),
+            ("VIDEO_WEBHOOK_SECRET", &strong),
+            ("LAST_FRAME_WEBHOOK_SECRET", &strong),
+            ("STITCH_WEBHOOK_SECRET", &strong),
+            ("OPERATOR_API_KEYS", "ops:abc:rw"),
+        ])
+        .unwrap();
+        assert!(config.is_production());
+    }
+}

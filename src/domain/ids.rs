@@ -1,0 +1,87 @@
+//! Validated identifiers and URLs, built by `parse` so the rest of the code can trust them.
+
+use std::fmt;
+
+use rand::Rng;
+
+/// A client-suppliable id: `[A-Za-z0-9_-]{1,64}`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Id(String);
+
+impl Id {
+    pub fn parse(value: &str) -> Result<Self, String> {
+        let valid_chars = value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if value.is_empty() || value.len() > 64 || !valid_chars {
+            return Err(format!(
+                "`{}` is not a valid id: use 1 to 64 of A-Z a-z 0-9 _ -",
+                value.chars().take(80).collect::<String>()
+            ));
+        }
+        Ok(Self(value.to_owned()))
+    }
+
+    /// A fresh id with a readable prefix, e.g. `proj_5f3a…`.
+    pub fn generate(prefix: &str) -> Self {
+        Self(format!("{prefix}_{}", random_token(20)))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
+impl fmt::Display for Id {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Lowercase alphanumeric randomness for ids.
+pub fn random_token(len: usize) -> String {
+    const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut rng = rand::rng();
+    (0..len)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
+/// Accepts only absolute `http` and `https` URLs with a host.
+pub fn parse_http_url(field: &str, value: &str) -> Result<String, String> {
+    match url::Url::parse(value) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {
+            Ok(value.to_owned())
+        }
+        _ => Err(format!("`{field}` must be an absolute http(s) URL")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_accept_the_documented_alphabet_only() {
+        assert!(Id::parse("proj_test").is_ok());
+        assert!(Id::parse("scene-001").is_ok());
+        assert!(Id::parse(&"a".repeat(64)).is_ok());
+        assert!(Id::parse(&"a".repeat(65)).is_err());
+        assert!(Id::parse("").is_err());
+        assert!(Id::parse("a b").is_err());
+        assert!(Id::parse("a/../b").is_err());
+        assert!(Id::generate("proj").as_str().starts_with("proj_"));
+    }
+
+    #[test]
+    fn urls_must_be_http() {
+        assert!(parse_http_url("video_url", "https://example.com/test.mp4").is_ok());
+        assert!(parse_http_url("video_url", "http://127.0.0.1:9/x").is_ok());
+        assert!(parse_http_url("video_url", "ftp://example.com/x").is_err());
+        assert!(parse_http_url("video_url", "javascript:alert(1)").is_err());
+        assert!(parse_http_url("video_url", "not a url").is_err());
+    }
+}

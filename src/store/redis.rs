@@ -1,0 +1,520 @@
+//! Redis backends, shared by every instance; Redis Cluster works too.
+//!
+//! Every decision is one `EVALSHA` of a script loaded once (reloaded on `NOSCRIPT`): one round
+//! trip, atomic, reading the clock with `redis.call('TIME')` where instances must agree.
+//! Keys of one script share a `{…}` hash tag, so each script touches one cluster slot.
+//!
+//! Error store layout, under the tag `{<prefix>:errors}` (`P` below):
+//! - `P:e:<id>` hash: `doc` (the entry as JSON) and `fp` (its grouping fingerprint);
+//! - `P:groups` hash fingerprint → id; `P:counts` hash of active/dismissed and per
+//!   severity/type active counts, kept current by every script, so `stats` is one `HGETALL`;
+//! - sorted sets `P:active`, `P:all` (score: last seen), `P:dismissed` (dismissed at),
+//!   `P:auto` (auto-dismiss at). Due auto-dismissals are applied, bounded, by each script.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use fred::{
+    prelude::*,
+    types::{ClusterHash, CustomCommand, scripts::Script},
+};
+
+use super::{
+    DismissOutcome, ErrorEntry, ErrorPage, ErrorPolicy, ErrorStats, ErrorStore, ListQuery,
+    NewError, RateDecision, RateLimitStore, StoreError, new_error_id,
+};
+
+impl From<fred::error::Error> for StoreError {
+    fn from(e: fred::error::Error) -> Self {
+        StoreError(e.to_string())
+    }
+}
+
+/// Connects one client (fred pipelines concurrent commands on it) with bounded timeouts, so a
+/// dead Redis answers with an error instead of a hang.
+pub async fn connect(url: &str, command_timeout: Duration) -> Result<Client, StoreError> {
+    let config = Config::from_url(url)?;
+    let client = Builder::from_config(config)
+        .with_connection_config(|c| {
+            c.connection_timeout = Duration::from_secs(2);
+            c.internal_command_timeout = Duration::from_secs(2);
+            c.max_command_attempts = 1;
+        })
+        .with_performance_config(|p| {
+            p.default_command_timeout = command_timeout;
+        })
+        .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
+        .build()?;
+    client.init().await?;
+    Ok(client)
+}
+
+/// Sends `PING`, for readiness.
+pub async fn ping(client: &Client) -> Result<(), StoreError> {
+    let _: String = client.ping(None).await?;
+    Ok(())
+}
+
+const RATE_LIMIT_SCRIPT: &str = r#"
+local key = KEYS[1]
+local limit = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+local member = ARGV[3]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+local count = redis.call('ZCARD', key)
+local allowed = 0
+if count < limit then
+  redis.call('ZADD', key, now, member)
+  count = count + 1
+  allowed = 1
+end
+redis.call('PEXPIRE', key, math.ceil(window / 1000))
+local reset = 0
+local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+if oldest[2] then reset = math.floor((tonumber(oldest[2]) + window - now) / 1000) end
+return {allowed, count, reset}
+"#;
+
+/// The sliding-window log in a Redis sorted set per key, scored by Redis server time.
+pub struct RedisRateLimiter {
+    client: Client,
+    script: Script,
+    prefix: String,
+    /// Makes set members unique across instances for requests in the same microsecond.
+    instance: String,
+    seq: std::sync::atomic::AtomicU64,
+}
+
+impl RedisRateLimiter {
+    pub fn new(client: Client, prefix: &str) -> Self {
+        Self {
+            client,
+            script: Script::from_lua(RATE_LIMIT_SCRIPT),
+            prefix: prefix.to_owned(),
+            instance: crate::domain::ids::random_token(8),
+            seq: Default::default(),
+        }
+    }
+}
+
+#[async_trait]
+impl RateLimitStore for RedisRateLimiter {
+    async fn hit(
+        &self,
+        key: &str,
+        limit: u32,
+        window: Duration,
+    ) -> Result<RateDecision, StoreError> {
+        let seq = self.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let redis_key = format!("{{{}:rl:{key}}}", self.prefix);
+        let (allowed, count, reset): (i64, i64, i64) = self
+            .script
+            .evalsha_with_reload(
+                &self.client,
+                redis_key,
+                vec![
+                    limit.to_string(),
+                    window.as_micros().to_string(),
+                    format!("{}:{seq}", self.instance),
+                ],
+            )
+            .await?;
+        Ok(RateDecision {
+            allowed: allowed == 1,
+            limit,
+            remaining: limit.saturating_sub(u32::try_from(count).unwrap_or(u32::MAX)),
+            reset_ms: u64::try_from(reset).unwrap_or(0),
+        })
+    }
+
+    fn backend(&self) -> &'static str {
+        "redis"
+    }
+}
+
+/// Lua shared by the error-store scripts: key naming, counters, dismissal, expiry, removal.
+const ERRORS_PRELUDE: &str = r#"
+local base = KEYS[1]
+local function k(s) return base .. ':' .. s end
+local function counts(e, d)
+  redis.call('HINCRBY', k('counts'), 'active', d)
+  redis.call('HINCRBY', k('counts'), 's:' .. e.severity, d)
+  redis.call('HINCRBY', k('counts'), 't:' .. e.type, d)
+end
+local function load(id)
+  local raw = redis.call('HGET', k('e:' .. id), 'doc')
+  if not raw then return nil end
+  return cjson.decode(raw)
+end
+local function save(e) redis.call('HSET', k('e:' .. e.id), 'doc', cjson.encode(e)) end
+local function dismiss(e, now, by, reason)
+  if e.dismissed then return end
+  e.dismissed = true
+  e.dismissedAt = now
+  e.dismissedBy = by
+  if reason and reason ~= '' then e.dismissReason = reason else e.dismissReason = cjson.null end
+  redis.call('ZREM', k('active'), e.id)
+  redis.call('ZREM', k('auto'), e.id)
+  redis.call('ZADD', k('dismissed'), now, e.id)
+  counts(e, -1)
+  redis.call('HINCRBY', k('counts'), 'dismissed', 1)
+  save(e)
+end
+local function expire(now)
+  local due = redis.call('ZRANGEBYSCORE', k('auto'), '-inf', now, 'LIMIT', 0, 500)
+  for _, id in ipairs(due) do
+    local e = load(id)
+    if e then dismiss(e, now, 'auto', 'auto-dismissed') else redis.call('ZREM', k('auto'), id) end
+  end
+end
+local function remove(id)
+  local e = load(id)
+  local fp = redis.call('HGET', k('e:' .. id), 'fp')
+  if fp and redis.call('HGET', k('groups'), fp) == id then redis.call('HDEL', k('groups'), fp) end
+  redis.call('DEL', k('e:' .. id))
+  redis.call('ZREM', k('all'), id)
+  if e then
+    if e.dismissed then
+      redis.call('ZREM', k('dismissed'), id)
+      redis.call('HINCRBY', k('counts'), 'dismissed', -1)
+    else
+      redis.call('ZREM', k('active'), id)
+      redis.call('ZREM', k('auto'), id)
+      counts(e, -1)
+    end
+  end
+end
+"#;
+
+const RECORD_BODY: &str = r#"
+local fp, newdoc, now, cap, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+expire(now)
+local existing = redis.call('HGET', k('groups'), fp)
+if existing then
+  local e = load(existing)
+  if e then
+    e.count = e.count + 1
+    e.lastSeenAt = now
+    if e.dismissed then
+      e.dismissed = false
+      e.reopenedCount = (e.reopenedCount or 0) + 1
+      redis.call('ZREM', k('dismissed'), e.id)
+      redis.call('HINCRBY', k('counts'), 'dismissed', -1)
+      counts(e, 1)
+    end
+    if ttl >= 0 then
+      e.autoDismissAt = now + ttl
+      redis.call('ZADD', k('auto'), now + ttl, e.id)
+    end
+    redis.call('ZADD', k('active'), now, e.id)
+    redis.call('ZADD', k('all'), now, e.id)
+    save(e)
+    return cjson.encode(e)
+  end
+end
+local e = cjson.decode(newdoc)
+redis.call('HSET', k('e:' .. e.id), 'doc', newdoc, 'fp', fp)
+redis.call('HSET', k('groups'), fp, e.id)
+redis.call('ZADD', k('active'), now, e.id)
+redis.call('ZADD', k('all'), now, e.id)
+if ttl >= 0 then redis.call('ZADD', k('auto'), now + ttl, e.id) end
+counts(e, 1)
+local excess = redis.call('ZCARD', k('all')) - cap
+while excess > 0 do
+  local victim = redis.call('ZRANGE', k('dismissed'), 0, 0)[1]
+  if not victim then
+    local scanned = redis.call('ZRANGE', k('active'), 0, 199)
+    for _, id in ipairs(scanned) do
+      local c = load(id)
+      if c and c.severity == 'info' then victim = id break end
+    end
+  end
+  if not victim then break end
+  remove(victim)
+  excess = excess - 1
+end
+return newdoc
+"#;
+
+const GET_BODY: &str = r#"
+expire(tonumber(ARGV[2]))
+return redis.call('HGET', k('e:' .. ARGV[1]), 'doc')
+"#;
+
+const LIST_BODY: &str = r#"
+local index, max, cid, limit, sev, typ, now = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5], ARGV[6], tonumber(ARGV[7])
+expire(now)
+local out = {}
+local last_score = nil
+local last_id = nil
+local more = 0
+local offset = 0
+local batch = 200
+local scanned = 0
+while scanned < 20000 do
+  local rows = redis.call('ZREVRANGEBYSCORE', k(index), max, '-inf', 'WITHSCORES', 'LIMIT', offset, batch)
+  if #rows == 0 then break end
+  for i = 1, #rows, 2 do
+    local id, score = rows[i], tonumber(rows[i + 1])
+    scanned = scanned + 1
+    local skip = cid ~= '' and score == tonumber(max) and id >= cid
+    if not skip then
+      local raw = redis.call('HGET', k('e:' .. id), 'doc')
+      if raw then
+        local e = cjson.decode(raw)
+        if (sev == '' or e.severity == sev) and (typ == '' or e.type == typ) then
+          if #out == limit then more = 1 break end
+          out[#out + 1] = raw
+          last_score = score
+          last_id = id
+        end
+      end
+    end
+  end
+  if more == 1 then break end
+  offset = offset + batch
+end
+local cursor = ''
+if more == 1 then cursor = string.format('%d', last_score) .. ':' .. last_id end
+return {cursor, out}
+"#;
+
+const DISMISS_BODY: &str = r#"
+local id, now, by, reason = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
+expire(now)
+local e = load(id)
+if not e then return 'not_found' end
+if not e.dismissible then return 'not_dismissible' end
+dismiss(e, now, by, reason)
+return 'dismissed'
+"#;
+
+const DISMISS_ALL_BODY: &str = r#"
+local now, by, reason = tonumber(ARGV[1]), ARGV[2], ARGV[3]
+expire(now)
+local done = {}
+for _, id in ipairs(redis.call('ZRANGE', k('active'), 0, -1)) do
+  local e = load(id)
+  if e and e.dismissible and not e.dismissed then
+    dismiss(e, now, by, reason)
+    done[#done + 1] = id
+  end
+end
+return done
+"#;
+
+const STATS_BODY: &str = r#"
+expire(tonumber(ARGV[1]))
+return redis.call('HGETALL', k('counts'))
+"#;
+
+const CLEANUP_BODY: &str = r#"
+local now, retention = tonumber(ARGV[1]), tonumber(ARGV[2])
+expire(now)
+local old = redis.call('ZRANGEBYSCORE', k('dismissed'), '-inf', '(' .. (now - retention), 'LIMIT', 0, 1000)
+for _, id in ipairs(old) do remove(id) end
+return #old
+"#;
+
+/// The global error store in Redis.
+pub struct RedisErrorStore {
+    client: Client,
+    base: String,
+    policy: ErrorPolicy,
+    record: Script,
+    get: Script,
+    list: Script,
+    dismiss: Script,
+    dismiss_all: Script,
+    stats: Script,
+    cleanup: Script,
+}
+
+fn script(body: &str) -> Script {
+    Script::from_lua(format!("{ERRORS_PRELUDE}\n{body}"))
+}
+
+fn decode(raw: &str) -> Result<ErrorEntry, StoreError> {
+    serde_json::from_str(raw).map_err(|e| StoreError(format!("corrupt error entry: {e}")))
+}
+
+impl RedisErrorStore {
+    pub fn new(client: Client, prefix: &str, policy: ErrorPolicy) -> Self {
+        Self {
+            client,
+            base: format!("{{{prefix}:errors}}"),
+            policy,
+            record: script(RECORD_BODY),
+            get: script(GET_BODY),
+            list: script(LIST_BODY),
+            dismiss: script(DISMISS_BODY),
+            dismiss_all: script(DISMISS_ALL_BODY),
+            stats: script(STATS_BODY),
+            cleanup: script(CLEANUP_BODY),
+        }
+    }
+
+    async fn run<R: FromValue>(&self, script: &Script, args: Vec<String>) -> Result<R, StoreError> {
+        Ok(script
+            .evalsha_with_reload(&self.client, self.base.clone(), args)
+            .await?)
+    }
+
+    /// The commands `stats` sends, for the documentation and its test: one `EVALSHA` whose
+    /// script reads one hash (plus a bounded expiry pass), never a key scan.
+    pub fn stats_commands() -> &'static str {
+        STATS_BODY
+    }
+}
+
+#[async_trait]
+impl ErrorStore for RedisErrorStore {
+    async fn record(&self, new: NewError, now: i64) -> Result<ErrorEntry, StoreError> {
+        let fp = new.fingerprint();
+        let ttl = self.policy.ttl_ms(&new).unwrap_or(-1);
+        let entry = new.into_entry(new_error_id(now), now, &self.policy);
+        let doc = serde_json::to_string(&entry).map_err(|e| StoreError(e.to_string()))?;
+        let raw: String = self
+            .run(
+                &self.record,
+                vec![
+                    fp,
+                    doc,
+                    now.to_string(),
+                    self.policy.max_entries.to_string(),
+                    ttl.to_string(),
+                ],
+            )
+            .await?;
+        decode(&raw)
+    }
+
+    async fn get(&self, id: &str, now: i64) -> Result<Option<ErrorEntry>, StoreError> {
+        let raw: Option<String> = self
+            .run(&self.get, vec![id.to_owned(), now.to_string()])
+            .await?;
+        raw.as_deref().map(decode).transpose()
+    }
+
+    async fn list(&self, q: &ListQuery, now: i64) -> Result<ErrorPage, StoreError> {
+        let index = if q.include_dismissed { "all" } else { "active" };
+        let (max, cid) = match q.cursor.as_deref().and_then(super::decode_cursor) {
+            Some((score, id)) => (score.to_string(), id),
+            None => ("+inf".to_owned(), String::new()),
+        };
+        let (cursor, docs): (String, Vec<String>) = self
+            .run(
+                &self.list,
+                vec![
+                    index.to_owned(),
+                    max,
+                    cid,
+                    q.limit.to_string(),
+                    q.severity.map(|s| s.as_str()).unwrap_or("").to_owned(),
+                    q.kind.map(|t| t.as_str()).unwrap_or("").to_owned(),
+                    now.to_string(),
+                ],
+            )
+            .await?;
+        Ok(ErrorPage {
+            errors: docs.iter().map(|d| decode(d)).collect::<Result<_, _>>()?,
+            next_cursor: (!cursor.is_empty()).then_some(cursor),
+        })
+    }
+
+    async fn dismiss(
+        &self,
+        id: &str,
+        by: &str,
+        reason: Option<&str>,
+        now: i64,
+    ) -> Result<DismissOutcome, StoreError> {
+        let outcome: String = self
+            .run(
+                &self.dismiss,
+                vec![
+                    id.to_owned(),
+                    now.to_string(),
+                    by.to_owned(),
+                    reason.unwrap_or("").to_owned(),
+                ],
+            )
+            .await?;
+        Ok(match outcome.as_str() {
+            "dismissed" => DismissOutcome::Dismissed,
+            "not_dismissible" => DismissOutcome::NotDismissible,
+            _ => DismissOutcome::NotFound,
+        })
+    }
+
+    async fn dismiss_all(
+        &self,
+        by: &str,
+        reason: Option<&str>,
+        now: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        self.run(
+            &self.dismiss_all,
+            vec![
+                now.to_string(),
+                by.to_owned(),
+                reason.unwrap_or("").to_owned(),
+            ],
+        )
+        .await
+    }
+
+    async fn stats(&self, now: i64) -> Result<ErrorStats, StoreError> {
+        let pairs: Vec<String> = self.run(&self.stats, vec![now.to_string()]).await?;
+        let mut stats = ErrorStats::default();
+        for pair in pairs.chunks(2) {
+            let [field, value] = pair else { continue };
+            let n: u64 = value.parse::<i64>().unwrap_or(0).max(0) as u64;
+            if n == 0 {
+                continue;
+            }
+            match field.split_once(':') {
+                Some(("s", sev)) => {
+                    stats.by_severity.insert(sev.to_owned(), n);
+                }
+                Some(("t", typ)) => {
+                    stats.by_type.insert(typ.to_owned(), n);
+                }
+                _ if field == "active" => stats.active = n,
+                _ if field == "dismissed" => stats.dismissed = n,
+                _ => {}
+            }
+        }
+        stats.total = stats.active + stats.dismissed;
+        Ok(stats)
+    }
+
+    async fn cleanup(&self, now: i64) -> Result<u64, StoreError> {
+        self.run(
+            &self.cleanup,
+            vec![now.to_string(), self.policy.retention_ms.to_string()],
+        )
+        .await
+    }
+
+    fn backend(&self) -> &'static str {
+        "redis"
+    }
+}
+
+/// Counts Redis commands by name from `INFO commandstats`, for tests and the load benchmark.
+pub async fn command_calls(client: &Client) -> Result<Vec<(String, u64)>, StoreError> {
+    let info: String = client
+        .custom(CustomCommand::new_static("INFO", ClusterHash::FirstKey, false), vec!["commandstats"])
+        .await?;
+    Ok(info
+        .lines()
+        .filter_map(|line| {
+            let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = rest.strip_prefix("calls=")?.split(',').next()?.parse().ok()?;
+            Some((name.to_owned(), calls))
+        })
+        .collect())
+}
