@@ -34,6 +34,8 @@ pub struct Config {
     pub database_url: String,
     /// Empty: the in-process store. `redis://…` or `redis-cluster://…`: shared by the fleet.
     pub redis_url: String,
+    /// Prefix of every Redis key (inside the `{…}` hash tag), so deployments can share a Redis.
+    pub redis_key_prefix: String,
     pub run_migrations: bool,
     /// `text` or `json` (`LOG_FORMAT`).
     pub log_format: String,

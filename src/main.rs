@@ -1,1 +1,106 @@
-fn main() {}
+//! The gateway binary: load config, start, serve, shut down gracefully.
+//! `scenehook demo` runs gateway and fake services together on a 3-scene project.
+
+use std::{process::ExitCode, time::Duration};
+
+use scenehook::{Gateway, config::Config, serve, telemetry};
+
+mod demo;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut config = match Config::load() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.iter().any(|a| a == "--no-migrate") {
+        config.run_migrations = false;
+    }
+    telemetry::init_tracing(config.log_format == "json");
+    match args.first().map(String::as_str) {
+        Some("demo") => demo::run(config).await,
+        Some("--no-migrate") | None => run(config).await,
+        Some(other) => {
+            eprintln!("unknown command `{other}`; usage: scenehook [demo] [--no-migrate]");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(config: Config) -> ExitCode {
+    if !config.is_production() {
+        let warnings = config.development_warnings();
+        if !warnings.is_empty() {
+            tracing::warn!(
+                "DEVELOPMENT MODE, not for production: {}",
+                warnings.join("; ")
+            );
+        }
+    }
+    let bind = config.bind_addr;
+    let metrics_bind = config.metrics_bind_addr.clone();
+    let grace = config.shutdown_grace();
+    let gateway = match Gateway::start(config).await {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("start-up failed: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let listener = match tokio::net::TcpListener::bind(bind).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("cannot listen on {bind}: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    if let Ok(addr) = metrics_bind.parse::<std::net::SocketAddr>() {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => {
+                let router = gateway.router.clone();
+                tokio::spawn(async move { serve(l, router, std::future::pending()).await });
+            }
+            Err(e) => tracing::warn!(%addr, error = %e, "cannot serve metrics on the separate port"),
+        }
+    }
+    tracing::info!(%bind, version = env!("CARGO_PKG_VERSION"), "scenehook listening");
+    let served = serve(listener, gateway.router.clone(), shutdown_signal()).await;
+    tracing::info!("stopped accepting; finishing background work");
+    gateway.stop(grace).await;
+    match served {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("server error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// SIGTERM (orchestrators) or SIGINT (a terminal).
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    // A second signal during the grace period exits at once.
+    tokio::spawn(async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let _ = tokio::signal::ctrl_c().await;
+        std::process::exit(130);
+    });
+}

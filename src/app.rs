@@ -1,0 +1,230 @@
+//! Assembles one gateway instance from a [`Config`]: database, stores, outbox, background
+//! tasks and the router. Tests start exactly what `main` starts.
+
+use std::{sync::Arc, time::Duration};
+
+use axum::Router;
+use metrics_exporter_prometheus::PrometheusHandle;
+use sea_orm::DatabaseConnection;
+use tokio::{sync::watch, task::JoinSet};
+
+use crate::{
+    config::Config,
+    db,
+    domain::webhook::WebhookKind,
+    outbox::{JobContext, Service, worker::Outbox},
+    ratelimit::RateLimiter,
+    reporter::{Reporter, now_ms},
+    signature::Verifier,
+    store::{
+        ErrorPolicy, ErrorStore, RateLimitStore,
+        memory::{MemoryErrorStore, MemoryRateLimiter},
+        redis::{self as redis_store, RedisErrorStore, RedisRateLimiter},
+    },
+    telemetry,
+};
+
+/// Everything a request handler may use.
+pub struct App {
+    pub config: Arc<Config>,
+    pub db: DatabaseConnection,
+    pub redis: Option<fred::prelude::Client>,
+    pub limiter: RateLimiter,
+    pub reporter: Reporter,
+    pub outbox: Arc<Outbox>,
+    pub metrics: PrometheusHandle,
+    verifiers: [Verifier; 3],
+}
+
+/// Cheap to clone; extracted by handlers.
+#[derive(Clone)]
+pub struct AppState(pub Arc<App>);
+
+impl std::ops::Deref for AppState {
+    type Target = App;
+    fn deref(&self) -> &App {
+        &self.0
+    }
+}
+
+impl App {
+    pub fn verifier(&self, kind: WebhookKind) -> &Verifier {
+        &self.verifiers[kind as usize]
+    }
+
+    pub fn limits(&self) -> crate::domain::Limits {
+        let p = &self.config.pipeline;
+        crate::domain::Limits {
+            max_scene_attempts: p.max_scene_attempts,
+            max_extract_attempts: p.max_extract_attempts,
+            max_stitch_attempts: p.max_stitch_attempts,
+        }
+    }
+
+    pub fn job_context(&self, request_id: Option<String>) -> JobContext {
+        JobContext {
+            app_url: self.config.app_url.to_string(),
+            request_id,
+        }
+    }
+
+    /// Wakes this instance's outbox lanes for the jobs just committed.
+    pub fn wake_outbox(&self, jobs: &[crate::domain::Job]) {
+        use crate::domain::Job;
+        for job in jobs {
+            self.outbox.wake(match job {
+                Job::GenerateScene { .. } => Service::Video,
+                Job::ExtractLastFrame { .. } => Service::LastFrame,
+                Job::Stitch { .. } => Service::Stitch,
+                Job::Notify { .. } => Service::Notification,
+            });
+        }
+    }
+}
+
+/// Why start-up failed; `main` prints it as one line.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("database: {0}")]
+    Database(#[from] sea_orm::DbErr),
+    #[error("redis: {0}")]
+    Redis(#[from] crate::store::StoreError),
+}
+
+/// A running gateway: its router, and the background tasks to stop on shutdown.
+pub struct Gateway {
+    pub state: AppState,
+    pub router: Router,
+    shutdown: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+impl Gateway {
+    /// Connects, migrates (unless disabled) and starts the background tasks.
+    pub async fn start(config: Config) -> Result<Self, StartError> {
+        Self::start_with(config, true).await
+    }
+
+    /// As [`Gateway::start`], with the outbox worker optional (tests of ingestion alone).
+    pub async fn start_with(config: Config, run_outbox: bool) -> Result<Self, StartError> {
+        // reqwest (rustls) needs one process-wide crypto provider; a second install is a no-op.
+        drop(rustls::crypto::ring::default_provider().install_default());
+        let config = Arc::new(config);
+        let metrics = telemetry::metrics_handle();
+        let db = db::connect(&config).await?;
+        if config.run_migrations {
+            db::migrate(&db).await?;
+        }
+        let policy = ErrorPolicy::from_config(&config.errors);
+        let prefix = config.redis_key_prefix.clone();
+        let (redis, limit_store, error_store): (_, Arc<dyn RateLimitStore>, Arc<dyn ErrorStore>) =
+            if config.redis_url.is_empty() {
+                (
+                    None,
+                    Arc::new(MemoryRateLimiter::new()),
+                    Arc::new(MemoryErrorStore::new(policy)),
+                )
+            } else {
+                let timeout = Duration::from_millis(config.rate_limit.redis_timeout_ms);
+                let client = redis_store::connect(&config.redis_url, timeout).await?;
+                (
+                    Some(client.clone()),
+                    Arc::new(RedisRateLimiter::new(client.clone(), &prefix)),
+                    Arc::new(RedisErrorStore::new(client, &prefix, policy)),
+                )
+            };
+        let reporter = Reporter::new(error_store);
+        let limiter = RateLimiter::new(limit_store, config.rate_limit.clone(), reporter.clone());
+        let tolerance = config.webhooks.timestamp_tolerance_secs;
+        let verifiers = [
+            Verifier::new(&config.webhooks.video_secrets, tolerance),
+            Verifier::new(&config.webhooks.last_frame_secrets, tolerance),
+            Verifier::new(&config.webhooks.stitch_secrets, tolerance),
+        ];
+        let outbox = Arc::new(Outbox::new(db.clone(), config.clone(), reporter.clone()));
+        let state = AppState(Arc::new(App {
+            config: config.clone(),
+            db,
+            redis,
+            limiter,
+            reporter,
+            outbox: outbox.clone(),
+            metrics,
+            verifiers,
+        }));
+        let (shutdown, stop) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        if run_outbox {
+            tasks.spawn(outbox.run(stop.clone()));
+        }
+        tasks.spawn(housekeeping(state.clone(), stop));
+        let router = crate::http::router(state.clone());
+        Ok(Self {
+            state,
+            router,
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// Stops the background tasks, letting the outbox finish the batch it is sending.
+    pub async fn stop(mut self, grace: Duration) {
+        let _ = self.shutdown.send(true);
+        let drained = tokio::time::timeout(grace, async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!("background tasks did not stop within the grace period");
+            self.tasks.abort_all();
+        }
+    }
+}
+
+/// Periodic chores: error-store cleanup, flushing buffered error entries, metric upkeep.
+async fn housekeeping(state: AppState, mut stop: watch::Receiver<bool>) {
+    let cleanup_every = Duration::from_secs(state.config.errors.cleanup_interval_secs.max(1));
+    let mut cleanup = tokio::time::interval(cleanup_every);
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    cleanup.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = cleanup.tick() => {
+                // Safe on every instance at once: each removal is idempotent.
+                match state.reporter.store().cleanup(now_ms()).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(removed = n, "error store cleanup"),
+                    Err(e) => tracing::warn!(error = %e, "error store cleanup failed"),
+                }
+            }
+            _ = tick.tick() => {
+                if state.reporter.buffered() > 0 {
+                    state.reporter.flush().await;
+                }
+                state.metrics.run_upkeep();
+            }
+        }
+    }
+}
+
+/// Builds and starts one gateway instance from `config` (the entry point tests use).
+pub async fn build_app(config: Config) -> Result<Gateway, StartError> {
+    Gateway::start(config).await
+}
+
+/// Serves `router` on `listener` with client addresses, until `shutdown` resolves; in-flight
+/// requests are finished first.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}

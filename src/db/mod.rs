@@ -1,0 +1,65 @@
+//! Database access: connecting (SQLite or Postgres), migrating, and the transactions the
+//! pipeline and the outbox run. Each public function is one unit of work.
+
+pub mod outbox;
+pub mod pipeline;
+
+use std::time::Duration;
+
+use migration::{Migrator, MigratorTrait};
+use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr};
+
+use crate::config::Config;
+
+/// Connects with a pool fit for the backend. SQLite gets WAL with `synchronous=NORMAL` (commits
+/// are not fsynced one by one) and a single connection: SQLite has one writer anyway, and one
+/// connection never meets `SQLITE_BUSY`.
+pub async fn connect(config: &Config) -> Result<DatabaseConnection, DbErr> {
+    let url = &config.database_url;
+    if let Some(path) = sqlite_file(url)
+        && let Some(dir) = std::path::Path::new(&path).parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| DbErr::Custom(format!("cannot create {}: {e}", dir.display())))?;
+    }
+    let mut options = ConnectOptions::new(url.clone());
+    options
+        .acquire_timeout(Duration::from_millis(config.database.acquire_timeout_ms))
+        .connect_timeout(Duration::from_secs(3))
+        .sqlx_logging(false);
+    if url.starts_with("sqlite:") {
+        options.max_connections(1).min_connections(1).map_sqlx_sqlite_opts(|o| {
+            o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
+                .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(5))
+                .foreign_keys(true)
+        });
+    } else {
+        options.max_connections(config.database.max_connections);
+    }
+    Database::connect(options).await
+}
+
+fn sqlite_file(url: &str) -> Option<String> {
+    let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next()?;
+    (!path.is_empty() && path != ":memory:").then(|| path.to_owned())
+}
+
+pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
+    Migrator::up(db, None).await
+}
+
+/// Whether every migration has been applied, for readiness.
+pub async fn migrations_applied(db: &DatabaseConnection) -> Result<bool, DbErr> {
+    Ok(Migrator::get_pending_migrations(db).await?.is_empty())
+}
+
+pub async fn ping(db: &DatabaseConnection) -> Result<(), DbErr> {
+    db.execute_unprepared("SELECT 1").await.map(|_| ())
+}
+
+pub fn is_postgres(db: &impl ConnectionTrait) -> bool {
+    db.get_database_backend() == DbBackend::Postgres
+}

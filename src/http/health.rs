@@ -1,0 +1,111 @@
+//! Liveness, readiness and the Prometheus scrape.
+
+use std::time::Duration;
+
+use axum::{
+    Json, Router,
+    extract::State,
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use serde_json::json;
+
+use crate::{app::AppState, db, reporter::now_ms, store::redis as redis_store};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+const READY_TIMEOUT: Duration = Duration::from_millis(1500);
+
+/// 200 when the database answers with every migration applied and Redis (if used) answers,
+/// each within a timeout; 503 naming the failing component otherwise.
+async fn readyz(State(app): State<AppState>) -> Response {
+    let database = tokio::time::timeout(READY_TIMEOUT, async {
+        db::ping(&app.db).await?;
+        db::migrations_applied(&app.db).await
+    })
+    .await;
+    let database = match database {
+        Ok(Ok(true)) => "ok",
+        Ok(Ok(false)) => "migrations pending",
+        Ok(Err(_)) => "unreachable",
+        Err(_) => "timed out",
+    };
+    let redis = match &app.redis {
+        None => "not used",
+        Some(client) => match tokio::time::timeout(READY_TIMEOUT, redis_store::ping(client)).await {
+            Ok(Ok(())) => "ok",
+            Ok(Err(_)) => "unreachable",
+            Err(_) => "timed out",
+        },
+    };
+    let ready = database == "ok" && matches!(redis, "ok" | "not used");
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (
+        status,
+        Json(json!({
+            "status": if ready { "ready" } else { "not ready" },
+            "components": {"database": database, "redis": redis},
+        })),
+    )
+        .into_response()
+}
+
+/// Refreshes the gauges read from the database and the error store, then renders.
+async fn metrics(State(app): State<AppState>) -> Response {
+    refresh_gauges(&app).await;
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        app.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn refresh_gauges(app: &AppState) {
+    use crate::{outbox::Service, store::{ErrorType, Severity}};
+    if let Ok(Ok(stats)) = tokio::time::timeout(READY_TIMEOUT, db::outbox::stats(&app.db)).await {
+        for service in Service::ALL {
+            for status in ["pending", "in_flight", "dead"] {
+                let n = stats
+                    .counts
+                    .iter()
+                    .find(|(s, st, _)| s == service.as_str() && st == status)
+                    .map(|c| c.2)
+                    .unwrap_or(0);
+                metrics::gauge!("scenehook_outbox_jobs", "service" => service.as_str(), "status" => status)
+                    .set(n as f64);
+            }
+        }
+        metrics::gauge!("scenehook_outbox_oldest_pending_seconds").set(stats.oldest_pending_secs);
+    }
+    if let Ok(Ok(counts)) = tokio::time::timeout(READY_TIMEOUT, db::pipeline::project_counts(&app.db)).await {
+        for status in crate::domain::ProjectStatus::ALL {
+            let n = counts.iter().find(|(s, _)| s == status.as_str()).map(|c| c.1).unwrap_or(0);
+            metrics::gauge!("scenehook_projects", "status" => status.as_str()).set(n as f64);
+        }
+    }
+    if let Ok(Ok(stats)) = tokio::time::timeout(READY_TIMEOUT, app.reporter.store().stats(now_ms())).await {
+        for severity in Severity::ALL {
+            metrics::gauge!("scenehook_errors_active_by_severity", "severity" => severity.as_str())
+                .set(*stats.by_severity.get(severity.as_str()).unwrap_or(&0) as f64);
+        }
+        for kind in ErrorType::ALL {
+            metrics::gauge!("scenehook_errors_active_by_type", "type" => kind.as_str())
+                .set(*stats.by_type.get(kind.as_str()).unwrap_or(&0) as f64);
+        }
+        metrics::gauge!("scenehook_errors_active").set(stats.active as f64);
+    }
+    for service in Service::ALL {
+        metrics::gauge!("scenehook_circuit_breaker_state", "service" => service.as_str())
+            .set(app.outbox.breaker_state(service) as u8 as f64);
+    }
+}

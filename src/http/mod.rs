@@ -1,0 +1,134 @@
+//! HTTP: axum handlers only. Each parses, calls one domain or store operation, and maps the
+//! result; the rules live elsewhere.
+
+mod auth;
+mod errors_api;
+mod health;
+mod outbox_api;
+mod projects;
+mod webhooks;
+
+use std::{net::SocketAddr, time::Duration};
+
+use axum::{
+    Json, Router,
+    extract::{ConnectInfo, FromRequest, Request, rejection::JsonRejection},
+    http::{HeaderName, HeaderValue, Method, header},
+    middleware,
+    response::{IntoResponse, Response},
+};
+use serde::de::DeserializeOwned;
+use tower::ServiceBuilder;
+use tower_http::{
+    catch_panic::CatchPanicLayer,
+    cors::{AllowOrigin, CorsLayer},
+    request_id::{MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer},
+    trace::TraceLayer,
+};
+
+use crate::{app::AppState, error::AppError};
+
+pub use webhooks::client_ip;
+
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The whole HTTP surface of one instance.
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .merge(errors_api::router())
+        .merge(projects::router())
+        .merge(outbox_api::router())
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_operator));
+    Router::new()
+        .nest("/api/v1", api)
+        .nest("/api/webhooks", webhooks::router(&state.config))
+        .merge(health::router())
+        .layer(cors(&state.config.cors_allowed_origins))
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetRequestIdLayer::new(X_REQUEST_ID.clone(), MakeRequestUuid))
+                .layer(
+                    TraceLayer::new_for_http().make_span_with(|request: &Request| {
+                        let request_id = request_id(request).unwrap_or_default();
+                        tracing::info_span!(
+                            "request",
+                            method = %request.method(),
+                            path = %request.uri().path(),
+                            request_id,
+                        )
+                    }),
+                )
+                .layer(PropagateRequestIdLayer::new(X_REQUEST_ID.clone()))
+                .layer(CatchPanicLayer::custom(|_| {
+                    AppError::Internal("handler panicked".into()).into_response()
+                })),
+        )
+        .with_state(state)
+}
+
+fn cors(origins: &[String]) -> CorsLayer {
+    let origins: Vec<HeaderValue> = origins.iter().filter_map(|o| o.parse().ok()).collect();
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::list(origins))
+        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+        .allow_headers([
+            header::CONTENT_TYPE,
+            header::AUTHORIZATION,
+            HeaderName::from_static("x-webhook-signature"),
+            HeaderName::from_static("webhook-id"),
+            HeaderName::from_static("webhook-timestamp"),
+            HeaderName::from_static("webhook-signature"),
+        ])
+        .max_age(Duration::from_secs(600))
+}
+
+/// The request id set by the request-id layer (or sent by the client).
+pub fn request_id(request: &Request) -> Option<String> {
+    request
+        .extensions()
+        .get::<RequestId>()
+        .and_then(|id| id.header_value().to_str().ok())
+        .map(str::to_owned)
+}
+
+/// The socket peer, when the server was started with connect info.
+fn peer_addr(request: &Request) -> Option<SocketAddr> {
+    request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| *addr)
+}
+
+/// `Json` whose rejections answer with our error body (400 naming the problem, 415).
+pub struct AppJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for AppJson<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = AppError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(value)) => Ok(Self(value)),
+            Err(JsonRejection::MissingJsonContentType(_)) => Err(AppError::UnsupportedMediaType),
+            Err(JsonRejection::JsonSyntaxError(e)) => {
+                Err(AppError::bad_request("invalid_json", e.body_text()))
+            }
+            Err(JsonRejection::JsonDataError(e)) => {
+                Err(AppError::bad_request("invalid_body", e.body_text()))
+            }
+            Err(e) if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(AppError::PayloadTooLarge)
+            }
+            Err(e) => Err(AppError::bad_request("invalid_body", e.body_text())),
+        }
+    }
+}
+
+impl<T: serde::Serialize> IntoResponse for AppJson<T> {
+    fn into_response(self) -> Response {
+        Json(self.0).into_response()
+    }
+}

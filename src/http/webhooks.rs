@@ -1,0 +1,353 @@
+//! `POST /api/webhooks/{video-complete,last-frame-complete,stitch-complete}` and their `GET`
+//! health checks. Order of checks: rate limit (unauthenticated floods count), content type,
+//! body size, signature over the raw bytes, payload, then one database transaction.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    time::{Duration, Instant},
+};
+
+use axum::{
+    Json, Router,
+    body::to_bytes,
+    extract::{Request, State},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use ipnet::IpNet;
+use serde_json::json;
+use tower_governor::{GovernorLayer, governor::GovernorConfigBuilder, key_extractor::KeyExtractor};
+use tracing::Instrument;
+
+use super::{peer_addr, request_id};
+use crate::{
+    app::AppState,
+    config::Config,
+    db::pipeline::{Delivery, IngestOutcome, PipelineError},
+    domain::{
+        ReportLevel, TransitionError,
+        webhook::{WebhookKind, delivery_key, parse_callback},
+    },
+    error::AppError,
+    signature::{
+        HEX_SIGNATURE_HEADER, SignatureHeaders, WEBHOOK_ID_HEADER, WEBHOOK_SIGNATURE_HEADER,
+        WEBHOOK_TIMESTAMP_HEADER,
+    },
+    store::{ErrorType, NewError, RateDecision, Severity},
+};
+
+pub fn router(config: &Config) -> Router<AppState> {
+    let per_second = config.rate_limit.flood_guard_per_second.max(1);
+    let flood_guard = GovernorConfigBuilder::default()
+        .period(Duration::from_nanos(1_000_000_000 / per_second))
+        .burst_size(config.rate_limit.flood_guard_burst.max(1))
+        .key_extractor(PeerIp)
+        .finish()
+        .expect("period and burst are positive");
+    let mut router = Router::new();
+    for kind in WebhookKind::ALL {
+        router = router.route(
+            &format!("/{}", kind.as_str()),
+            get(move || health(kind)).post(move |state, request| ingest(state, kind, request)),
+        );
+    }
+    router.layer(
+        GovernorLayer::new(flood_guard).error_handler(|_| {
+            AppError::RateLimited {
+                retry_after_secs: 1,
+            }
+            .into_response()
+        }),
+    )
+}
+
+/// The flood guard's key: the socket peer (unspecified when the server runs without connect
+/// info, as in-process tests do).
+#[derive(Debug, Clone, Copy)]
+struct PeerIp;
+
+impl KeyExtractor for PeerIp {
+    type Key = IpAddr;
+    fn extract<T>(
+        &self,
+        req: &axum::http::Request<T>,
+    ) -> Result<Self::Key, tower_governor::GovernorError> {
+        Ok(req
+            .extensions()
+            .get::<axum::extract::ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip())
+            .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)))
+    }
+}
+
+async fn health(kind: WebhookKind) -> Json<serde_json::Value> {
+    Json(json!({
+        "status": "ok",
+        "endpoint": kind.as_str(),
+        "method": "POST",
+        "timestamp": chrono::Utc::now().to_rfc3339(),
+    }))
+}
+
+/// The client address used for rate limits: the socket peer, unless the peer is a trusted
+/// proxy, in which case the rightmost `X-Forwarded-For` hop that is not itself trusted.
+pub fn client_ip(peer: Option<SocketAddr>, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    let peer = peer
+        .map(|p| p.ip())
+        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let hops = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|hop| hop.trim().parse::<IpAddr>().ok())
+        .collect::<Vec<_>>();
+    hops.into_iter()
+        .rev()
+        .find(|ip| !is_trusted(ip))
+        .unwrap_or(peer)
+}
+
+async fn ingest(State(app): State<AppState>, kind: WebhookKind, request: Request) -> Response {
+    let started = Instant::now();
+    let ip = client_ip(
+        peer_addr(&request),
+        request.headers(),
+        &app.config.trusted_proxies,
+    );
+    let (outcome, mut response, decision) = match app.limiter.check(kind, ip).await {
+        Err(_) => (
+            "unavailable",
+            AppError::unavailable("rate limiter unavailable, retry later").into_response(),
+            None,
+        ),
+        Ok(decision) if !decision.allowed => (
+            "rate_limited",
+            AppError::RateLimited {
+                retry_after_secs: decision.reset_ms.div_ceil(1000).max(1),
+            }
+            .into_response(),
+            Some(decision),
+        ),
+        Ok(decision) => {
+            let (outcome, response) = match process(&app, kind, request).await {
+                Ok(Accepted { duplicate }) => (
+                    if duplicate { "duplicate" } else { "accepted" },
+                    Json(json!({"ok": true, "duplicate": duplicate})).into_response(),
+                ),
+                Err(e) => (outcome_label(&e), e.into_response()),
+            };
+            (outcome, response, Some(decision))
+        }
+    };
+    if let Some(decision) = decision {
+        rate_limit_headers(response.headers_mut(), &decision, app.limiter.window());
+    }
+    metrics::counter!("scenehook_webhooks_total", "endpoint" => kind.as_str(), "outcome" => outcome)
+        .increment(1);
+    metrics::histogram!("scenehook_webhook_duration_seconds", "endpoint" => kind.as_str())
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+struct Accepted {
+    duplicate: bool,
+}
+
+async fn process(app: &AppState, kind: WebhookKind, request: Request) -> Result<Accepted, AppError> {
+    let is_json = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|mime| {
+            let mime = mime.trim().to_ascii_lowercase();
+            mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+        });
+    if !is_json {
+        return Err(AppError::UnsupportedMediaType);
+    }
+    let request_id = request_id(&request);
+    let (parts, body) = request.into_parts();
+    let body = to_bytes(body, app.config.max_body_bytes)
+        .await
+        .map_err(|_| AppError::PayloadTooLarge)?;
+    let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
+    let signature = SignatureHeaders {
+        hex_signature: header(HEX_SIGNATURE_HEADER),
+        webhook_id: header(WEBHOOK_ID_HEADER),
+        webhook_timestamp: header(WEBHOOK_TIMESTAMP_HEADER),
+        webhook_signature: header(WEBHOOK_SIGNATURE_HEADER),
+    };
+    if let Err(e) = app
+        .verifier(kind)
+        .verify(&signature, &body, chrono::Utc::now().timestamp())
+    {
+        tracing::warn!(endpoint = kind.as_str(), reason = %e, "webhook signature rejected");
+        app.reporter.report_throttled(
+            &format!("invalid_signature:{}", kind.as_str()),
+            Duration::from_secs(1),
+            NewError::warning(ErrorType::Webhook, format!("Invalid webhook signature: {e}"))
+                .with_source(kind.as_str()),
+        );
+        return Err(AppError::InvalidSignature(format!("invalid signature: {e}")));
+    }
+    let callback = parse_callback(kind, &body)
+        .map_err(|e| AppError::bad_request("invalid_payload", e.0))?;
+    let key = delivery_key(signature.webhook_id, &callback);
+    let span = tracing::info_span!(
+        "webhook",
+        endpoint = kind.as_str(),
+        project_id = %callback.project_id(),
+        scene_id = callback.scene_id().map(|s| s.as_str()).unwrap_or(""),
+        task_id = callback.task_id(),
+        delivery_key = %key,
+    );
+    let delivery = Delivery {
+        kind: kind.as_str(),
+        key: &key,
+    };
+    let result = crate::db::pipeline::ingest(
+        &app.db,
+        &delivery,
+        &callback,
+        &app.limits(),
+        &app.job_context(request_id.clone()),
+    )
+    .instrument(span.clone())
+    .await;
+    let _entered = span.enter();
+    let source = callback
+        .scene_id()
+        .map(|s| format!("{}:{}", callback.project_id(), s))
+        .unwrap_or_else(|| callback.project_id().to_string());
+    match result {
+        Ok(IngestOutcome::Duplicate) => {
+            tracing::info!("duplicate delivery, nothing done again");
+            Ok(Accepted { duplicate: true })
+        }
+        Ok(IngestOutcome::Accepted(effects)) => {
+            tracing::info!(jobs = effects.jobs.len(), "webhook committed");
+            app.wake_outbox(&effects.jobs);
+            for report in effects.reports {
+                let kind = ErrorType::parse(report.kind).unwrap_or(ErrorType::Processing);
+                let entry = match report.level {
+                    ReportLevel::Success => NewError::success(report.message),
+                    ReportLevel::Warning => NewError::warning(kind, report.message),
+                    ReportLevel::Error => NewError::new(Severity::Error, kind, report.message),
+                };
+                app.reporter.report(entry.with_source(source.clone()));
+            }
+            Ok(Accepted { duplicate: false })
+        }
+        Err(PipelineError::ProjectNotFound) => {
+            let message = format!("Webhook for unknown project {}", callback.project_id());
+            app.reporter.report(
+                NewError::new(Severity::Error, ErrorType::Webhook, &message).with_source(kind.as_str()),
+            );
+            Err(AppError::not_found("project_not_found", message))
+        }
+        Err(PipelineError::Transition(TransitionError::SceneNotFound)) => {
+            let message = format!(
+                "Webhook for unknown scene {} of project {}",
+                callback.scene_id().map(|s| s.as_str()).unwrap_or(""),
+                callback.project_id()
+            );
+            app.reporter.report(
+                NewError::new(Severity::Error, ErrorType::Webhook, &message).with_source(kind.as_str()),
+            );
+            Err(AppError::not_found("scene_not_found", message))
+        }
+        Err(PipelineError::Transition(TransitionError::StaleTask { .. })) => {
+            let message = format!(
+                "Late {} callback for task {} ignored: the scene has moved on to another task",
+                kind.as_str(),
+                callback.task_id()
+            );
+            app.reporter
+                .report(NewError::warning(ErrorType::Webhook, &message).with_source(source));
+            Err(AppError::conflict("stale_task", message))
+        }
+        Err(PipelineError::Transition(
+            TransitionError::Invalid(message) | TransitionError::Conflict(message),
+        )) => {
+            app.reporter.report(
+                NewError::warning(ErrorType::Webhook, format!("Rejected {}: {message}", kind.as_str()))
+                    .with_source(source),
+            );
+            Err(AppError::conflict("invalid_transition", message))
+        }
+        Err(PipelineError::IdTaken) => Err(AppError::Internal("unexpected id conflict".into())),
+        Err(PipelineError::Db(e)) => Err(e.into()),
+    }
+}
+
+fn outcome_label(e: &AppError) -> &'static str {
+    match e.status() {
+        StatusCode::UNAUTHORIZED => "invalid_signature",
+        StatusCode::TOO_MANY_REQUESTS => "rate_limited",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::CONFLICT => "conflict",
+        StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+        s if s.is_client_error() => "bad_request",
+        _ => "error",
+    }
+}
+
+/// `X-RateLimit-*` (the de-facto form) and the IETF draft's `RateLimit-Policy` / `RateLimit`.
+fn rate_limit_headers(headers: &mut HeaderMap, d: &RateDecision, window: Duration) {
+    let reset = d.reset_ms.div_ceil(1000);
+    let mut set = |name: &'static str, value: String| {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(name, value);
+        }
+    };
+    set("x-ratelimit-limit", d.limit.to_string());
+    set("x-ratelimit-remaining", d.remaining.to_string());
+    set("x-ratelimit-reset", reset.to_string());
+    set(
+        "ratelimit-policy",
+        format!("\"webhooks\";q={};w={}", d.limit, window.as_secs()),
+    );
+    set(
+        "ratelimit",
+        format!("\"webhooks\";r={};t={reset}", d.remaining),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(xff: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", xff.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let proxy: SocketAddr = "10.1.2.3:5000".parse().unwrap();
+        let stranger: SocketAddr = "203.0.113.9:5000".parse().unwrap();
+        let h = headers("198.51.100.7, 10.9.9.9");
+        assert_eq!(
+            client_ip(Some(proxy), &h, &trusted),
+            "198.51.100.7".parse::<IpAddr>().unwrap()
+        );
+        // A spoofed header from an untrusted peer changes nothing.
+        assert_eq!(client_ip(Some(stranger), &h, &trusted), stranger.ip());
+        // The client may prepend anything; the rightmost untrusted hop counts.
+        let h = headers("1.1.1.1, 198.51.100.7");
+        assert_eq!(
+            client_ip(Some(proxy), &h, &trusted),
+            "198.51.100.7".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(client_ip(Some(proxy), &HeaderMap::new(), &trusted), proxy.ip());
+    }
+}

@@ -1,0 +1,139 @@
+//! How a domain [`Job`] becomes an outbox row: which service, and the exact request body.
+
+use chrono::{DateTime, Utc};
+use entity::outbox_job;
+use sea_orm::ActiveValue::Set;
+use serde_json::json;
+
+use crate::domain::{Job, ids::random_token};
+
+/// The downstream services, one circuit breaker and one worker lane each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Service {
+    Video,
+    LastFrame,
+    Stitch,
+    Notification,
+}
+
+impl Service {
+    pub const ALL: [Service; 4] = [
+        Self::Video,
+        Self::LastFrame,
+        Self::Stitch,
+        Self::Notification,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Video => "video",
+            Self::LastFrame => "last_frame",
+            Self::Stitch => "stitch",
+            Self::Notification => "notification",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+}
+
+/// What building a job's request needs besides the job: our public URL and the request id.
+#[derive(Debug, Clone)]
+pub struct JobContext {
+    pub app_url: String,
+    pub request_id: Option<String>,
+}
+
+impl JobContext {
+    fn callback(&self, endpoint: &str) -> String {
+        format!(
+            "{}/api/webhooks/{endpoint}",
+            self.app_url.trim_end_matches('/')
+        )
+    }
+}
+
+/// The outbox rows for `jobs`, due now.
+pub fn new_job_rows(
+    project_id: &str,
+    jobs: &[Job],
+    ctx: &JobContext,
+    now: DateTime<Utc>,
+) -> Vec<outbox_job::ActiveModel> {
+    jobs.iter()
+        .map(|job| {
+            let (kind, service, payload) = request(project_id, job, ctx);
+            outbox_job::ActiveModel {
+                id: Set(format!("job_{}", random_token(24))),
+                kind: Set(kind.to_owned()),
+                service: Set(service.as_str().to_owned()),
+                payload: Set(payload),
+                status: Set("pending".to_owned()),
+                attempts: Set(0),
+                next_attempt_at: Set(now),
+                last_error: Set(None),
+                request_id: Set(ctx.request_id.clone()),
+                created_at: Set(now),
+                updated_at: Set(now),
+            }
+        })
+        .collect()
+}
+
+fn request(project_id: &str, job: &Job, ctx: &JobContext) -> (&'static str, Service, serde_json::Value) {
+    match job {
+        Job::GenerateScene {
+            scene_id,
+            prompt,
+            first_frame_url,
+        } => (
+            "generate_scene",
+            Service::Video,
+            json!({
+                "scene_id": scene_id,
+                "project_id": project_id,
+                "prompt": prompt,
+                "first_frame_url": first_frame_url,
+                "callback_url": ctx.callback("video-complete"),
+            }),
+        ),
+        Job::ExtractLastFrame {
+            scene_id,
+            video_url,
+        } => (
+            "extract_last_frame",
+            Service::LastFrame,
+            json!({
+                "scene_id": scene_id,
+                "project_id": project_id,
+                "video_url": video_url,
+                "callback_url": ctx.callback("last-frame-complete"),
+            }),
+        ),
+        Job::Stitch { video_urls } => (
+            "stitch",
+            Service::Stitch,
+            json!({
+                "project_id": project_id,
+                "video_urls": video_urls,
+                "callback_url": ctx.callback("stitch-complete"),
+            }),
+        ),
+        Job::Notify {
+            event,
+            final_video_url,
+            error,
+        } => {
+            let mut body = json!({
+                "project_id": project_id,
+                "event": event.as_str(),
+                "final_video_url": final_video_url,
+            });
+            if let Some(error) = error {
+                body["error"] = json!(error);
+            }
+            ("notify", Service::Notification, body)
+        }
+    }
+}

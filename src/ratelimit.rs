@@ -1,0 +1,102 @@
+//! The per-IP, per-endpoint webhook limit: the shared store's decision, with the configured
+//! behaviour when that store (Redis) is unreachable: fall back to this instance's in-process
+//! window (fail open, reported once per outage) or refuse with 503 (fail closed).
+
+use std::{
+    net::IpAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use crate::{
+    config::RateLimitConfig,
+    domain::webhook::WebhookKind,
+    reporter::Reporter,
+    store::{ErrorType, NewError, RateDecision, RateLimitStore, memory::MemoryRateLimiter},
+};
+
+pub struct RateLimiter {
+    store: Arc<dyn RateLimitStore>,
+    fallback: MemoryRateLimiter,
+    config: RateLimitConfig,
+    degraded: AtomicBool,
+    reporter: Reporter,
+}
+
+/// The limiter could not decide (store down and failing closed).
+#[derive(Debug)]
+pub struct LimiterUnavailable;
+
+impl RateLimiter {
+    pub fn new(store: Arc<dyn RateLimitStore>, config: RateLimitConfig, reporter: Reporter) -> Self {
+        Self {
+            store,
+            fallback: MemoryRateLimiter::new(),
+            config,
+            degraded: AtomicBool::new(false),
+            reporter,
+        }
+    }
+
+    pub fn limit_for(&self, kind: WebhookKind) -> u32 {
+        match kind {
+            WebhookKind::VideoComplete => self.config.video_complete,
+            WebhookKind::LastFrameComplete => self.config.last_frame_complete,
+            WebhookKind::StitchComplete => self.config.stitch_complete,
+        }
+    }
+
+    pub fn window(&self) -> Duration {
+        Duration::from_secs(self.config.window_secs)
+    }
+
+    pub async fn check(&self, kind: WebhookKind, ip: IpAddr) -> Result<RateDecision, LimiterUnavailable> {
+        let key = format!("{}:{ip}", kind.as_str());
+        let limit = self.limit_for(kind);
+        let started = Instant::now();
+        let result = self.store.hit(&key, limit, self.window()).await;
+        let backend = self.store.backend();
+        metrics::histogram!("scenehook_rate_limit_store_duration_seconds", "backend" => backend)
+            .record(started.elapsed().as_secs_f64());
+        let (decision, backend) = match result {
+            Ok(decision) => {
+                if self.degraded.swap(false, Ordering::Relaxed) {
+                    tracing::info!("rate-limit store is back");
+                }
+                (decision, backend)
+            }
+            Err(e) => {
+                metrics::counter!("scenehook_rate_limit_store_errors_total", "backend" => backend).increment(1);
+                if !self.degraded.swap(true, Ordering::Relaxed) {
+                    let mode = if self.config.fail_open { "failing open to the in-process limiter" } else { "failing closed" };
+                    tracing::error!(error = %e, "rate-limit store unreachable, {mode}");
+                    self.reporter.report(
+                        NewError::critical(ErrorType::System, format!("Rate-limit store unreachable, {mode}"))
+                            .with_source("rate_limit"),
+                    );
+                }
+                if !self.config.fail_open {
+                    return Err(LimiterUnavailable);
+                }
+                metrics::counter!("scenehook_rate_limit_fail_open_total").increment(1);
+                let decision = self
+                    .fallback
+                    .hit(&key, limit, self.window())
+                    .await
+                    .expect("the in-process limiter cannot fail");
+                (decision, "memory_fallback")
+            }
+        };
+        metrics::counter!(
+            "scenehook_rate_limit_decisions_total",
+            "endpoint" => kind.as_str(),
+            "backend" => backend,
+            "decision" => if decision.allowed { "allowed" } else { "rejected" }
+        )
+        .increment(1);
+        Ok(decision)
+    }
+}
