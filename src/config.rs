@@ -445,7 +445,8 @@ impl Config {
             || self.database_url.starts_with("postgres://")
             || self.database_url.starts_with("postgresql://"))
         {
-            problems.push("DATABASE_URL must start with sqlite:, postgres:// or postgresql://".into());
+            problems
+                .push("DATABASE_URL must start with sqlite:, postgres:// or postgresql://".into());
         }
         if !self.redis_url.is_empty() && Url::parse(&self.redis_url).is_err() {
             problems.push("REDIS_URL is not a valid URL".to_owned());
@@ -458,7 +459,10 @@ impl Config {
         if self.is_production() {
             for (var, secrets) in [
                 ("VIDEO_WEBHOOK_SECRET", &self.webhooks.video_secrets),
-                ("LAST_FRAME_WEBHOOK_SECRET", &self.webhooks.last_frame_secrets),
+                (
+                    "LAST_FRAME_WEBHOOK_SECRET",
+                    &self.webhooks.last_frame_secrets,
+                ),
                 ("STITCH_WEBHOOK_SECRET", &self.webhooks.stitch_secrets),
             ] {
                 if let Some(problem) = production_secret_problem(secrets) {
@@ -484,7 +488,10 @@ impl Config {
         let mut warnings = Vec::new();
         for (var, secrets) in [
             ("VIDEO_WEBHOOK_SECRET", &self.webhooks.video_secrets),
-            ("LAST_FRAME_WEBHOOK_SECRET", &self.webhooks.last_frame_secrets),
+            (
+                "LAST_FRAME_WEBHOOK_SECRET",
+                &self.webhooks.last_frame_secrets,
+            ),
             ("STITCH_WEBHOOK_SECRET", &self.webhooks.stitch_secrets),
         ] {
             if let Some(problem) = production_secret_problem(secrets) {
@@ -576,15 +583,29 @@ mod tests {
             ("SCENEHOOK_RATE_LIMIT__VIDEO_COMPLETE", "7"),
         ])
         .unwrap();
-        let secrets: Vec<_> = config.webhooks.video_secrets.iter().map(Secret::expose).collect();
+        let secrets: Vec<_> = config
+            .webhooks
+            .video_secrets
+            .iter()
+            .map(Secret::expose)
+            .collect();
         assert_eq!(secrets, ["new-secret", "old-secret"]);
         assert_eq!(config.app_url.as_str(), "https://alias.example.com/");
         assert_eq!(config.bind_addr.port(), 8080);
         assert_eq!(config.rate_limit.video_complete, 7);
         let keys = &config.operator_api_keys;
-        assert_eq!((keys[0].name.as_str(), keys[0].access), ("alice", Access::ReadWrite));
-        assert_eq!((keys[1].name.as_str(), keys[1].access), ("bob", Access::ReadOnly));
-        assert_eq!((keys[2].name.as_str(), keys[2].access), ("operator", Access::ReadWrite));
+        assert_eq!(
+            (keys[0].name.as_str(), keys[0].access),
+            ("alice", Access::ReadWrite)
+        );
+        assert_eq!(
+            (keys[1].name.as_str(), keys[1].access),
+            ("bob", Access::ReadOnly)
+        );
+        assert_eq!(
+            (keys[2].name.as_str(), keys[2].access),
+            ("operator", Access::ReadWrite)
+        );
     }
 
     #[test]
@@ -613,12 +634,21 @@ mod tests {
             ("NODE_ENV", "production"),
             ("VIDEO_WEBHOOK_SECRET", "your-video-webhook-secret"),
             ("LAST_FRAME_WEBHOOK_SECRET", "0123456789"),
-            ("STITCH_WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
+            (
+                "STITCH_WEBHOOK_SECRET",
+                "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            ),
         ])
         .unwrap_err();
         let text = err.to_string();
-        assert!(text.contains("VIDEO_WEBHOOK_SECRET is still a placeholder"), "{text}");
-        assert!(text.contains("LAST_FRAME_WEBHOOK_SECRET is too short"), "{text}");
+        assert!(
+            text.contains("VIDEO_WEBHOOK_SECRET is still a placeholder"),
+            "{text}"
+        );
+        assert!(
+            text.contains("LAST_FRAME_WEBHOOK_SECRET is too short"),
+            "{text}"
+        );
         assert!(!text.contains("STITCH_WEBHOOK_SECRET"), "{text}");
         assert!(text.contains("OPERATOR_API_KEYS"), "{text}");
         assert!(!text.contains("0123456789"), "secret leaked: {text}");

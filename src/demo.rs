@@ -32,7 +32,9 @@ pub async fn run(mut config: Config) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let addr = listener.local_addr().expect("a bound listener has an address");
+    let addr = listener
+        .local_addr()
+        .expect("a bound listener has an address");
     let fake_url: url::Url = fakes.url().parse().expect("a valid URL");
     for service in [
         &mut config.services.video,
@@ -53,7 +55,11 @@ pub async fn run(mut config: Config) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    tokio::spawn(serve(listener, gateway.router.clone(), std::future::pending()));
+    tokio::spawn(serve(
+        listener,
+        gateway.router.clone(),
+        std::future::pending(),
+    ));
     let db = gateway.state.db.clone();
     let id = format!("demo_{}", scenehook::domain::ids::random_token(6));
     let prompts = [
@@ -118,7 +124,10 @@ pub async fn run(mut config: Config) -> ExitCode {
         match project.status.as_str() {
             "completed" => {
                 bar.finish_with_message("completed");
-                println!("final video: {}", project.final_video_url.unwrap_or_default());
+                println!(
+                    "final video: {}",
+                    project.final_video_url.unwrap_or_default()
+                );
                 for s in scenes {
                     println!(
                         "  scene {}: first frame {} → last frame {}",

@@ -37,7 +37,9 @@ pub struct FakeConfig {
 impl FakeConfig {
     /// Signs with the current (first) secrets of a gateway config.
     pub fn for_gateway(config: &crate::config::Config, delay: Duration) -> Self {
-        let first = |s: &[crate::config::Secret]| s.first().map(|s| s.expose().to_owned()).unwrap_or_default();
+        let first = |s: &[crate::config::Secret]| {
+            s.first().map(|s| s.expose().to_owned()).unwrap_or_default()
+        };
         Self {
             video_secret: first(&config.webhooks.video_secrets),
             last_frame_secret: first(&config.webhooks.last_frame_secrets),
@@ -120,7 +122,11 @@ impl FakeServices {
     }
 
     pub fn set_behaviour(&self, service: &'static str, behaviour: Behaviour) {
-        self.state.shared.behaviour.lock().insert(service, behaviour);
+        self.state
+            .shared
+            .behaviour
+            .lock()
+            .insert(service, behaviour);
     }
 
     /// Everything received so far, in arrival order.
@@ -150,8 +156,17 @@ async fn handle(
         .get(service)
         .copied()
         .unwrap_or_default();
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let status = if behaviour.hang { 0 } else { behaviour.fail_with.unwrap_or(200) };
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let status = if behaviour.hang {
+        0
+    } else {
+        behaviour.fail_with.unwrap_or(200)
+    };
     state.shared.received.lock().push(Received {
         service,
         body: body.clone(),
@@ -173,7 +188,9 @@ async fn handle(
         let task = task_id.clone();
         tokio::spawn(async move {
             tokio::time::sleep(state.config.delay).await;
-            state.call_back(service, &task, &body, behaviour.report_failure).await;
+            state
+                .call_back(service, &task, &body, behaviour.report_failure)
+                .await;
         });
     }
     Json(json!({"task_id": task_id, "status": "accepted"})).into_response()
@@ -187,7 +204,10 @@ impl FakeState {
         let field = |name: &str| request.get(name).cloned().unwrap_or(Value::Null);
         let status = if fail { "failed" } else { "completed" };
         let timestamp = chrono::Utc::now().to_rfc3339();
-        let scene = request.get("scene_id").and_then(Value::as_str).unwrap_or("x");
+        let scene = request
+            .get("scene_id")
+            .and_then(Value::as_str)
+            .unwrap_or("x");
         let (secret, mut payload) = match service {
             "video" => (
                 &self.config.video_secret,
@@ -223,7 +243,13 @@ impl FakeState {
                 .send()
                 .await;
             match result {
-                Ok(r) if r.status().is_success() || r.status().is_client_error() && r.status() != StatusCode::TOO_MANY_REQUESTS => return,
+                Ok(r)
+                    if r.status().is_success()
+                        || r.status().is_client_error()
+                            && r.status() != StatusCode::TOO_MANY_REQUESTS =>
+                {
+                    return;
+                }
                 _ => tokio::time::sleep(Duration::from_millis(200 * (attempt + 1))).await,
             }
         }

@@ -64,7 +64,9 @@ async fn run(config: Config) -> ExitCode {
                 let router = gateway.router.clone();
                 tokio::spawn(async move { serve(l, router, std::future::pending()).await });
             }
-            Err(e) => tracing::warn!(%addr, error = %e, "cannot serve metrics on the separate port"),
+            Err(e) => {
+                tracing::warn!(%addr, error = %e, "cannot serve metrics on the separate port")
+            }
         }
     }
     tracing::info!(%bind, version = env!("CARGO_PKG_VERSION"), "scenehook listening");

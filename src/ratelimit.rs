@@ -31,7 +31,11 @@ pub struct RateLimiter {
 pub struct LimiterUnavailable;
 
 impl RateLimiter {
-    pub fn new(store: Arc<dyn RateLimitStore>, config: RateLimitConfig, reporter: Reporter) -> Self {
+    pub fn new(
+        store: Arc<dyn RateLimitStore>,
+        config: RateLimitConfig,
+        reporter: Reporter,
+    ) -> Self {
         Self {
             store,
             fallback: MemoryRateLimiter::new(),
@@ -53,7 +57,11 @@ impl RateLimiter {
         Duration::from_secs(self.config.window_secs)
     }
 
-    pub async fn check(&self, kind: WebhookKind, ip: IpAddr) -> Result<RateDecision, LimiterUnavailable> {
+    pub async fn check(
+        &self,
+        kind: WebhookKind,
+        ip: IpAddr,
+    ) -> Result<RateDecision, LimiterUnavailable> {
         let key = format!("{}:{ip}", kind.as_str());
         let limit = self.limit_for(kind);
         let started = Instant::now();
@@ -69,13 +77,21 @@ impl RateLimiter {
                 (decision, backend)
             }
             Err(e) => {
-                metrics::counter!("scenehook_rate_limit_store_errors_total", "backend" => backend).increment(1);
+                metrics::counter!("scenehook_rate_limit_store_errors_total", "backend" => backend)
+                    .increment(1);
                 if !self.degraded.swap(true, Ordering::Relaxed) {
-                    let mode = if self.config.fail_open { "failing open to the in-process limiter" } else { "failing closed" };
+                    let mode = if self.config.fail_open {
+                        "failing open to the in-process limiter"
+                    } else {
+                        "failing closed"
+                    };
                     tracing::error!(error = %e, "rate-limit store unreachable, {mode}");
                     self.reporter.report(
-                        NewError::critical(ErrorType::System, format!("Rate-limit store unreachable, {mode}"))
-                            .with_source("rate_limit"),
+                        NewError::critical(
+                            ErrorType::System,
+                            format!("Rate-limit store unreachable, {mode}"),
+                        )
+                        .with_source("rate_limit"),
                     );
                 }
                 if !self.config.fail_open {

@@ -64,7 +64,10 @@ impl Reporter {
         {
             let mut last = self.inner.throttle.lock();
             let now = Instant::now();
-            if last.get(key).is_some_and(|t| now.duration_since(*t) < interval) {
+            if last
+                .get(key)
+                .is_some_and(|t| now.duration_since(*t) < interval)
+            {
                 return;
             }
             if last.len() > 10_000 {

@@ -69,7 +69,10 @@ impl std::fmt::Debug for Verifier {
 impl Verifier {
     pub fn new(secrets: &[Secret], tolerance_secs: u64) -> Self {
         let keyed = |key: &[u8]| HmacSha256::new_from_slice(key).expect("HMAC takes any key");
-        let hex_macs = secrets.iter().map(|s| keyed(s.expose().as_bytes())).collect();
+        let hex_macs = secrets
+            .iter()
+            .map(|s| keyed(s.expose().as_bytes()))
+            .collect();
         let standard_macs = secrets
             .iter()
             .map(|s| match standard_webhooks_key(s.expose()) {
@@ -201,8 +204,15 @@ mod tests {
     fn hex_scheme_accepts_both_forms_and_cases() {
         let v = verifier(&["It's a Secret to Everybody"]);
         let lower = "757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
-        assert_eq!(sign_hex("It's a Secret to Everybody", b"Hello, World!"), lower);
-        for sig in [lower.to_owned(), lower.to_uppercase(), format!("sha256={lower}")] {
+        assert_eq!(
+            sign_hex("It's a Secret to Everybody", b"Hello, World!"),
+            lower
+        );
+        for sig in [
+            lower.to_owned(),
+            lower.to_uppercase(),
+            format!("sha256={lower}"),
+        ] {
             assert_eq!(v.verify(&hex(&sig), b"Hello, World!", 0), Ok(()));
         }
     }
@@ -214,10 +224,19 @@ mod tests {
         let mut forged = good.clone().into_bytes();
         forged[63] = if forged[63] == b'0' { b'1' } else { b'0' };
         let forged = String::from_utf8(forged).unwrap();
-        assert_eq!(v.verify(&hex(&forged), b"{}", 0), Err(SignatureError::Mismatch));
-        assert_eq!(v.verify(&hex(&good[..62]), b"{}", 0), Err(SignatureError::Malformed));
+        assert_eq!(
+            v.verify(&hex(&forged), b"{}", 0),
+            Err(SignatureError::Mismatch)
+        );
+        assert_eq!(
+            v.verify(&hex(&good[..62]), b"{}", 0),
+            Err(SignatureError::Malformed)
+        );
         assert_eq!(v.verify(&hex(""), b"{}", 0), Err(SignatureError::Malformed));
-        assert_eq!(v.verify(&hex(&good), b"{ }", 0), Err(SignatureError::Mismatch));
+        assert_eq!(
+            v.verify(&hex(&good), b"{ }", 0),
+            Err(SignatureError::Mismatch)
+        );
         assert_eq!(
             v.verify(&SignatureHeaders::default(), b"{}", 0),
             Err(SignatureError::Missing)

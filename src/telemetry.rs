@@ -15,7 +15,12 @@ pub fn init_tracing(json: bool) {
         let registry = tracing_subscriber::registry().with(filter);
         let result = if json {
             registry
-                .with(fmt::layer().json().flatten_event(true).with_current_span(true))
+                .with(
+                    fmt::layer()
+                        .json()
+                        .flatten_event(true)
+                        .with_current_span(true),
+                )
                 .try_init()
         } else {
             registry.with(fmt::layer().with_target(false)).try_init()
@@ -30,7 +35,9 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 /// Pipeline durations: seconds to hours.
-const PIPELINE_BUCKETS: &[f64] = &[1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0];
+const PIPELINE_BUCKETS: &[f64] = &[
+    1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0,
+];
 
 /// The process-wide Prometheus recorder, installed on first use.
 pub fn metrics_handle() -> PrometheusHandle {
@@ -48,7 +55,8 @@ pub fn metrics_handle() -> PrometheusHandle {
             let handle = recorder.handle();
             // Another recorder may be installed already (a test harness); ours still renders.
             drop(metrics::set_global_recorder(recorder));
-            metrics::gauge!("scenehook_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+            metrics::gauge!("scenehook_build_info", "version" => env!("CARGO_PKG_VERSION"))
+                .set(1.0);
             handle
         })
         .clone()

@@ -32,7 +32,12 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    let fakes = match FakeServices::start(FakeConfig::for_gateway(&config, Duration::from_millis(delay_ms)), addr).await {
+    let fakes = match FakeServices::start(
+        FakeConfig::for_gateway(&config, Duration::from_millis(delay_ms)),
+        addr,
+    )
+    .await
+    {
         Ok(f) => f,
         Err(e) => {
             eprintln!("cannot listen on {addr}: {e}");

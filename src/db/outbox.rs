@@ -5,8 +5,8 @@
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use entity::outbox_job;
 use sea_orm::{
-    ColumnTrait, ConnectionTrait as _, DatabaseConnection, DbErr, EntityTrait, FromQueryResult,
-    QueryFilter, QueryOrder, QuerySelect, Statement, sea_query::Expr,
+    ColumnTrait, DatabaseConnection, DbErr, EntityTrait, FromQueryResult, QueryFilter, QueryOrder,
+    QuerySelect, Statement, sea_query::Expr,
 };
 
 /// Claims up to `limit` due jobs of `service`: pending ones whose time has come and in-flight
@@ -62,7 +62,10 @@ async fn settle(
 ) -> Result<bool, DbErr> {
     let result = outbox_job::Entity::update_many()
         .col_expr(outbox_job::Column::Status, Expr::value(status))
-        .col_expr(outbox_job::Column::NextAttemptAt, Expr::value(next_attempt_at))
+        .col_expr(
+            outbox_job::Column::NextAttemptAt,
+            Expr::value(next_attempt_at),
+        )
         .col_expr(outbox_job::Column::Attempts, Expr::value(attempts))
         .col_expr(outbox_job::Column::LastError, Expr::value(last_error))
         .col_expr(outbox_job::Column::UpdatedAt, Expr::value(Utc::now()))
@@ -96,7 +99,15 @@ pub async fn release(
     delay: std::time::Duration,
 ) -> Result<bool, DbErr> {
     let at = Utc::now() + ChronoDuration::from_std(delay).unwrap_or(ChronoDuration::seconds(1));
-    settle(db, job, "pending", at, job.attempts - 1, job.last_error.clone()).await
+    settle(
+        db,
+        job,
+        "pending",
+        at,
+        job.attempts - 1,
+        job.last_error.clone(),
+    )
+    .await
 }
 
 pub async fn kill(

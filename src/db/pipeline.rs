@@ -200,7 +200,9 @@ async fn persist(
     }
     let rows = new_job_rows(&state.id, &effects.jobs, jobs, now);
     if !rows.is_empty() {
-        outbox_job::Entity::insert_many(rows).exec_without_returning(txn).await?;
+        outbox_job::Entity::insert_many(rows)
+            .exec_without_returning(txn)
+            .await?;
     }
     Ok(())
 }
@@ -329,7 +331,10 @@ pub async fn store_video_task(
     task_id: &str,
 ) -> Result<bool, DbErr> {
     let txn = db.begin().await?;
-    let Some(model) = scene::Entity::find_by_id(scene_id.to_owned()).one(&txn).await? else {
+    let Some(model) = scene::Entity::find_by_id(scene_id.to_owned())
+        .one(&txn)
+        .await?
+    else {
         return Ok(false);
     };
     let mut state = scene_state(model);

@@ -169,7 +169,9 @@ pub struct Effects {
 pub enum TransitionError {
     SceneNotFound,
     /// A late callback from an attempt that was superseded.
-    StaleTask { current: String },
+    StaleTask {
+        current: String,
+    },
     /// The state machine does not allow this event now.
     Invalid(String),
     /// An operator command that conflicts with the project's state.
@@ -542,9 +544,13 @@ mod tests {
         for i in 0..p.scenes.len() {
             let id = format!("s{i}");
             jobs.extend(
-                apply_callback(p, &video(&id, &format!("t{i}"), done(&format!("http://v/{i}"))), &LIMITS)
-                    .unwrap()
-                    .jobs,
+                apply_callback(
+                    p,
+                    &video(&id, &format!("t{i}"), done(&format!("http://v/{i}"))),
+                    &LIMITS,
+                )
+                .unwrap()
+                .jobs,
             );
             jobs.extend(
                 apply_callback(p, &frame(&id, done(&format!("http://f/{i}"))), &LIMITS)
@@ -570,7 +576,10 @@ mod tests {
                 first_frame_url: None
             }]
         );
-        assert!(matches!(start_generation(&mut p), Err(TransitionError::Conflict(_))));
+        assert!(matches!(
+            start_generation(&mut p),
+            Err(TransitionError::Conflict(_))
+        ));
     }
 
     #[test]
@@ -580,7 +589,9 @@ mod tests {
         let firsts: Vec<_> = jobs
             .iter()
             .filter_map(|j| match j {
-                Job::GenerateScene { first_frame_url, .. } => Some(first_frame_url.clone()),
+                Job::GenerateScene {
+                    first_frame_url, ..
+                } => Some(first_frame_url.clone()),
                 _ => None,
             })
             .collect();
@@ -592,7 +603,11 @@ mod tests {
         assert_eq!(
             jobs.last(),
             Some(&Job::Stitch {
-                video_urls: vec!["http://v/0".into(), "http://v/1".into(), "http://v/2".into()]
+                video_urls: vec![
+                    "http://v/0".into(),
+                    "http://v/1".into(),
+                    "http://v/2".into()
+                ]
             })
         );
         let effects = apply_callback(&mut p, &stitch(done("http://final")), &LIMITS).unwrap();
@@ -601,16 +616,25 @@ mod tests {
         assert_eq!(p.final_video_url.as_deref(), Some("http://final"));
         assert!(matches!(
             effects.jobs.as_slice(),
-            [Job::Notify { event: ProjectEvent::Completed, .. }]
+            [Job::Notify {
+                event: ProjectEvent::Completed,
+                ..
+            }]
         ));
-        assert!(effects.reports.iter().any(|r| r.level == ReportLevel::Success));
+        assert!(
+            effects
+                .reports
+                .iter()
+                .any(|r| r.level == ReportLevel::Success)
+        );
     }
 
     #[test]
     fn video_complete_moves_generating_to_extracting() {
         let mut p = project(1);
         start_generation(&mut p).unwrap();
-        let effects = apply_callback(&mut p, &video("s0", "t0", done("http://v")), &LIMITS).unwrap();
+        let effects =
+            apply_callback(&mut p, &video("s0", "t0", done("http://v")), &LIMITS).unwrap();
         assert_eq!(p.scenes[0].status, SceneStatus::Extracting);
         assert_eq!(p.scenes[0].video_task_id.as_deref(), Some("t0"));
         assert_eq!(
@@ -675,9 +699,16 @@ mod tests {
         let mut p = project(2);
         start_generation(&mut p).unwrap();
         for attempt in 1..3 {
-            let effects =
-                apply_callback(&mut p, &video("s0", &format!("t{attempt}"), failed()), &LIMITS).unwrap();
-            assert!(matches!(effects.jobs.as_slice(), [Job::GenerateScene { .. }]));
+            let effects = apply_callback(
+                &mut p,
+                &video("s0", &format!("t{attempt}"), failed()),
+                &LIMITS,
+            )
+            .unwrap();
+            assert!(matches!(
+                effects.jobs.as_slice(),
+                [Job::GenerateScene { .. }]
+            ));
             assert_eq!(p.scenes[0].attempts, attempt + 1);
             assert_eq!(p.scenes[0].video_task_id, None);
         }
@@ -686,14 +717,25 @@ mod tests {
         assert_eq!(p.status, ProjectStatus::Failed);
         assert!(matches!(
             effects.jobs.as_slice(),
-            [Job::Notify { event: ProjectEvent::Failed, .. }]
+            [Job::Notify {
+                event: ProjectEvent::Failed,
+                ..
+            }]
         ));
-        assert!(effects.reports.iter().any(|r| r.level == ReportLevel::Error));
+        assert!(
+            effects
+                .reports
+                .iter()
+                .any(|r| r.level == ReportLevel::Error)
+        );
         // An operator resumes: the failed scene starts over with fresh attempts.
         let effects = start_generation(&mut p).unwrap();
         assert_eq!(p.status, ProjectStatus::Generating);
         assert_eq!(p.scenes[0].attempts, 1);
-        assert!(matches!(effects.jobs.as_slice(), [Job::GenerateScene { .. }]));
+        assert!(matches!(
+            effects.jobs.as_slice(),
+            [Job::GenerateScene { .. }]
+        ));
     }
 
     #[test]
@@ -703,7 +745,10 @@ mod tests {
         apply_callback(&mut p, &video("s0", "t0", done("http://v")), &LIMITS).unwrap();
         for _ in 0..2 {
             let effects = apply_callback(&mut p, &frame("s0", failed()), &LIMITS).unwrap();
-            assert!(matches!(effects.jobs.as_slice(), [Job::ExtractLastFrame { .. }]));
+            assert!(matches!(
+                effects.jobs.as_slice(),
+                [Job::ExtractLastFrame { .. }]
+            ));
         }
         apply_callback(&mut p, &frame("s0", failed()), &LIMITS).unwrap();
         assert_eq!(p.scenes[0].status, SceneStatus::Failed);
@@ -721,7 +766,10 @@ mod tests {
         assert_eq!(p.status, ProjectStatus::Failed);
         assert!(matches!(
             effects.jobs.as_slice(),
-            [Job::Notify { event: ProjectEvent::Failed, .. }]
+            [Job::Notify {
+                event: ProjectEvent::Failed,
+                ..
+            }]
         ));
         let effects = start_generation(&mut p).unwrap();
         assert_eq!(p.status, ProjectStatus::Stitching);

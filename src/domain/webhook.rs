@@ -141,7 +141,9 @@ fn outcome(
     match status {
         CallbackStatus::Completed => {
             let url = url.ok_or_else(|| {
-                InvalidPayload(format!("`{url_field}` is required when status is completed"))
+                InvalidPayload(format!(
+                    "`{url_field}` is required when status is completed"
+                ))
             })?;
             let url = parse_http_url(url_field, &url).map_err(InvalidPayload)?;
             Ok(Outcome::Completed { url })
@@ -279,7 +281,13 @@ mod tests {
         assert!(err.0.contains("video_url"));
         let failed = r#"{"task_id":"t","status":"failed","project_id":"p","error":"boom"}"#;
         let cb = parse_callback(WebhookKind::StitchComplete, failed.as_bytes()).unwrap();
-        assert!(matches!(cb, Callback::Stitch { outcome: Outcome::Failed { .. }, .. }));
+        assert!(matches!(
+            cb,
+            Callback::Stitch {
+                outcome: Outcome::Failed { .. },
+                ..
+            }
+        ));
         let bad_status = SEED.replace("\"completed\"", "\"done\"");
         assert!(parse_callback(WebhookKind::VideoComplete, bad_status.as_bytes()).is_err());
     }

@@ -100,12 +100,19 @@ async fn list(
     let severity = params
         .severity
         .as_deref()
-        .map(|s| Severity::parse(s).ok_or_else(|| AppError::bad_request("invalid_severity", format!("unknown severity `{s}`"))))
+        .map(|s| {
+            Severity::parse(s).ok_or_else(|| {
+                AppError::bad_request("invalid_severity", format!("unknown severity `{s}`"))
+            })
+        })
         .transpose()?;
     let kind = params
         .kind
         .as_deref()
-        .map(|t| ErrorType::parse(t).ok_or_else(|| AppError::bad_request("invalid_type", format!("unknown type `{t}`"))))
+        .map(|t| {
+            ErrorType::parse(t)
+                .ok_or_else(|| AppError::bad_request("invalid_type", format!("unknown type `{t}`")))
+        })
         .transpose()?;
     let query = ListQuery {
         severity,
@@ -116,7 +123,9 @@ async fn list(
     };
     let page = app.reporter.store().list(&query, now_ms()).await?;
     let errors: Vec<ErrorOut> = page.errors.into_iter().map(ErrorOut::from).collect();
-    Ok(Json(json!({"errors": errors, "nextCursor": page.next_cursor})))
+    Ok(Json(
+        json!({"errors": errors, "nextCursor": page.next_cursor}),
+    ))
 }
 
 async fn stats(State(app): State<AppState>) -> AppResult<Json<Value>> {
@@ -144,7 +153,10 @@ async fn dismiss(
             match store.dismiss(&id, &operator.name, reason, now_ms()).await? {
                 DismissOutcome::Dismissed => vec![id],
                 DismissOutcome::NotFound => {
-                    return Err(AppError::not_found("error_not_found", format!("no error `{id}`")));
+                    return Err(AppError::not_found(
+                        "error_not_found",
+                        format!("no error `{id}`"),
+                    ));
                 }
                 DismissOutcome::NotDismissible => {
                     return Err(AppError::conflict(

@@ -42,14 +42,20 @@ async fn readyz(State(app): State<AppState>) -> Response {
     };
     let redis = match &app.redis {
         None => "not used",
-        Some(client) => match tokio::time::timeout(READY_TIMEOUT, redis_store::ping(client)).await {
-            Ok(Ok(())) => "ok",
-            Ok(Err(_)) => "unreachable",
-            Err(_) => "timed out",
-        },
+        Some(client) => {
+            match tokio::time::timeout(READY_TIMEOUT, redis_store::ping(client)).await {
+                Ok(Ok(())) => "ok",
+                Ok(Err(_)) => "unreachable",
+                Err(_) => "timed out",
+            }
+        }
     };
     let ready = database == "ok" && matches!(redis, "ok" | "not used");
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (
         status,
         Json(json!({
@@ -71,7 +77,10 @@ async fn metrics(State(app): State<AppState>) -> Response {
 }
 
 async fn refresh_gauges(app: &AppState) {
-    use crate::{outbox::Service, store::{ErrorType, Severity}};
+    use crate::{
+        outbox::Service,
+        store::{ErrorType, Severity},
+    };
     if let Ok(Ok(stats)) = tokio::time::timeout(READY_TIMEOUT, db::outbox::stats(&app.db)).await {
         for service in Service::ALL {
             for status in ["pending", "in_flight", "dead"] {
@@ -87,13 +96,21 @@ async fn refresh_gauges(app: &AppState) {
         }
         metrics::gauge!("scenehook_outbox_oldest_pending_seconds").set(stats.oldest_pending_secs);
     }
-    if let Ok(Ok(counts)) = tokio::time::timeout(READY_TIMEOUT, db::pipeline::project_counts(&app.db)).await {
+    if let Ok(Ok(counts)) =
+        tokio::time::timeout(READY_TIMEOUT, db::pipeline::project_counts(&app.db)).await
+    {
         for status in crate::domain::ProjectStatus::ALL {
-            let n = counts.iter().find(|(s, _)| s == status.as_str()).map(|c| c.1).unwrap_or(0);
+            let n = counts
+                .iter()
+                .find(|(s, _)| s == status.as_str())
+                .map(|c| c.1)
+                .unwrap_or(0);
             metrics::gauge!("scenehook_projects", "status" => status.as_str()).set(n as f64);
         }
     }
-    if let Ok(Ok(stats)) = tokio::time::timeout(READY_TIMEOUT, app.reporter.store().stats(now_ms())).await {
+    if let Ok(Ok(stats)) =
+        tokio::time::timeout(READY_TIMEOUT, app.reporter.store().stats(now_ms())).await
+    {
         for severity in Severity::ALL {
             metrics::gauge!("scenehook_errors_active_by_severity", "severity" => severity.as_str())
                 .set(*stats.by_severity.get(severity.as_str()).unwrap_or(&0) as f64);

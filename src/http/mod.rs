@@ -38,7 +38,10 @@ pub fn router(state: AppState) -> Router {
         .merge(errors_api::router())
         .merge(projects::router())
         .merge(outbox_api::router())
-        .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_operator));
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_operator,
+        ));
     Router::new()
         .nest("/api/v1", api)
         .nest("/api/webhooks", webhooks::router(&state.config))
@@ -46,7 +49,10 @@ pub fn router(state: AppState) -> Router {
         .layer(cors(&state.config.cors_allowed_origins))
         .layer(
             ServiceBuilder::new()
-                .layer(SetRequestIdLayer::new(X_REQUEST_ID.clone(), MakeRequestUuid))
+                .layer(SetRequestIdLayer::new(
+                    X_REQUEST_ID.clone(),
+                    MakeRequestUuid,
+                ))
                 .layer(
                     TraceLayer::new_for_http().make_span_with(|request: &Request| {
                         let request_id = request_id(request).unwrap_or_default();

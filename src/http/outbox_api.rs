@@ -33,15 +33,25 @@ struct ListParams {
 
 fn parse_service(service: Option<&str>) -> AppResult<Option<Service>> {
     service
-        .map(|s| Service::parse(s).ok_or_else(|| AppError::bad_request("invalid_service", format!("unknown service `{s}`"))))
+        .map(|s| {
+            Service::parse(s).ok_or_else(|| {
+                AppError::bad_request("invalid_service", format!("unknown service `{s}`"))
+            })
+        })
         .transpose()
 }
 
-async fn list(State(app): State<AppState>, Query(params): Query<ListParams>) -> AppResult<Json<Value>> {
+async fn list(
+    State(app): State<AppState>,
+    Query(params): Query<ListParams>,
+) -> AppResult<Json<Value>> {
     if let Some(status) = params.status.as_deref()
         && !["pending", "in_flight", "done", "dead"].contains(&status)
     {
-        return Err(AppError::bad_request("invalid_status", format!("unknown status `{status}`")));
+        return Err(AppError::bad_request(
+            "invalid_status",
+            format!("unknown status `{status}`"),
+        ));
     }
     let service = parse_service(params.service.as_deref())?;
     let jobs = db::outbox::list(
@@ -70,7 +80,10 @@ async fn replay_one(State(app): State<AppState>, Path(id): Path<String>) -> AppR
         .await?
         .ok_or_else(|| AppError::not_found("job_not_found", format!("no outbox job `{id}`")))?;
     if job.status != "dead" {
-        return Err(AppError::conflict("not_dead", format!("job `{id}` is {}, not dead", job.status)));
+        return Err(AppError::conflict(
+            "not_dead",
+            format!("job `{id}` is {}, not dead", job.status),
+        ));
     }
     let replayed = db::outbox::replay(&app.db, Some(&id), None).await?;
     if let Some(service) = Service::parse(&job.service) {
@@ -86,13 +99,22 @@ struct ReplayAll {
     service: Option<String>,
 }
 
-async fn replay_all(State(app): State<AppState>, AppJson(body): AppJson<ReplayAll>) -> AppResult<Json<Value>> {
+async fn replay_all(
+    State(app): State<AppState>,
+    AppJson(body): AppJson<ReplayAll>,
+) -> AppResult<Json<Value>> {
     if !body.all {
-        return Err(AppError::bad_request("invalid_body", "send `\"all\": true` (and optionally `service`)"));
+        return Err(AppError::bad_request(
+            "invalid_body",
+            "send `\"all\": true` (and optionally `service`)",
+        ));
     }
     let service = parse_service(body.service.as_deref())?;
     let replayed = db::outbox::replay(&app.db, None, service.map(Service::as_str)).await?;
-    for s in service.map(|s| vec![s]).unwrap_or_else(|| Service::ALL.to_vec()) {
+    for s in service
+        .map(|s| vec![s])
+        .unwrap_or_else(|| Service::ALL.to_vec())
+    {
         app.outbox.wake(s);
     }
     Ok(Json(json!({"replayed": replayed})))

@@ -120,25 +120,40 @@ async fn create(
     AppJson(body): AppJson<CreateProject>,
 ) -> AppResult<(StatusCode, Json<ProjectOut>)> {
     if body.scenes.is_empty() {
-        return Err(AppError::bad_request("no_scenes", "a project needs at least one scene"));
+        return Err(AppError::bad_request(
+            "no_scenes",
+            "a project needs at least one scene",
+        ));
     }
     if body.scenes.len() > 500 {
-        return Err(AppError::bad_request("too_many_scenes", "a project has at most 500 scenes"));
+        return Err(AppError::bad_request(
+            "too_many_scenes",
+            "a project has at most 500 scenes",
+        ));
     }
     let name = body.name.trim();
     if name.is_empty() || name.len() > 200 {
-        return Err(AppError::bad_request("invalid_name", "`name` must be 1 to 200 characters"));
+        return Err(AppError::bad_request(
+            "invalid_name",
+            "`name` must be 1 to 200 characters",
+        ));
     }
     let mut scenes = Vec::with_capacity(body.scenes.len());
     for scene in body.scenes {
         if scene.prompt.trim().is_empty() || scene.prompt.len() > 10_000 {
-            return Err(AppError::bad_request("invalid_prompt", "each `prompt` must be 1 to 10000 characters"));
+            return Err(AppError::bad_request(
+                "invalid_prompt",
+                "each `prompt` must be 1 to 10000 characters",
+            ));
         }
         scenes.push((parse_id(scene.id, "scene")?, scene.prompt));
     }
     let mut seen = std::collections::HashSet::new();
     if !scenes.iter().all(|(id, _)| seen.insert(id.clone())) {
-        return Err(AppError::bad_request("duplicate_scene_id", "scene ids must be distinct"));
+        return Err(AppError::bad_request(
+            "duplicate_scene_id",
+            "scene ids must be distinct",
+        ));
     }
     let new = NewProject {
         id: parse_id(body.id, "proj")?,
@@ -146,8 +161,14 @@ async fn create(
         scenes,
     };
     match pipeline::create_project(&app.db, new).await {
-        Ok((project, scenes)) => Ok((StatusCode::CREATED, Json(project_out(project, Some(scenes))))),
-        Err(PipelineError::IdTaken) => Err(AppError::conflict("id_taken", "a project or scene with that id exists")),
+        Ok((project, scenes)) => Ok((
+            StatusCode::CREATED,
+            Json(project_out(project, Some(scenes))),
+        )),
+        Err(PipelineError::IdTaken) => Err(AppError::conflict(
+            "id_taken",
+            "a project or scene with that id exists",
+        )),
         Err(PipelineError::Db(e)) => Err(e.into()),
         Err(e) => Err(AppError::Internal(e.to_string())),
     }
@@ -166,13 +187,22 @@ struct ListParams {
     limit: Option<u64>,
 }
 
-async fn list(State(app): State<AppState>, Query(params): Query<ListParams>) -> AppResult<Json<Value>> {
+async fn list(
+    State(app): State<AppState>,
+    Query(params): Query<ListParams>,
+) -> AppResult<Json<Value>> {
     let status = params
         .status
         .as_deref()
-        .map(|s| ProjectStatus::parse(s).ok_or_else(|| AppError::bad_request("invalid_status", format!("unknown status `{s}`"))))
+        .map(|s| {
+            ProjectStatus::parse(s).ok_or_else(|| {
+                AppError::bad_request("invalid_status", format!("unknown status `{s}`"))
+            })
+        })
         .transpose()?;
-    let projects = pipeline::list_projects(&app.db, status, params.limit.unwrap_or(100).clamp(1, 1000)).await?;
+    let projects =
+        pipeline::list_projects(&app.db, status, params.limit.unwrap_or(100).clamp(1, 1000))
+            .await?;
     let projects: Vec<ProjectOut> = projects.into_iter().map(|p| project_out(p, None)).collect();
     Ok(Json(json!({"projects": projects})))
 }
@@ -186,10 +216,18 @@ async fn generate(
     match pipeline::generate(&app.db, &id, &ctx).await {
         Ok(effects) => {
             app.wake_outbox(&effects.jobs);
-            Ok((StatusCode::ACCEPTED, Json(json!({"ok": true, "projectId": id, "queuedJobs": effects.jobs.len()}))))
+            Ok((
+                StatusCode::ACCEPTED,
+                Json(json!({"ok": true, "projectId": id, "queuedJobs": effects.jobs.len()})),
+            ))
         }
-        Err(PipelineError::ProjectNotFound) => Err(AppError::not_found("project_not_found", format!("no project `{id}`"))),
-        Err(PipelineError::Transition(TransitionError::Conflict(message))) => Err(AppError::conflict("already_running", message)),
+        Err(PipelineError::ProjectNotFound) => Err(AppError::not_found(
+            "project_not_found",
+            format!("no project `{id}`"),
+        )),
+        Err(PipelineError::Transition(TransitionError::Conflict(message))) => {
+            Err(AppError::conflict("already_running", message))
+        }
         Err(PipelineError::Db(e)) => Err(e.into()),
         Err(e) => Err(AppError::Internal(e.to_string())),
     }

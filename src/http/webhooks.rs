@@ -52,14 +52,12 @@ pub fn router(config: &Config) -> Router<AppState> {
             get(move || health(kind)).post(move |state, request| ingest(state, kind, request)),
         );
     }
-    router.layer(
-        GovernorLayer::new(flood_guard).error_handler(|_| {
-            AppError::RateLimited {
-                retry_after_secs: 1,
-            }
-            .into_response()
-        }),
-    )
+    router.layer(GovernorLayer::new(flood_guard).error_handler(|_| {
+        AppError::RateLimited {
+            retry_after_secs: 1,
+        }
+        .into_response()
+    }))
 }
 
 /// The flood guard's key: the socket peer (unspecified when the server runs without connect
@@ -159,7 +157,11 @@ struct Accepted {
     duplicate: bool,
 }
 
-async fn process(app: &AppState, kind: WebhookKind, request: Request) -> Result<Accepted, AppError> {
+async fn process(
+    app: &AppState,
+    kind: WebhookKind,
+    request: Request,
+) -> Result<Accepted, AppError> {
     let is_json = request
         .headers()
         .get(header::CONTENT_TYPE)
@@ -167,7 +169,8 @@ async fn process(app: &AppState, kind: WebhookKind, request: Request) -> Result<
         .and_then(|v| v.split(';').next())
         .is_some_and(|mime| {
             let mime = mime.trim().to_ascii_lowercase();
-            mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+            mime == "application/json"
+                || (mime.starts_with("application/") && mime.ends_with("+json"))
         });
     if !is_json {
         return Err(AppError::UnsupportedMediaType);
@@ -192,13 +195,18 @@ async fn process(app: &AppState, kind: WebhookKind, request: Request) -> Result<
         app.reporter.report_throttled(
             &format!("invalid_signature:{}", kind.as_str()),
             Duration::from_secs(1),
-            NewError::warning(ErrorType::Webhook, format!("Invalid webhook signature: {e}"))
-                .with_source(kind.as_str()),
+            NewError::warning(
+                ErrorType::Webhook,
+                format!("Invalid webhook signature: {e}"),
+            )
+            .with_source(kind.as_str()),
         );
-        return Err(AppError::InvalidSignature(format!("invalid signature: {e}")));
+        return Err(AppError::InvalidSignature(format!(
+            "invalid signature: {e}"
+        )));
     }
-    let callback = parse_callback(kind, &body)
-        .map_err(|e| AppError::bad_request("invalid_payload", e.0))?;
+    let callback =
+        parse_callback(kind, &body).map_err(|e| AppError::bad_request("invalid_payload", e.0))?;
     let key = delivery_key(signature.webhook_id, &callback);
     let span = tracing::info_span!(
         "webhook",
@@ -248,7 +256,8 @@ async fn process(app: &AppState, kind: WebhookKind, request: Request) -> Result<
         Err(PipelineError::ProjectNotFound) => {
             let message = format!("Webhook for unknown project {}", callback.project_id());
             app.reporter.report(
-                NewError::new(Severity::Error, ErrorType::Webhook, &message).with_source(kind.as_str()),
+                NewError::new(Severity::Error, ErrorType::Webhook, &message)
+                    .with_source(kind.as_str()),
             );
             Err(AppError::not_found("project_not_found", message))
         }
@@ -259,7 +268,8 @@ async fn process(app: &AppState, kind: WebhookKind, request: Request) -> Result<
                 callback.project_id()
             );
             app.reporter.report(
-                NewError::new(Severity::Error, ErrorType::Webhook, &message).with_source(kind.as_str()),
+                NewError::new(Severity::Error, ErrorType::Webhook, &message)
+                    .with_source(kind.as_str()),
             );
             Err(AppError::not_found("scene_not_found", message))
         }
@@ -277,8 +287,11 @@ async fn process(app: &AppState, kind: WebhookKind, request: Request) -> Result<
             TransitionError::Invalid(message) | TransitionError::Conflict(message),
         )) => {
             app.reporter.report(
-                NewError::warning(ErrorType::Webhook, format!("Rejected {}: {message}", kind.as_str()))
-                    .with_source(source),
+                NewError::warning(
+                    ErrorType::Webhook,
+                    format!("Rejected {}: {message}", kind.as_str()),
+                )
+                .with_source(source),
             );
             Err(AppError::conflict("invalid_transition", message))
         }
@@ -348,6 +361,9 @@ mod tests {
             client_ip(Some(proxy), &h, &trusted),
             "198.51.100.7".parse::<IpAddr>().unwrap()
         );
-        assert_eq!(client_ip(Some(proxy), &HeaderMap::new(), &trusted), proxy.ip());
+        assert_eq!(
+            client_ip(Some(proxy), &HeaderMap::new(), &trusted),
+            proxy.ip()
+        );
     }
 }

@@ -53,7 +53,11 @@ impl Probe {
             "to" => state.as_str()
         )
         .increment(1);
-        tracing::info!(service = self.service, state = state.as_str(), "circuit breaker");
+        tracing::info!(
+            service = self.service,
+            state = state.as_str(),
+            "circuit breaker"
+        );
     }
 }
 
@@ -85,12 +89,17 @@ impl Breaker {
             service: service.as_str(),
             state: state.clone(),
         };
+        // failsafe's backoff works in whole seconds: at least 1 s open.
+        let open_min = open_min.max(Duration::from_secs(1));
         let policy = failure_policy::consecutive_failures(
             failures.max(1),
             backoff::exponential(open_min, open_max.max(open_min)),
         );
         Self {
-            machine: Config::new().failure_policy(policy).instrument(probe).build(),
+            machine: Config::new()
+                .failure_policy(policy)
+                .instrument(probe)
+                .build(),
             state,
         }
     }
@@ -123,8 +132,8 @@ mod tests {
         let b = Breaker::new(
             Service::Video,
             3,
-            Duration::from_millis(30),
-            Duration::from_millis(60),
+            Duration::from_secs(1),
+            Duration::from_secs(2),
         );
         for _ in 0..3 {
             assert!(b.permits());
@@ -132,7 +141,7 @@ mod tests {
         }
         assert_eq!(b.state(), BreakerState::Open);
         assert!(!b.permits());
-        std::thread::sleep(Duration::from_millis(80));
+        std::thread::sleep(Duration::from_millis(1100));
         assert!(b.permits());
         assert_eq!(b.state(), BreakerState::HalfOpen);
         b.success();

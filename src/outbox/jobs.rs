@@ -81,7 +81,11 @@ pub fn new_job_rows(
         .collect()
 }
 
-fn request(project_id: &str, job: &Job, ctx: &JobContext) -> (&'static str, Service, serde_json::Value) {
+fn request(
+    project_id: &str,
+    job: &Job,
+    ctx: &JobContext,
+) -> (&'static str, Service, serde_json::Value) {
     match job {
         Job::GenerateScene {
             scene_id,

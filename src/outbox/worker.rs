@@ -121,7 +121,9 @@ impl Outbox {
                         });
                         futures::future::join_all(sends).await;
                     }
-                    Err(e) => tracing::warn!(service = service.as_str(), error = %e, "outbox claim failed"),
+                    Err(e) => {
+                        tracing::warn!(service = service.as_str(), error = %e, "outbox claim failed")
+                    }
                 }
             }
             if claimed == 0 {
@@ -137,7 +139,12 @@ impl Outbox {
     async fn process(&self, service: Service, job: outbox_job::Model) {
         let lane = self.lane(service);
         if !lane.breaker.permits() {
-            let _ = db::outbox::release(&self.db, &job, Duration::from_millis(self.config.outbox.poll_interval_ms)).await;
+            let _ = db::outbox::release(
+                &self.db,
+                &job,
+                Duration::from_millis(self.config.outbox.poll_interval_ms),
+            )
+            .await;
             return;
         }
         let (result, elapsed) = self
@@ -167,7 +174,8 @@ impl Outbox {
                             .and_then(|b| b.get("task_id"))
                             .and_then(|v| v.as_str()),
                     )
-                    && let Err(e) = db::pipeline::store_video_task(&self.db, scene_id, task_id).await
+                    && let Err(e) =
+                        db::pipeline::store_video_task(&self.db, scene_id, task_id).await
                 {
                     tracing::warn!(error = %e, "could not store the video task id; the callback will");
                 }
@@ -202,7 +210,9 @@ impl Outbox {
         match settled {
             Ok(true) => {}
             Ok(false) => tracing::warn!("job was re-claimed elsewhere after its lease expired"),
-            Err(e) => tracing::warn!(error = %e, "could not settle job; its lease will expire and it is sent again"),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not settle job; its lease will expire and it is sent again")
+            }
         }
     }
 
@@ -220,7 +230,8 @@ impl Outbox {
         job: &outbox_job::Model,
         error: String,
     ) -> Result<bool, sea_orm::DbErr> {
-        metrics::counter!("scenehook_outbox_dead_total", "service" => service.as_str()).increment(1);
+        metrics::counter!("scenehook_outbox_dead_total", "service" => service.as_str())
+            .increment(1);
         tracing::error!(%error, "outbound job is dead after its last attempt");
         let (severity, kind) = match service {
             Service::Notification => (Severity::Error, ErrorType::Notification),
@@ -230,7 +241,11 @@ impl Outbox {
             NewError::new(
                 severity,
                 kind,
-                format!("{} job to the {} service is dead: {error}", job.kind, service.as_str()),
+                format!(
+                    "{} job to the {} service is dead: {error}",
+                    job.kind,
+                    service.as_str()
+                ),
             )
             .with_source(format!("outbox:{}", service.as_str()))
             .with_details(serde_json::json!({"jobId": job.id, "attempts": job.attempts})),

@@ -46,7 +46,10 @@ impl RateLimitStore for MemoryRateLimiter {
             windows.retain(|_, log| log.back().is_some_and(|t| now.duration_since(*t) < window));
         }
         let log = windows.entry(key.to_owned()).or_default();
-        while log.front().is_some_and(|t| now.duration_since(*t) >= window) {
+        while log
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= window)
+        {
             log.pop_front();
         }
         let allowed = log.len() < limit as usize;
@@ -104,8 +107,18 @@ impl ErrorState {
     fn count_active(&mut self, entry: &ErrorEntry, delta: i64) {
         let bump = |n: &mut u64| *n = n.saturating_add_signed(delta);
         bump(&mut self.stats.active);
-        bump(self.stats.by_severity.entry(entry.severity.as_str().into()).or_default());
-        bump(self.stats.by_type.entry(entry.kind.as_str().into()).or_default());
+        bump(
+            self.stats
+                .by_severity
+                .entry(entry.severity.as_str().into())
+                .or_default(),
+        );
+        bump(
+            self.stats
+                .by_type
+                .entry(entry.kind.as_str().into())
+                .or_default(),
+        );
         self.stats.by_severity.retain(|_, n| *n > 0);
         self.stats.by_type.retain(|_, n| *n > 0);
     }
@@ -168,16 +181,20 @@ impl ErrorState {
     /// Keeps at most `cap` entries: oldest dismissed first, then oldest info.
     fn enforce_cap(&mut self, cap: u64) {
         while self.entries.len() as u64 > cap {
-            let victim = self.dismissed.first().map(|(_, id)| id.clone()).or_else(|| {
-                self.active
-                    .iter()
-                    .find(|(_, id)| {
-                        self.entries
-                            .get(id)
-                            .is_some_and(|(e, _)| e.severity == Severity::Info)
-                    })
-                    .map(|(_, id)| id.clone())
-            });
+            let victim = self
+                .dismissed
+                .first()
+                .map(|(_, id)| id.clone())
+                .or_else(|| {
+                    self.active
+                        .iter()
+                        .find(|(_, id)| {
+                            self.entries
+                                .get(id)
+                                .is_some_and(|(e, _)| e.severity == Severity::Info)
+                        })
+                        .map(|(_, id)| id.clone())
+                });
             match victim {
                 Some(id) => self.remove(&id),
                 None => break,
@@ -251,7 +268,11 @@ impl ErrorStore for MemoryErrorStore {
     async fn list(&self, q: &ListQuery, now: i64) -> Result<ErrorPage, StoreError> {
         let mut s = self.state.lock();
         s.expire(now);
-        let index = if q.include_dismissed { &s.all } else { &s.active };
+        let index = if q.include_dismissed {
+            &s.all
+        } else {
+            &s.active
+        };
         let after = q.cursor.as_deref().and_then(decode_cursor);
         let mut errors = Vec::new();
         let mut next_cursor = None;

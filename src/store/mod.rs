@@ -32,8 +32,12 @@ pub struct RateDecision {
 #[async_trait]
 pub trait RateLimitStore: Send + Sync {
     /// Counts one request for `key` if the window has room, and decides.
-    async fn hit(&self, key: &str, limit: u32, window: Duration)
-    -> Result<RateDecision, StoreError>;
+    async fn hit(
+        &self,
+        key: &str,
+        limit: u32,
+        window: Duration,
+    ) -> Result<RateDecision, StoreError>;
     /// `memory` or `redis`, for metrics.
     fn backend(&self) -> &'static str;
 }

@@ -507,13 +507,21 @@ impl ErrorStore for RedisErrorStore {
 /// Counts Redis commands by name from `INFO commandstats`, for tests and the load benchmark.
 pub async fn command_calls(client: &Client) -> Result<Vec<(String, u64)>, StoreError> {
     let info: String = client
-        .custom(CustomCommand::new_static("INFO", ClusterHash::FirstKey, false), vec!["commandstats"])
+        .custom(
+            CustomCommand::new_static("INFO", ClusterHash::FirstKey, false),
+            vec!["commandstats"],
+        )
         .await?;
     Ok(info
         .lines()
         .filter_map(|line| {
             let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(':')?;
-            let calls = rest.strip_prefix("calls=")?.split(',').next()?.parse().ok()?;
+            let calls = rest
+                .strip_prefix("calls=")?
+                .split(',')
+                .next()?
+                .parse()
+                .ok()?;
             Some((name.to_owned(), calls))
         })
         .collect())

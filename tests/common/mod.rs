@@ -1,0 +1,202 @@
+//! Starts the real gateway for integration tests, on SQLite + in-process stores or on real
+//! Postgres + Redis (URLs from `scripts/test`), with fresh databases and key prefixes per test.
+#![allow(dead_code)]
+
+use std::{net::SocketAddr, time::Duration};
+
+use scenehook::{Gateway, config::Config, serve, signature::sign_hex};
+use sea_orm::{ConnectionTrait, Database};
+
+pub const VIDEO_SECRET: &str = "test-video-secret-0123456789abcdef0123";
+pub const LAST_FRAME_SECRET: &str = "test-last-frame-secret-0123456789abcdef";
+pub const STITCH_SECRET: &str = "test-stitch-secret-0123456789abcdef012";
+pub const RW_KEY: &str = "ops-key-read-write-0001";
+pub const RO_KEY: &str = "ops-key-read-only-0002";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// SQLite and the in-process stores: the embedded default.
+    Embedded,
+    /// Postgres and Redis: the scaled-out deployment.
+    Shared,
+}
+
+/// Whether a missing server fails the test (CI) or skips it (a bare `cargo test`).
+fn required() -> bool {
+    std::env::var("SCENEHOOK_REQUIRE_SERVICES").is_ok_and(|v| v == "1")
+}
+
+fn service_url(var: &str, test: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ if required() => panic!("{var} is not set and SCENEHOOK_REQUIRE_SERVICES=1"),
+        _ => {
+            println!("SKIPPED {test}: {var} is not set (run scripts/test for Redis and Postgres)");
+            None
+        }
+    }
+}
+
+pub fn redis_url(test: &str) -> Option<String> {
+    service_url("SCENEHOOK_TEST_REDIS_URL", test)
+}
+
+/// A fresh Postgres database for one test.
+pub async fn fresh_postgres(test: &str) -> Option<String> {
+    let admin = service_url("SCENEHOOK_TEST_POSTGRES_URL", test)?;
+    let name = format!("t_{}", scenehook::domain::ids::random_token(12));
+    let db = Database::connect(&admin)
+        .await
+        .expect("connect to the scratch Postgres");
+    db.execute_unprepared(&format!("CREATE DATABASE {name}"))
+        .await
+        .expect("create a test database");
+    let (base, _) = admin.rsplit_once('/').expect("a database URL has a path");
+    Some(format!("{base}/{name}"))
+}
+
+pub fn random_prefix() -> String {
+    format!("t{}", scenehook::domain::ids::random_token(10))
+}
+
+/// A test config for `backend`; `None` when its servers are not available (and not required).
+pub async fn config(backend: Backend, test: &str) -> Option<Config> {
+    let mut c = Config::defaults();
+    match backend {
+        Backend::Embedded => {
+            let dir = tempfile::tempdir().expect("a temp dir").keep();
+            c.database_url = format!("sqlite://{}/scenehook.db?mode=rwc", dir.display());
+        }
+        Backend::Shared => {
+            c.redis_url = redis_url(test)?;
+            c.database_url = fresh_postgres(test).await?;
+        }
+    }
+    c.redis_key_prefix = random_prefix();
+    c.webhooks.video_secrets = vec![scenehook::config::Secret::new(VIDEO_SECRET)];
+    c.webhooks.last_frame_secrets = vec![scenehook::config::Secret::new(LAST_FRAME_SECRET)];
+    c.webhooks.stitch_secrets = vec![scenehook::config::Secret::new(STITCH_SECRET)];
+    c.operator_api_keys = vec![
+        format!("ops:{RW_KEY}:rw").parse().unwrap(),
+        format!("viewer:{RO_KEY}:ro").parse().unwrap(),
+    ];
+    c.outbox.poll_interval_ms = 50;
+    c.outbox.base_delay_ms = 100;
+    c.outbox.max_delay_secs = 1;
+    c.outbox.request_timeout_ms = 2000;
+    c.outbox.inline_retries = 0;
+    c.outbox.lease_secs = 3;
+    c.outbox.breaker_open_min_ms = 1000;
+    c.outbox.breaker_open_max_ms = 2000;
+    c.outbox.breaker_consecutive_failures = 3;
+    Some(c)
+}
+
+/// A running gateway on a loopback port.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub url: String,
+    pub http: reqwest::Client,
+    pub gateway: Gateway,
+}
+
+impl TestApp {
+    pub async fn start(config: Config) -> Self {
+        Self::start_with(config, true).await
+    }
+
+    pub async fn start_with(mut config: Config, outbox: bool) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        config.app_url = format!("http://{addr}").parse().unwrap();
+        let gateway = Gateway::start_with(config, outbox)
+            .await
+            .expect("the gateway starts");
+        tokio::spawn(serve(
+            listener,
+            gateway.router.clone(),
+            std::future::pending(),
+        ));
+        Self {
+            addr,
+            url: format!("http://{addr}"),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap(),
+            gateway,
+        }
+    }
+
+    /// POSTs a body signed with the hex scheme.
+    pub async fn webhook(&self, endpoint: &str, secret: &str, body: &str) -> reqwest::Response {
+        self.http
+            .post(format!("{}/api/webhooks/{endpoint}", self.url))
+            .header("content-type", "application/json")
+            .header("x-webhook-signature", sign_hex(secret, body.as_bytes()))
+            .body(body.to_owned())
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn api(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        key: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let mut request = self
+            .http
+            .request(method, format!("{}/api/v1{path}", self.url))
+            .bearer_auth(key);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let body = response.json().await.unwrap_or(serde_json::Value::Null);
+        (status, body)
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        self.api(reqwest::Method::GET, path, RW_KEY, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+        self.api(reqwest::Method::POST, path, RW_KEY, Some(body))
+            .await
+    }
+}
+
+/// Waits until `check` holds, polling; panics with `what` after `timeout`.
+pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Generates one `#[tokio::test]` per backend from `async fn name(backend: Backend)`.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),+ $(,)?) => {
+        mod embedded {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(super::common::Backend::Embedded).await })+
+        }
+        mod shared {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(super::common::Backend::Shared).await })+
+        }
+    };
+}
