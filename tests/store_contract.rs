@@ -1,0 +1,336 @@
+//! One contract for the store backends: the in-process one and Redis behave the same.
+
+mod common;
+
+use std::{sync::Arc, time::Duration};
+
+use common::*;
+use scenehook::store::{
+    DismissOutcome, ErrorPolicy, ErrorStore, ErrorType, ListQuery, NewError, RateLimitStore,
+    Severity,
+    memory::{MemoryErrorStore, MemoryRateLimiter},
+    redis::{self as redis_store, RedisErrorStore, RedisRateLimiter},
+};
+
+const POLICY: ErrorPolicy = ErrorPolicy {
+    success_ttl_ms: 5_000,
+    info_ttl_ms: 60_000,
+    warning_ttl_ms: 600_000,
+    retention_ms: 86_400_000,
+    max_entries: 500,
+};
+
+async fn stores(
+    backend: Backend,
+    test: &str,
+    policy: ErrorPolicy,
+) -> Option<(Arc<dyn ErrorStore>, Arc<dyn RateLimitStore>)> {
+    match backend {
+        Backend::Embedded => Some((
+            Arc::new(MemoryErrorStore::new(policy)),
+            Arc::new(MemoryRateLimiter::new()),
+        )),
+        Backend::Shared => {
+            let client = redis_store::connect(&redis_url(test)?, Duration::from_secs(2))
+                .await
+                .unwrap();
+            let prefix = random_prefix();
+            Some((
+                Arc::new(RedisErrorStore::new(client.clone(), &prefix, policy)),
+                Arc::new(RedisRateLimiter::new(client, &prefix)),
+            ))
+        }
+    }
+}
+
+const T0: i64 = 1_764_400_000_000;
+
+async fn sliding_window_allows_exactly_the_limit(backend: Backend) {
+    let Some((_, limiter)) = stores(backend, "sliding_window", POLICY).await else {
+        return;
+    };
+    let window = Duration::from_millis(600);
+    for i in 0..5 {
+        let d = limiter.hit("k", 5, window).await.unwrap();
+        assert!(d.allowed);
+        assert_eq!(d.remaining, 4 - i);
+    }
+    let d = limiter.hit("k", 5, window).await.unwrap();
+    assert!(!d.allowed);
+    assert!(d.reset_ms <= 600);
+    assert!(
+        limiter.hit("other", 5, window).await.unwrap().allowed,
+        "keys are independent"
+    );
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(
+        limiter.hit("k", 5, window).await.unwrap().allowed,
+        "the window slid"
+    );
+}
+
+async fn identical_errors_group_and_reopen(backend: Backend) {
+    let Some((store, _)) = stores(backend, "grouping", POLICY).await else {
+        return;
+    };
+    let failure = || {
+        NewError::new(Severity::Error, ErrorType::Generation, "video service down")
+            .with_source("video")
+    };
+    let first = store.record(failure(), T0).await.unwrap();
+    for i in 1..200 {
+        store.record(failure(), T0 + i).await.unwrap();
+    }
+    let entry = store.get(&first.id, T0 + 200).await.unwrap().unwrap();
+    assert_eq!(entry.count, 200);
+    assert_eq!(entry.last_seen_at, T0 + 199);
+    assert_eq!(store.stats(T0 + 200).await.unwrap().active, 1);
+    assert_eq!(
+        store
+            .dismiss(&first.id, "alice", Some("fixed"), T0 + 300)
+            .await
+            .unwrap(),
+        DismissOutcome::Dismissed
+    );
+    let stats = store.stats(T0 + 301).await.unwrap();
+    assert_eq!((stats.active, stats.dismissed, stats.total), (0, 1, 1));
+    // It comes back: active again, history kept.
+    let again = store.record(failure(), T0 + 400).await.unwrap();
+    assert_eq!(again.id, first.id);
+    assert!(!again.dismissed);
+    assert_eq!(again.count, 201);
+    assert_eq!(again.reopened_count, 1);
+    assert_eq!(again.dismissed_by.as_deref(), Some("alice"));
+}
+
+async fn critical_is_never_dismissed(backend: Backend) {
+    let Some((store, _)) = stores(backend, "critical", POLICY).await else {
+        return;
+    };
+    let critical = store
+        .record(NewError::critical(ErrorType::System, "disk on fire"), T0)
+        .await
+        .unwrap();
+    let warning = store
+        .record(NewError::warning(ErrorType::Webhook, "odd"), T0)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.dismiss(&critical.id, "bob", None, T0).await.unwrap(),
+        DismissOutcome::NotDismissible
+    );
+    assert_eq!(
+        store.dismiss("err_nope", "bob", None, T0).await.unwrap(),
+        DismissOutcome::NotFound
+    );
+    let dismissed = store.dismiss_all("bob", None, T0 + 1).await.unwrap();
+    assert_eq!(dismissed, vec![warning.id.clone()]);
+    // Criticals never auto-dismiss.
+    let stats = store.stats(T0 + 100 * 86_400_000).await.unwrap();
+    assert_eq!(stats.by_severity.get("critical"), Some(&1));
+    assert_eq!(stats.active, 1);
+}
+
+async fn success_auto_dismisses_after_its_ttl(backend: Backend) {
+    let Some((store, _)) = stores(backend, "auto_dismiss", POLICY).await else {
+        return;
+    };
+    store
+        .record(NewError::success("Scene verified"), T0)
+        .await
+        .unwrap();
+    let active = |now| {
+        let store = store.clone();
+        async move {
+            store
+                .list(
+                    &ListQuery {
+                        limit: 10,
+                        ..Default::default()
+                    },
+                    now,
+                )
+                .await
+                .unwrap()
+                .errors
+                .len()
+        }
+    };
+    assert_eq!(active(T0 + 4_999).await, 1);
+    assert_eq!(active(T0 + 5_000).await, 0);
+    let all = store
+        .list(
+            &ListQuery {
+                limit: 10,
+                include_dismissed: true,
+                ..Default::default()
+            },
+            T0 + 5_001,
+        )
+        .await
+        .unwrap();
+    assert_eq!(all.errors[0].dismissed_by.as_deref(), Some("auto"));
+    // Retention removes it later.
+    assert_eq!(
+        store
+            .cleanup(T0 + 5_000 + POLICY.retention_ms + 1)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        store
+            .stats(T0 + 5_000 + POLICY.retention_ms + 2)
+            .await
+            .unwrap()
+            .total,
+        0
+    );
+}
+
+async fn list_filters_and_pages_newest_first(backend: Backend) {
+    let Some((store, _)) = stores(backend, "paging", POLICY).await else {
+        return;
+    };
+    for i in 0..25 {
+        let severity = if i % 5 == 0 {
+            Severity::Error
+        } else {
+            Severity::Warning
+        };
+        store
+            .record(
+                NewError::new(severity, ErrorType::Processing, format!("problem {i}")),
+                T0 + (i / 2),
+            )
+            .await
+            .unwrap();
+    }
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = store
+            .list(
+                &ListQuery {
+                    limit: 7,
+                    cursor: cursor.clone(),
+                    ..Default::default()
+                },
+                T0 + 100,
+            )
+            .await
+            .unwrap();
+        seen.extend(
+            page.errors
+                .iter()
+                .map(|e| (e.last_seen_at, e.message.clone())),
+        );
+        cursor = page.next_cursor;
+        if cursor.is_none() {
+            break;
+        }
+    }
+    assert_eq!(seen.len(), 25, "every entry exactly once across pages");
+    let mut sorted = seen.clone();
+    sorted.sort_by(|a, b| b.0.cmp(&a.0));
+    assert_eq!(
+        seen.iter().map(|s| s.0).collect::<Vec<_>>(),
+        sorted.iter().map(|s| s.0).collect::<Vec<_>>()
+    );
+    let errors = store
+        .list(
+            &ListQuery {
+                limit: 100,
+                severity: Some(Severity::Error),
+                ..Default::default()
+            },
+            T0 + 100,
+        )
+        .await
+        .unwrap();
+    assert_eq!(errors.errors.len(), 5);
+    let stats = store.stats(T0 + 100).await.unwrap();
+    assert_eq!(stats.by_severity.get("error"), Some(&5));
+    assert_eq!(stats.by_type.get("processing"), Some(&25));
+}
+
+async fn the_cap_bounds_the_store(backend: Backend) {
+    let policy = ErrorPolicy {
+        max_entries: 50,
+        ..POLICY
+    };
+    let Some((store, _)) = stores(backend, "cap", policy).await else {
+        return;
+    };
+    for i in 0..60 {
+        let e = store
+            .record(
+                NewError::new(Severity::Info, ErrorType::System, format!("info {i}")),
+                T0 + i,
+            )
+            .await
+            .unwrap();
+        if i < 5 {
+            store.dismiss(&e.id, "x", None, T0 + i).await.unwrap();
+        }
+    }
+    let stats = store.stats(T0 + 100).await.unwrap();
+    assert_eq!(stats.total, 50);
+    assert_eq!(stats.dismissed, 0, "dismissed entries are evicted first");
+}
+
+on_both_backends!(
+    sliding_window_allows_exactly_the_limit,
+    identical_errors_group_and_reopen,
+    critical_is_never_dismissed,
+    success_auto_dismisses_after_its_ttl,
+    list_filters_and_pages_newest_first,
+    the_cap_bounds_the_store,
+);
+
+/// 10,000 identical failures make one entry; `stats` issues one EVALSHA reading one hash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_failures_one_entry_and_stats_without_scanning() {
+    let Some(url) = redis_url("redis_scale") else {
+        return;
+    };
+    let client = redis_store::connect(&url, Duration::from_secs(2))
+        .await
+        .unwrap();
+    let store = RedisErrorStore::new(client.clone(), &random_prefix(), POLICY);
+    let writes = (0..10_000).map(|i| {
+        store.record(
+            NewError::new(Severity::Error, ErrorType::Automation, "stitch down"),
+            T0 + i,
+        )
+    });
+    for chunk in writes.collect::<Vec<_>>().chunks_mut(500) {
+        for r in futures::future::join_all(chunk.iter_mut()).await {
+            r.unwrap();
+        }
+    }
+    let page = store
+        .list(
+            &ListQuery {
+                limit: 10,
+                ..Default::default()
+            },
+            T0 + 20_000,
+        )
+        .await
+        .unwrap();
+    assert_eq!(page.errors.len(), 1);
+    assert_eq!(page.errors[0].count, 10_000);
+    let before = redis_store::command_calls(&client).await.unwrap();
+    store.stats(T0 + 20_000).await.unwrap();
+    let after = redis_store::command_calls(&client).await.unwrap();
+    let delta = |name: &str| {
+        let get =
+            |v: &Vec<(String, u64)>| v.iter().find(|(n, _)| n == name).map(|c| c.1).unwrap_or(0);
+        get(&after) - get(&before)
+    };
+    assert_eq!(delta("evalsha"), 1);
+    assert_eq!(delta("hgetall"), 1);
+    assert_eq!(delta("scan") + delta("keys"), 0);
+    assert!(RedisErrorStore::stats_commands().contains("HGETALL"));
+}
