@@ -1,0 +1,336 @@
+//! End to end: the real gateway and the fake services on loopback drive whole projects.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use scenehook::fakes::{Behaviour, FakeConfig, FakeServices};
+use serde_json::{Value, json};
+
+async fn with_fakes(
+    backend: Backend,
+    test: &str,
+) -> Option<(scenehook::config::Config, FakeServices)> {
+    let mut cfg = config(backend, test).await?;
+    let fakes = FakeServices::start(
+        FakeConfig::for_gateway(&cfg, Duration::from_millis(20)),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let url: url::Url = fakes.url().parse().unwrap();
+    for s in [
+        &mut cfg.services.video,
+        &mut cfg.services.last_frame,
+        &mut cfg.services.stitch,
+        &mut cfg.services.notification,
+    ] {
+        s.url = url.clone();
+    }
+    Some((cfg, fakes))
+}
+
+async fn create_and_generate(app: &TestApp, id: &str, scenes: usize) {
+    let scenes: Vec<Value> = (0..scenes)
+        .map(|i| json!({"id": format!("{id}_s{i}"), "prompt": format!("scene {i}")}))
+        .collect();
+    assert_eq!(
+        app.post(
+            "/projects",
+            json!({"id": id, "name": "E2E", "scenes": scenes})
+        )
+        .await
+        .0,
+        201
+    );
+    assert_eq!(
+        app.post(&format!("/projects/{id}/generate"), json!(null))
+            .await
+            .0,
+        202
+    );
+}
+
+async fn wait_for_status(app: &TestApp, id: &str, status: &str, timeout: Duration) -> Value {
+    let mut last = Value::Null;
+    let deadline = tokio::time::Instant::now() + timeout;
+    while tokio::time::Instant::now() < deadline {
+        last = app.get(&format!("/projects/{id}")).await.1;
+        if last["status"] == status {
+            return last;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("project {id} did not become {status}: {last}");
+}
+
+async fn five_scenes_chain_stitch_and_notify(backend: Backend) {
+    let Some((cfg, fakes)) = with_fakes(backend, "e2e_five").await else {
+        return;
+    };
+    let app = TestApp::start(cfg).await;
+    create_and_generate(&app, "p5", 5).await;
+    let project = wait_for_status(&app, "p5", "completed", Duration::from_secs(30)).await;
+    let scenes = project["scenes"].as_array().unwrap();
+    assert!(scenes[0]["firstFrameUrl"].is_null());
+    for k in 1..5 {
+        assert_eq!(
+            scenes[k]["firstFrameUrl"],
+            scenes[k - 1]["lastFrameUrl"],
+            "scene {k} chains"
+        );
+        assert_eq!(scenes[k]["status"], "verified");
+    }
+    let stitches = fakes.accepted("stitch");
+    assert_eq!(stitches.len(), 1);
+    let clips: Vec<Value> = scenes.iter().map(|s| s["videoUrl"].clone()).collect();
+    assert_eq!(stitches[0].body["video_urls"], Value::Array(clips));
+    assert!(
+        project["finalVideoUrl"]
+            .as_str()
+            .unwrap()
+            .starts_with("https://")
+    );
+    eventually(Duration::from_secs(5), "one notification", || async {
+        fakes.accepted("notification").len() == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let notes = fakes.accepted("notification");
+    assert_eq!(notes.len(), 1, "exactly one notification");
+    assert_eq!(notes[0].body["event"], "project.completed");
+    // Every outbound request carried the service key and an idempotency key.
+    for r in fakes.received() {
+        assert!(
+            r.authorization
+                .as_deref()
+                .unwrap_or("")
+                .starts_with("Bearer dev-")
+        );
+        assert!(
+            r.idempotency_key
+                .as_deref()
+                .unwrap_or("")
+                .starts_with("job_")
+        );
+    }
+}
+
+async fn breaker_opens_during_an_outage_and_nothing_is_lost(backend: Backend) {
+    let Some((mut cfg, fakes)) = with_fakes(backend, "e2e_outage").await else {
+        return;
+    };
+    cfg.outbox.max_attempts = 100;
+    fakes.set_behaviour(
+        "last_frame",
+        Behaviour {
+            fail_with: Some(503),
+            ..Default::default()
+        },
+    );
+    let app = TestApp::start(cfg).await;
+    create_and_generate(&app, "po", 2).await;
+    eventually(Duration::from_secs(10), "the breaker opens", || async {
+        app.get("/services").await.1["services"][1]["breaker"] == "open"
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let during_outage = fakes
+        .received()
+        .iter()
+        .filter(|r| r.service == "last_frame")
+        .count();
+    // 4 s of outage with 100 ms retries would be ~40 calls without the breaker.
+    assert!(
+        during_outage <= 10,
+        "{during_outage} calls reached the failing service"
+    );
+    fakes.set_behaviour("last_frame", Behaviour::default());
+    wait_for_status(&app, "po", "completed", Duration::from_secs(30)).await;
+    let (_, dead) = app.get("/outbox?status=dead").await;
+    assert_eq!(dead["jobs"].as_array().unwrap().len(), 0);
+    let metrics = app
+        .http
+        .get(format!("{}/metrics", app.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains(
+        "scenehook_circuit_breaker_transitions_total{service=\"last_frame\",to=\"open\"}"
+    ));
+}
+
+async fn permanent_failure_is_dead_lettered_and_replayed(backend: Backend) {
+    let Some((mut cfg, fakes)) = with_fakes(backend, "e2e_dead").await else {
+        return;
+    };
+    cfg.outbox.max_attempts = 2;
+    fakes.set_behaviour(
+        "video",
+        Behaviour {
+            fail_with: Some(400),
+            ..Default::default()
+        },
+    );
+    let app = TestApp::start(cfg).await;
+    create_and_generate(&app, "pd", 1).await;
+    eventually(Duration::from_secs(10), "a dead job", || async {
+        app.get("/outbox?status=dead").await.1["jobs"]
+            .as_array()
+            .is_some_and(|j| j.len() == 1)
+    })
+    .await;
+    let (_, dead) = app.get("/outbox?status=dead").await;
+    let job_id = dead["jobs"][0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        fakes
+            .received()
+            .iter()
+            .filter(|r| r.service == "video")
+            .count(),
+        1,
+        "a 400 is not retried"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, errors) = app.get("/errors?severity=critical&type=automation").await;
+    assert_eq!(errors["errors"].as_array().unwrap().len(), 1);
+    fakes.set_behaviour("video", Behaviour::default());
+    assert_eq!(
+        app.post(&format!("/outbox/{job_id}/replay"), json!(null))
+            .await
+            .0,
+        200
+    );
+    wait_for_status(&app, "pd", "completed", Duration::from_secs(20)).await;
+}
+
+async fn failed_videos_are_retried_then_fail_the_project(backend: Backend) {
+    let Some((cfg, fakes)) = with_fakes(backend, "e2e_failed_video").await else {
+        return;
+    };
+    fakes.set_behaviour(
+        "video",
+        Behaviour {
+            report_failure: true,
+            ..Default::default()
+        },
+    );
+    let app = TestApp::start(cfg).await;
+    create_and_generate(&app, "pf", 2).await;
+    let project = wait_for_status(&app, "pf", "failed", Duration::from_secs(20)).await;
+    assert_eq!(project["scenes"][0]["status"], "failed");
+    assert_eq!(project["scenes"][0]["attempts"], 3);
+    eventually(
+        Duration::from_secs(5),
+        "a project.failed notification",
+        || async {
+            fakes
+                .accepted("notification")
+                .iter()
+                .any(|n| n.body["event"] == "project.failed")
+        },
+    )
+    .await;
+    // An operator resumes once the service is healthy.
+    fakes.set_behaviour("video", Behaviour::default());
+    assert_eq!(app.post("/projects/pf/generate", json!(null)).await.0, 202);
+    wait_for_status(&app, "pf", "completed", Duration::from_secs(20)).await;
+}
+
+on_both_backends!(
+    five_scenes_chain_stitch_and_notify,
+    breaker_opens_during_an_outage_and_nothing_is_lost,
+    permanent_failure_is_dead_lettered_and_replayed,
+    failed_videos_are_retried_then_fail_the_project,
+);
+
+/// Two instances on one Postgres: every job is sent exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_send_every_job_exactly_once() {
+    let Some((cfg, fakes)) = with_fakes(Backend::Shared, "e2e_two_instances").await else {
+        return;
+    };
+    let a = TestApp::start(cfg.clone()).await;
+    let b = TestApp::start(cfg).await;
+    for i in 0..4 {
+        create_and_generate(if i % 2 == 0 { &a } else { &b }, &format!("pm{i}"), 3).await;
+    }
+    for i in 0..4 {
+        wait_for_status(&a, &format!("pm{i}"), "completed", Duration::from_secs(40)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let received = fakes.received();
+    let mut keys: Vec<&str> = received
+        .iter()
+        .filter_map(|r| r.idempotency_key.as_deref())
+        .collect();
+    let total = keys.len();
+    keys.sort();
+    keys.dedup();
+    assert_eq!(keys.len(), total, "a job was sent twice");
+    assert_eq!(fakes.accepted("video").len(), 12);
+    assert_eq!(fakes.accepted("notification").len(), 4);
+}
+
+/// Migrations go up, down and up again on SQLite and Postgres.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrations_round_trip() {
+    use migration::{Migrator, MigratorTrait};
+    let dir = tempfile::tempdir().unwrap();
+    let mut urls = vec![format!("sqlite://{}/m.db?mode=rwc", dir.path().display())];
+    if let Some(pg) = fresh_postgres("migrations_round_trip").await {
+        urls.push(pg);
+    }
+    for url in urls {
+        let db = sea_orm::Database::connect(&url).await.unwrap();
+        Migrator::up(&db, None).await.unwrap();
+        Migrator::down(&db, None).await.unwrap();
+        assert_eq!(
+            Migrator::get_pending_migrations(&db).await.unwrap().len(),
+            1
+        );
+        Migrator::up(&db, None).await.unwrap();
+        assert!(
+            Migrator::get_pending_migrations(&db)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+}
+
+/// Production refuses placeholder or short secrets, with one line naming the variable.
+#[test]
+fn production_refuses_weak_secrets() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_scenehook"))
+        .env("NODE_ENV", "production")
+        .env("VIDEO_WEBHOOK_SECRET", "your-video-webhook-secret")
+        .env("LAST_FRAME_WEBHOOK_SECRET", "0123456789")
+        .env("STITCH_WEBHOOK_SECRET", "s".repeat(40))
+        .env("OPERATOR_API_KEYS", "ops:key:rw")
+        .env("SCENEHOOK_CONFIG_DIR", "/nonexistent")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.contains("VIDEO_WEBHOOK_SECRET") && l.contains("placeholder")),
+        "{stderr}"
+    );
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.contains("LAST_FRAME_WEBHOOK_SECRET") && l.contains("too short")),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("0123456789") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+}
