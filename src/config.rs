@@ -549,6 +549,8 @@ fn is_placeholder(value: &str) -> bool {
 }
 
 #[cfg(test)]
+// figment::Jail returns its own large error type.
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
 

@@ -232,7 +232,7 @@ async fn list_filters_and_pages_newest_first(backend: Backend) {
     }
     assert_eq!(seen.len(), 25, "every entry exactly once across pages");
     let mut sorted = seen.clone();
-    sorted.sort_by(|a, b| b.0.cmp(&a.0));
+    sorted.sort_by_key(|s| std::cmp::Reverse(s.0));
     assert_eq!(
         seen.iter().map(|s| s.0).collect::<Vec<_>>(),
         sorted.iter().map(|s| s.0).collect::<Vec<_>>()
