@@ -36,9 +36,12 @@ SCRATCH=$(mktemp -d /tmp/scenehook-services.XXXXXX)
 chmod 755 "$SCRATCH"
 REDIS_PORT=$(free_port)
 PG_PORT=$(free_port)
+CLUSTER_PORTS="$(free_port) $(free_port) $(free_port)"
 
 stop_services() {
-  redis-cli -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || true
+  for port in $REDIS_PORT $CLUSTER_PORTS; do
+    redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true
+  done
   if [ -f "$SCRATCH/pg/postmaster.pid" ]; then
     runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$SCRATCH/pg" -m immediate stop >/dev/null 2>&1 || true
   fi
@@ -48,6 +51,14 @@ trap stop_services EXIT
 
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
   --dir "$SCRATCH" --daemonize yes --logfile "$SCRATCH/redis.log"
+
+# A 3-node Redis Cluster (no replicas), to prove every script stays within one slot.
+for port in $CLUSTER_PORTS; do
+  mkdir -p "$SCRATCH/cluster-$port"
+  redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --cluster-enabled yes \
+    --cluster-config-file "$SCRATCH/cluster-$port/nodes.conf" --dir "$SCRATCH/cluster-$port" \
+    --daemonize yes --logfile "$SCRATCH/cluster-$port/redis.log"
+done
 
 # Postgres refuses to run as root: the cluster belongs to the postgres user.
 mkdir -p "$SCRATCH/pg"
@@ -61,6 +72,21 @@ for _ in $(seq 50); do
   sleep 0.1
 done
 
+nodes=""
+for port in $CLUSTER_PORTS; do
+  for _ in $(seq 50); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+  nodes="$nodes 127.0.0.1:$port"
+done
+# shellcheck disable=SC2086
+redis-cli --cluster create $nodes --cluster-replicas 0 --cluster-yes >/dev/null
+for _ in $(seq 100); do
+  redis-cli -p "${CLUSTER_PORTS%% *}" cluster info | grep -q 'cluster_state:ok' && break
+  sleep 0.1
+done
+set -- $CLUSTER_PORTS
+
 export SCENEHOOK_TEST_REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
+export SCENEHOOK_TEST_REDIS_CLUSTER_URL="redis-cluster://127.0.0.1:$1?node=127.0.0.1:$2&node=127.0.0.1:$3"
+export SCENEHOOK_PG_BIN="$PG_BIN"
 export SCENEHOOK_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:$PG_PORT/postgres"
-echo "scratch Redis on :$REDIS_PORT, scratch Postgres on :$PG_PORT"
+echo "scratch Redis on :$REDIS_PORT, Redis Cluster on :${CLUSTER_PORTS// /,:}, Postgres on :$PG_PORT"

@@ -178,7 +178,7 @@ async fn success_entries_leave_the_active_list(backend: Backend) {
     );
 }
 
-on_both_backends!(
+on_all_backends!(
     list_filter_dismiss_and_stats,
     operator_authentication,
     success_entries_leave_the_active_list

@@ -241,7 +241,7 @@ async fn failed_videos_are_retried_then_fail_the_project(backend: Backend) {
     wait_for_status(&app, "pf", "completed", Duration::from_secs(20)).await;
 }
 
-on_both_backends!(
+on_all_backends!(
     five_scenes_chain_stitch_and_notify,
     breaker_opens_during_an_outage_and_nothing_is_lost,
     permanent_failure_is_dead_lettered_and_replayed,

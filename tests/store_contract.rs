@@ -30,8 +30,12 @@ async fn stores(
             Arc::new(MemoryErrorStore::new(policy)),
             Arc::new(MemoryRateLimiter::new()),
         )),
-        Backend::Shared => {
-            let client = redis_store::connect(&redis_url(test)?, Duration::from_secs(2))
+        Backend::Shared | Backend::Cluster => {
+            let url = match backend {
+                Backend::Cluster => cluster_url(test)?,
+                _ => redis_url(test)?,
+            };
+            let client = redis_store::connect(&url, Duration::from_secs(2))
                 .await
                 .unwrap();
             let prefix = random_prefix();
@@ -279,7 +283,7 @@ async fn the_cap_bounds_the_store(backend: Backend) {
     assert_eq!(stats.dismissed, 0, "dismissed entries are evicted first");
 }
 
-on_both_backends!(
+on_all_backends!(
     sliding_window_allows_exactly_the_limit,
     identical_errors_group_and_reopen,
     critical_is_never_dismissed,

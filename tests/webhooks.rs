@@ -362,7 +362,7 @@ async fn get_is_a_health_check(backend: Backend) {
     }
 }
 
-on_both_backends!(
+on_all_backends!(
     seed_manual_test_with_openssl_signature,
     forged_truncated_empty_and_rotated_signatures,
     standard_webhooks_headers_and_replay_window,

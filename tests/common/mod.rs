@@ -19,6 +19,8 @@ pub enum Backend {
     Embedded,
     /// Postgres and Redis: the scaled-out deployment.
     Shared,
+    /// Postgres and a 3-node Redis Cluster.
+    Cluster,
 }
 
 /// Whether a missing server fails the test (CI) or skips it (a bare `cargo test`).
@@ -39,6 +41,10 @@ fn service_url(var: &str, test: &str) -> Option<String> {
 
 pub fn redis_url(test: &str) -> Option<String> {
     service_url("SCENEHOOK_TEST_REDIS_URL", test)
+}
+
+pub fn cluster_url(test: &str) -> Option<String> {
+    service_url("SCENEHOOK_TEST_REDIS_CLUSTER_URL", test)
 }
 
 /// A fresh Postgres database for one test.
@@ -69,6 +75,10 @@ pub async fn config(backend: Backend, test: &str) -> Option<Config> {
         }
         Backend::Shared => {
             c.redis_url = redis_url(test)?;
+            c.database_url = fresh_postgres(test).await?;
+        }
+        Backend::Cluster => {
+            c.redis_url = service_url("SCENEHOOK_TEST_REDIS_CLUSTER_URL", test)?;
             c.database_url = fresh_postgres(test).await?;
         }
     }
@@ -186,9 +196,10 @@ where
     }
 }
 
-/// Generates one `#[tokio::test]` per backend from `async fn name(backend: Backend)`.
+/// Generates one `#[tokio::test]` per backend (embedded, Postgres + Redis, Postgres + Redis
+/// Cluster) from `async fn name(backend: Backend)`.
 #[macro_export]
-macro_rules! on_both_backends {
+macro_rules! on_all_backends {
     ($($name:ident),+ $(,)?) => {
         mod embedded {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -197,6 +208,10 @@ macro_rules! on_both_backends {
         mod shared {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() { super::$name(super::common::Backend::Shared).await })+
+        }
+        mod cluster {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(super::common::Backend::Cluster).await })+
         }
     };
 }
