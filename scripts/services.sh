@@ -36,7 +36,20 @@ SCRATCH=$(mktemp -d /tmp/scenehook-services.XXXXXX)
 chmod 755 "$SCRATCH"
 REDIS_PORT=$(free_port)
 PG_PORT=$(free_port)
-CLUSTER_PORTS="$(free_port) $(free_port) $(free_port)"
+# A cluster node also listens on port+10000 (its bus), so both must be free and below 65536.
+cluster_port() {
+  python3 -c '
+import random, socket
+while True:
+    p = random.randint(20000, 55000)
+    try:
+        for q in (p, p + 10000):
+            s = socket.socket(); s.bind(("127.0.0.1", q)); s.close()
+        print(p); break
+    except OSError:
+        pass'
+}
+CLUSTER_PORTS="$(cluster_port) $(cluster_port) $(cluster_port)"
 
 stop_services() {
   for port in $REDIS_PORT $CLUSTER_PORTS; do

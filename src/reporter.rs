@@ -78,11 +78,17 @@ impl Reporter {
         self.report(entry);
     }
 
-    /// Writes buffered entries; the flush task calls this periodically.
+    /// Writes buffered entries oldest first, stopping at the first failure (the store is
+    /// still down: one timeout per tick, not one per entry). The housekeeping task calls it.
     pub async fn flush(&self) {
-        let pending: Vec<_> = self.inner.buffer.lock().drain(..).collect();
-        for (entry, at) in pending {
-            self.inner.write(entry, at).await;
+        loop {
+            let Some((entry, at)) = self.inner.buffer.lock().front().cloned() else {
+                return;
+            };
+            if self.inner.store.record(entry, at).await.is_err() {
+                return;
+            }
+            self.inner.buffer.lock().pop_front();
         }
     }
 

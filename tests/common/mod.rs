@@ -215,3 +215,193 @@ macro_rules! on_all_backends {
         }
     };
 }
+
+/// A Redis server of one test's own, to stop and restart (outage tests).
+pub struct OwnRedis {
+    pub port: u16,
+    child: Option<std::process::Child>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl OwnRedis {
+    /// `None` (skip) when `redis-server` is not installed and services are not required.
+    pub fn start(test: &str) -> Option<Self> {
+        if std::process::Command::new("redis-server")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            assert!(!required(), "redis-server is not installed");
+            println!("SKIPPED {test}: redis-server is not installed");
+            return None;
+        }
+        let mut redis = Self {
+            port: free_port(),
+            child: None,
+        };
+        redis.restart();
+        Some(redis)
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn restart(&mut self) {
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server starts");
+        self.child = Some(child);
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("redis-server did not come up");
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A Postgres cluster of one test's own (run as the `postgres` user when we are root).
+pub struct OwnPostgres {
+    pub port: u16,
+    dir: std::path::PathBuf,
+    bin: String,
+}
+
+impl OwnPostgres {
+    pub fn start(test: &str) -> Option<Self> {
+        let Ok(bin) = std::env::var("SCENEHOOK_PG_BIN") else {
+            assert!(!required(), "SCENEHOOK_PG_BIN is not set");
+            println!("SKIPPED {test}: SCENEHOOK_PG_BIN is not set (run scripts/test)");
+            return None;
+        };
+        let dir = std::env::temp_dir().join(format!("scenehook-pg-{}", random_prefix()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pg = Self {
+            port: free_port(),
+            dir,
+            bin,
+        };
+        pg.run("chown", &["postgres", pg.dir.to_str().unwrap()], false);
+        pg.run(
+            &format!("{}/initdb", pg.bin),
+            &[
+                "-D",
+                pg.data(),
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "--no-sync",
+            ],
+            true,
+        );
+        pg.restart();
+        Some(pg)
+    }
+
+    fn data(&self) -> &str {
+        self.dir.to_str().unwrap()
+    }
+
+    fn run(&self, program: &str, args: &[&str], as_postgres: bool) {
+        let root = std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| o.stdout == b"0\n")
+            .unwrap_or(false);
+        let mut cmd = if as_postgres && root {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", "postgres", "--", program]);
+            c
+        } else {
+            std::process::Command::new(program)
+        };
+        let out = cmd.args(args).output().expect("a Postgres tool runs");
+        assert!(
+            out.status.success(),
+            "{program} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    pub fn restart(&self) {
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            self.port,
+            self.data()
+        );
+        let log = format!("{}/log", self.data());
+        self.run(
+            &format!("{}/pg_ctl", self.bin),
+            &["-D", self.data(), "-l", &log, "-w", "-o", &opts, "start"],
+            true,
+        );
+    }
+
+    pub fn stop(&self) {
+        self.run(
+            &format!("{}/pg_ctl", self.bin),
+            &["-D", self.data(), "-m", "immediate", "-w", "stop"],
+            true,
+        );
+    }
+}
+
+impl Drop for OwnPostgres {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(format!("{}/pg_ctl", self.bin))
+            .args(["-D", self.data(), "-m", "immediate", "stop"])
+            .output();
+        let _ = std::process::Command::new("runuser")
+            .args([
+                "-u",
+                "postgres",
+                "--",
+                &format!("{}/pg_ctl", self.bin),
+                "-D",
+                self.data(),
+                "-m",
+                "immediate",
+                "stop",
+            ])
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
