@@ -83,8 +83,9 @@ pub struct MemoryErrorStore {
 struct ErrorState {
     entries: HashMap<String, (ErrorEntry, String)>,
     groups: HashMap<String, String>,
-    /// (last seen, id) of active entries.
+    /// (last seen, id) of active entries, all and per severity (for eviction).
     active: BTreeSet<(i64, String)>,
+    active_by_severity: HashMap<Severity, BTreeSet<(i64, String)>>,
     /// (last seen, id) of every entry.
     all: BTreeSet<(i64, String)>,
     /// (dismissed at, id).
@@ -104,6 +105,28 @@ impl MemoryErrorStore {
 }
 
 impl ErrorState {
+    fn index(&mut self, entry: &ErrorEntry, at: i64) {
+        self.active.insert((at, entry.id.clone()));
+        self.active_by_severity
+            .entry(entry.severity)
+            .or_default()
+            .insert((at, entry.id.clone()));
+        if let Some(due) = entry.auto_dismiss_at {
+            self.auto.insert((due, entry.id.clone()));
+        }
+    }
+
+    fn unindex(&mut self, entry: &ErrorEntry) {
+        let key = (entry.last_seen_at, entry.id.clone());
+        self.active.remove(&key);
+        if let Some(set) = self.active_by_severity.get_mut(&entry.severity) {
+            set.remove(&key);
+        }
+        if let Some(due) = entry.auto_dismiss_at {
+            self.auto.remove(&(due, entry.id.clone()));
+        }
+    }
+
     fn count_active(&mut self, entry: &ErrorEntry, delta: i64) {
         let bump = |n: &mut u64| *n = n.saturating_add_signed(delta);
         bump(&mut self.stats.active);
@@ -135,10 +158,7 @@ impl ErrorState {
         entry.dismissed_by = Some(by.to_owned());
         entry.dismiss_reason = reason.map(str::to_owned);
         let entry = entry.clone();
-        self.active.remove(&(entry.last_seen_at, entry.id.clone()));
-        if let Some(at) = entry.auto_dismiss_at {
-            self.auto.remove(&(at, entry.id.clone()));
-        }
+        self.unindex(&entry);
         self.dismissed.insert((now, entry.id.clone()));
         self.count_active(&entry, -1);
         self.stats.dismissed += 1;
@@ -170,15 +190,13 @@ impl ErrorState {
                 .remove(&(entry.dismissed_at.unwrap_or_default(), entry.id.clone()));
             self.stats.dismissed = self.stats.dismissed.saturating_sub(1);
         } else {
-            self.active.remove(&(entry.last_seen_at, entry.id.clone()));
-            if let Some(at) = entry.auto_dismiss_at {
-                self.auto.remove(&(at, entry.id.clone()));
-            }
+            self.unindex(&entry);
             self.count_active(&entry, -1);
         }
     }
 
-    /// Keeps at most `cap` entries: oldest dismissed first, then oldest info.
+    /// Keeps at most `cap` entries: evicts the oldest dismissed, then the oldest info,
+    /// warning, error; never a critical.
     fn enforce_cap(&mut self, cap: u64) {
         while self.entries.len() as u64 > cap {
             let victim = self
@@ -186,13 +204,9 @@ impl ErrorState {
                 .first()
                 .map(|(_, id)| id.clone())
                 .or_else(|| {
-                    self.active
+                    [Severity::Info, Severity::Warning, Severity::Error]
                         .iter()
-                        .find(|(_, id)| {
-                            self.entries
-                                .get(id)
-                                .is_some_and(|(e, _)| e.severity == Severity::Info)
-                        })
+                        .find_map(|sev| self.active_by_severity.get(sev)?.first())
                         .map(|(_, id)| id.clone())
                 });
             match victim {
@@ -232,16 +246,10 @@ impl ErrorStore for MemoryErrorStore {
                 entry.reopened_count += 1;
                 s.count_active(&entry, 1);
             } else {
-                s.active.remove(&(existing.last_seen_at, id.clone()));
-                if let Some(at) = existing.auto_dismiss_at {
-                    s.auto.remove(&(at, id.clone()));
-                }
+                s.unindex(&existing);
             }
-            s.active.insert((now, id.clone()));
             entry.auto_dismiss_at = ttl.map(|t| now + t);
-            if let Some(at) = entry.auto_dismiss_at {
-                s.auto.insert((at, id.clone()));
-            }
+            s.index(&entry, now);
             s.entries.insert(id, (entry.clone(), fp));
             return Ok(entry);
         }
@@ -249,10 +257,7 @@ impl ErrorStore for MemoryErrorStore {
         let id = entry.id.clone();
         s.groups.insert(fp.clone(), id.clone());
         s.all.insert((now, id.clone()));
-        s.active.insert((now, id.clone()));
-        if let Some(at) = entry.auto_dismiss_at {
-            s.auto.insert((at, id.clone()));
-        }
+        s.index(&entry, now);
         s.count_active(&entry, 1);
         s.entries.insert(id, (entry.clone(), fp));
         s.enforce_cap(self.policy.max_entries);

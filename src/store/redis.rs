@@ -8,8 +8,9 @@
 //! - `P:e:<id>` hash: `doc` (the entry as JSON) and `fp` (its grouping fingerprint);
 //! - `P:groups` hash fingerprint → id; `P:counts` hash of active/dismissed and per
 //!   severity/type active counts, kept current by every script, so `stats` is one `HGETALL`;
-//! - sorted sets `P:active`, `P:all` (score: last seen), `P:dismissed` (dismissed at),
-//!   `P:auto` (auto-dismiss at). Due auto-dismissals are applied, bounded, by each script.
+//! - sorted sets `P:active`, `P:active:<severity>`, `P:all` (score: last seen), `P:dismissed`
+//!   (dismissed at), `P:auto` (auto-dismiss at). Due auto-dismissals are applied, bounded, by
+//!   each script; the cap evicts oldest dismissed, then oldest info, warning, error.
 
 use std::time::Duration;
 
@@ -138,6 +139,15 @@ impl RateLimitStore for RedisRateLimiter {
 const ERRORS_PRELUDE: &str = r#"
 local base = KEYS[1]
 local function k(s) return base .. ':' .. s end
+local function index(e, score)
+  redis.call('ZADD', k('active'), score, e.id)
+  redis.call('ZADD', k('active:' .. e.severity), score, e.id)
+end
+local function unindex(e)
+  redis.call('ZREM', k('active'), e.id)
+  redis.call('ZREM', k('active:' .. e.severity), e.id)
+  redis.call('ZREM', k('auto'), e.id)
+end
 local function counts(e, d)
   redis.call('HINCRBY', k('counts'), 'active', d)
   redis.call('HINCRBY', k('counts'), 's:' .. e.severity, d)
@@ -155,8 +165,7 @@ local function dismiss(e, now, by, reason)
   e.dismissedAt = now
   e.dismissedBy = by
   if reason and reason ~= '' then e.dismissReason = reason else e.dismissReason = cjson.null end
-  redis.call('ZREM', k('active'), e.id)
-  redis.call('ZREM', k('auto'), e.id)
+  unindex(e)
   redis.call('ZADD', k('dismissed'), now, e.id)
   counts(e, -1)
   redis.call('HINCRBY', k('counts'), 'dismissed', 1)
@@ -180,8 +189,7 @@ local function remove(id)
       redis.call('ZREM', k('dismissed'), id)
       redis.call('HINCRBY', k('counts'), 'dismissed', -1)
     else
-      redis.call('ZREM', k('active'), id)
-      redis.call('ZREM', k('auto'), id)
+      unindex(e)
       counts(e, -1)
     end
   end
@@ -208,7 +216,7 @@ if existing then
       e.autoDismissAt = now + ttl
       redis.call('ZADD', k('auto'), now + ttl, e.id)
     end
-    redis.call('ZADD', k('active'), now, e.id)
+    index(e, now)
     redis.call('ZADD', k('all'), now, e.id)
     save(e)
     return cjson.encode(e)
@@ -217,19 +225,17 @@ end
 local e = cjson.decode(newdoc)
 redis.call('HSET', k('e:' .. e.id), 'doc', newdoc, 'fp', fp)
 redis.call('HSET', k('groups'), fp, e.id)
-redis.call('ZADD', k('active'), now, e.id)
+index(e, now)
 redis.call('ZADD', k('all'), now, e.id)
 if ttl >= 0 then redis.call('ZADD', k('auto'), now + ttl, e.id) end
 counts(e, 1)
+-- The hard cap: evict the oldest dismissed, then the oldest info, warning, error; never a critical.
 local excess = redis.call('ZCARD', k('all')) - cap
 while excess > 0 do
   local victim = redis.call('ZRANGE', k('dismissed'), 0, 0)[1]
-  if not victim then
-    local scanned = redis.call('ZRANGE', k('active'), 0, 199)
-    for _, id in ipairs(scanned) do
-      local c = load(id)
-      if c and c.severity == 'info' then victim = id break end
-    end
+  for _, sev in ipairs({'info', 'warning', 'error'}) do
+    if victim then break end
+    victim = redis.call('ZRANGE', k('active:' .. sev), 0, 0)[1]
   end
   if not victim then break end
   remove(victim)
