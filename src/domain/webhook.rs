@@ -2,6 +2,7 @@
 //! ignored), their validation, and the delivery key that makes them idempotent.
 
 use serde::Deserialize;
+use utoipa::ToSchema;
 
 use super::ids::{Id, parse_http_url};
 
@@ -30,14 +31,15 @@ impl WebhookKind {
 }
 
 /// `status` of a callback.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum CallbackStatus {
     Completed,
     Failed,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// The video service finished (or failed) a scene's clip.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct VideoCompletePayload {
     pub task_id: String,
     pub status: CallbackStatus,
@@ -48,7 +50,8 @@ pub struct VideoCompletePayload {
     pub timestamp: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// The last-frame service extracted (or failed to extract) a clip's last frame.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct LastFrameCompletePayload {
     pub task_id: String,
     pub status: CallbackStatus,
@@ -59,7 +62,8 @@ pub struct LastFrameCompletePayload {
     pub timestamp: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// The stitch service joined (or failed to join) a project's clips.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct StitchCompletePayload {
     pub task_id: String,
     pub status: CallbackStatus,

@@ -1,14 +1,14 @@
 //! `/api/v1/errors`: list, count and dismiss entries of the global error store.
 
 use axum::{
-    Extension, Json, Router,
+    Extension, Json,
     extract::{Query, State},
-    routing::{get, post},
 };
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::{AppJson, auth::Operator};
+use super::{AppJson, ErrorBody, auth::Operator};
 use crate::{
     app::AppState,
     error::{AppError, AppResult},
@@ -16,11 +16,11 @@ use crate::{
     store::{DismissOutcome, ErrorEntry, ErrorType, ListQuery, Severity, StoreError},
 };
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/errors", get(list))
-        .route("/errors/stats", get(stats))
-        .route("/errors/dismiss", post(dismiss))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(stats))
+        .routes(routes!(dismiss))
 }
 
 impl From<StoreError> for AppError {
@@ -30,27 +30,36 @@ impl From<StoreError> for AppError {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
 struct ListParams {
+    /// `critical|error|warning|info`
     severity: Option<String>,
+    /// `system|webhook|generation|processing|automation|notification|validation|success`
     #[serde(rename = "type")]
+    #[param(rename = "type")]
     kind: Option<String>,
     include_dismissed: Option<bool>,
+    /// 1 to 500, default 50.
     limit: Option<usize>,
+    /// `nextCursor` of the previous page.
     cursor: Option<String>,
 }
 
 /// An entry as the API shows it: camelCase, times in RFC 3339.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct ErrorOut {
     id: String,
+    #[schema(value_type = String, example = "error")]
     severity: Severity,
     #[serde(rename = "type")]
+    #[schema(value_type = String, example = "generation")]
     kind: ErrorType,
     message: String,
-    details: Option<Value>,
+    #[schema(value_type = Option<Object>)]
+    details: Option<serde_json::Value>,
     source: Option<String>,
     created_at: String,
     last_seen_at: String,
@@ -93,10 +102,41 @@ impl From<ErrorEntry> for ErrorOut {
     }
 }
 
+/// A page of the error list.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct ErrorList {
+    errors: Vec<ErrorOut>,
+    next_cursor: Option<String>,
+}
+
+/// Active and retained dismissed entries, with active counts by severity and type.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct StatsOut {
+    total: u64,
+    active: u64,
+    dismissed: u64,
+    by_severity: std::collections::BTreeMap<String, u64>,
+    by_type: std::collections::BTreeMap<String, u64>,
+}
+
+/// What was dismissed.
+#[derive(Serialize, ToSchema)]
+struct DismissOut {
+    dismissed: Vec<String>,
+    count: usize,
+}
+
+/// Lists entries, newest first.
+#[utoipa::path(get, path = "/errors", tag = "errors", params(ListParams),
+    security(("operator_key" = [])),
+    responses((status = 200, body = ErrorList), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn list(
     State(app): State<AppState>,
     Query(params): Query<ListParams>,
-) -> AppResult<Json<Value>> {
+) -> AppResult<Json<ErrorList>> {
     let severity = params
         .severity
         .as_deref()
@@ -122,18 +162,29 @@ async fn list(
         cursor: params.cursor,
     };
     let page = app.reporter.store().list(&query, now_ms()).await?;
-    let errors: Vec<ErrorOut> = page.errors.into_iter().map(ErrorOut::from).collect();
-    Ok(Json(
-        json!({"errors": errors, "nextCursor": page.next_cursor}),
-    ))
+    Ok(Json(ErrorList {
+        errors: page.errors.into_iter().map(ErrorOut::from).collect(),
+        next_cursor: page.next_cursor,
+    }))
 }
 
-async fn stats(State(app): State<AppState>) -> AppResult<Json<Value>> {
-    let stats = app.reporter.store().stats(now_ms()).await?;
-    Ok(Json(serde_json::to_value(stats).unwrap_or_default()))
+/// Counts, read from counters kept by every change (no scan).
+#[utoipa::path(get, path = "/errors/stats", tag = "errors", security(("operator_key" = [])),
+    responses((status = 200, body = StatsOut), (status = 401, body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
+async fn stats(State(app): State<AppState>) -> AppResult<Json<StatsOut>> {
+    let s = app.reporter.store().stats(now_ms()).await?;
+    Ok(Json(StatsOut {
+        total: s.total,
+        active: s.active,
+        dismissed: s.dismissed,
+        by_severity: s.by_severity,
+        by_type: s.by_type,
+    }))
 }
 
-#[derive(Deserialize)]
+/// Exactly one of `errorId` or `"all": true`.
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct DismissRequest {
     error_id: Option<String>,
@@ -141,11 +192,18 @@ struct DismissRequest {
     reason: Option<String>,
 }
 
+/// Dismisses one entry or every dismissible one; needs a read-write key.
+#[utoipa::path(post, path = "/errors/dismiss", tag = "errors", request_body = DismissRequest,
+    security(("operator_key" = [])),
+    responses((status = 200, body = DismissOut), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 415, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn dismiss(
     State(app): State<AppState>,
     Extension(operator): Extension<Operator>,
     AppJson(request): AppJson<DismissRequest>,
-) -> AppResult<Json<Value>> {
+) -> AppResult<Json<DismissOut>> {
     let reason = request.reason.as_deref().map(|r| &r[..r.len().min(500)]);
     let store = app.reporter.store();
     let ids = match (request.error_id, request.all) {
@@ -174,5 +232,8 @@ async fn dismiss(
             ));
         }
     };
-    Ok(Json(json!({"count": ids.len(), "dismissed": ids})))
+    Ok(Json(DismissOut {
+        count: ids.len(),
+        dismissed: ids,
+    }))
 }

@@ -3,23 +3,26 @@
 use std::time::Duration;
 
 use axum::{
-    Json, Router,
+    Json,
     extract::State,
     http::{StatusCode, header},
     response::{IntoResponse, Response},
-    routing::get,
 };
 use serde_json::json;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{app::AppState, db, reporter::now_ms, store::redis as redis_store};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics))
 }
 
+/// Liveness: answers without touching any dependency.
+#[utoipa::path(get, path = "/healthz", tag = "health",
+    responses((status = 200, description = "`{\"status\":\"ok\"}`")))]
 async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
@@ -28,6 +31,9 @@ const READY_TIMEOUT: Duration = Duration::from_millis(1500);
 
 /// 200 when the database answers with every migration applied and Redis (if used) answers,
 /// each within a timeout; 503 naming the failing component otherwise.
+#[utoipa::path(get, path = "/readyz", tag = "health",
+    responses((status = 200, description = "ready"),
+        (status = 503, description = "not ready; `components` names the failing one")))]
 async fn readyz(State(app): State<AppState>) -> Response {
     let database = tokio::time::timeout(READY_TIMEOUT, async {
         db::ping(&app.db).await?;
@@ -66,7 +72,10 @@ async fn readyz(State(app): State<AppState>) -> Response {
         .into_response()
 }
 
-/// Refreshes the gauges read from the database and the error store, then renders.
+/// Prometheus text format. Gauges read from the database and the error store are refreshed
+/// on each scrape.
+#[utoipa::path(get, path = "/metrics", tag = "health",
+    responses((status = 200, description = "Prometheus exposition", content_type = "text/plain")))]
 async fn metrics(State(app): State<AppState>) -> Response {
     refresh_gauges(&app).await;
     (

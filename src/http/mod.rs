@@ -8,7 +8,7 @@ mod outbox_api;
 mod projects;
 mod webhooks;
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::{
     Json, Router,
@@ -16,8 +16,9 @@ use axum::{
     http::{HeaderName, HeaderValue, Method, header},
     middleware,
     response::{IntoResponse, Response},
+    routing::get,
 };
-use serde::de::DeserializeOwned;
+use serde::{Serialize, de::DeserializeOwned};
 use tower::ServiceBuilder;
 use tower_http::{
     catch_panic::CatchPanicLayer,
@@ -25,6 +26,11 @@ use tower_http::{
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer},
     trace::TraceLayer,
 };
+use utoipa::{
+    Modify, OpenApi, ToSchema,
+    openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
+};
+use utoipa_axum::router::OpenApiRouter;
 
 use crate::{app::AppState, error::AppError};
 
@@ -32,9 +38,51 @@ pub use webhooks::client_ip;
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// The whole HTTP surface of one instance.
+/// The error body every failure answers with.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    error: ErrorDetail,
+}
+
+#[derive(Serialize, ToSchema)]
+struct ErrorDetail {
+    /// Stable machine-readable code, e.g. `invalid_signature`.
+    code: String,
+    message: String,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "scenehook", description = "Signed webhook gateway for a scene-by-scene AI video pipeline."),
+    components(schemas(ErrorBody)),
+    modifiers(&OperatorKeyScheme),
+    tags(
+        (name = "webhooks", description = "Signed callbacks from the video, last-frame and stitch services"),
+        (name = "errors", description = "The global error store"),
+        (name = "projects", description = "Projects and their generation"),
+        (name = "outbox", description = "Outbound jobs, dead letters, circuit breakers"),
+        (name = "health", description = "Liveness, readiness, metrics"),
+    )
+)]
+struct ApiDoc;
+
+struct OperatorKeyScheme;
+
+impl Modify for OperatorKeyScheme {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        if let Some(components) = openapi.components.as_mut() {
+            components.add_security_scheme(
+                "operator_key",
+                SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+            );
+        }
+    }
+}
+
+/// The whole HTTP surface of one instance. The OpenAPI document is built from the same
+/// routes, so it cannot drift from what is served; it is at `/api/openapi.json`.
 pub fn router(state: AppState) -> Router {
-    let api = Router::new()
+    let api = OpenApiRouter::new()
         .merge(errors_api::router())
         .merge(projects::router())
         .merge(outbox_api::router())
@@ -42,10 +90,17 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             auth::require_operator,
         ));
-    Router::new()
+    let (routes, document) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/api/v1", api)
         .nest("/api/webhooks", webhooks::router(&state.config))
         .merge(health::router())
+        .split_for_parts();
+    let document = Arc::new(document);
+    routes
+        .route(
+            "/api/openapi.json",
+            get(move || async move { Json(document.as_ref().clone()) }),
+        )
         .layer(cors(&state.config.cors_allowed_origins))
         .layer(
             ServiceBuilder::new()

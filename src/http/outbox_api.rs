@@ -1,14 +1,15 @@
 //! `/api/v1/outbox` (dead letters and replay) and `/api/v1/services` (breaker states).
 
 use axum::{
-    Json, Router,
+    Json,
     extract::{Path, Query, State},
-    routing::{get, post},
 };
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::AppJson;
+use super::{AppJson, ErrorBody};
 use crate::{
     app::AppState,
     db,
@@ -16,19 +17,41 @@ use crate::{
     outbox::Service,
 };
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/outbox", get(list))
-        .route("/outbox/replay", post(replay_all))
-        .route("/outbox/{id}/replay", post(replay_one))
-        .route("/services", get(services))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(replay_all))
+        .routes(routes!(replay_one))
+        .routes(routes!(services))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListParams {
+    /// `pending|in_flight|done|dead`
     status: Option<String>,
+    /// `video|last_frame|stitch|notification`
     service: Option<String>,
+    /// 1 to 1000, default 100.
     limit: Option<u64>,
+}
+
+/// Outbox jobs, most recently updated first.
+#[derive(Serialize, ToSchema)]
+struct JobList {
+    #[schema(value_type = Vec<Object>)]
+    jobs: Vec<Value>,
+}
+
+#[derive(Serialize, ToSchema)]
+struct Replayed {
+    replayed: u64,
+}
+
+#[derive(Serialize, ToSchema)]
+struct ServiceList {
+    #[schema(value_type = Vec<Object>)]
+    services: Vec<Value>,
 }
 
 fn parse_service(service: Option<&str>) -> AppResult<Option<Service>> {
@@ -41,10 +64,15 @@ fn parse_service(service: Option<&str>) -> AppResult<Option<Service>> {
         .transpose()
 }
 
+/// Lists jobs, e.g. the dead letters with `?status=dead`.
+#[utoipa::path(get, path = "/outbox", tag = "outbox", params(ListParams),
+    security(("operator_key" = [])),
+    responses((status = 200, body = JobList), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn list(
     State(app): State<AppState>,
     Query(params): Query<ListParams>,
-) -> AppResult<Json<Value>> {
+) -> AppResult<Json<JobList>> {
     if let Some(status) = params.status.as_deref()
         && !["pending", "in_flight", "done", "dead"].contains(&status)
     {
@@ -72,10 +100,19 @@ async fn list(
             })
         })
         .collect();
-    Ok(Json(json!({"jobs": jobs})))
+    Ok(Json(JobList { jobs }))
 }
 
-async fn replay_one(State(app): State<AppState>, Path(id): Path<String>) -> AppResult<Json<Value>> {
+/// Re-queues one dead job with a fresh set of attempts.
+#[utoipa::path(post, path = "/outbox/{id}/replay", tag = "outbox", params(("id" = String, Path)),
+    security(("operator_key" = [])),
+    responses((status = 200, body = Replayed), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn replay_one(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> AppResult<Json<Replayed>> {
     let job = db::outbox::find(&app.db, &id)
         .await?
         .ok_or_else(|| AppError::not_found("job_not_found", format!("no outbox job `{id}`")))?;
@@ -89,20 +126,27 @@ async fn replay_one(State(app): State<AppState>, Path(id): Path<String>) -> AppR
     if let Some(service) = Service::parse(&job.service) {
         app.outbox.wake(service);
     }
-    Ok(Json(json!({"replayed": replayed})))
+    Ok(Json(Replayed { replayed }))
 }
 
-#[derive(Deserialize)]
+/// `{"all": true}`, optionally limited to one service.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ReplayAll {
     all: bool,
     service: Option<String>,
 }
 
+/// Re-queues every dead job (of one service, if given).
+#[utoipa::path(post, path = "/outbox/replay", tag = "outbox", request_body = ReplayAll,
+    security(("operator_key" = [])),
+    responses((status = 200, body = Replayed), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 415, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn replay_all(
     State(app): State<AppState>,
     AppJson(body): AppJson<ReplayAll>,
-) -> AppResult<Json<Value>> {
+) -> AppResult<Json<Replayed>> {
     if !body.all {
         return Err(AppError::bad_request(
             "invalid_body",
@@ -117,13 +161,16 @@ async fn replay_all(
     {
         app.outbox.wake(s);
     }
-    Ok(Json(json!({"replayed": replayed})))
+    Ok(Json(Replayed { replayed }))
 }
 
-async fn services(State(app): State<AppState>) -> Json<Value> {
+/// Circuit-breaker state of each downstream service on this instance.
+#[utoipa::path(get, path = "/services", tag = "outbox", security(("operator_key" = [])),
+    responses((status = 200, body = ServiceList), (status = 401, body = ErrorBody)))]
+async fn services(State(app): State<AppState>) -> Json<ServiceList> {
     let services: Vec<Value> = Service::ALL
         .into_iter()
         .map(|s| json!({"service": s.as_str(), "breaker": app.outbox.breaker_state(s).as_str()}))
         .collect();
-    Json(json!({"services": services}))
+    Json(ServiceList { services })
 }

@@ -1,16 +1,16 @@
 //! `/api/v1/projects`: create, read, list, and start or resume generation.
 
 use axum::{
-    Json, Router,
+    Json,
     extract::{Path, Query, Request, State},
     http::StatusCode,
-    routing::{get, post},
 };
 use entity::{project, scene};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::{AppJson, request_id};
+use super::{AppJson, ErrorBody, request_id};
 use crate::{
     app::AppState,
     db::pipeline::{self, NewProject, PipelineError},
@@ -18,14 +18,15 @@ use crate::{
     error::{AppError, AppResult},
 };
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/projects", post(create).get(list))
-        .route("/projects/{id}", get(show))
-        .route("/projects/{id}/generate", post(generate))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create, list))
+        .routes(routes!(show))
+        .routes(routes!(generate))
 }
 
-#[derive(Deserialize)]
+/// A new project; ids are optional (`[A-Za-z0-9_-]{1,64}`, generated when absent).
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateProject {
     id: Option<String>,
@@ -33,14 +34,14 @@ struct CreateProject {
     scenes: Vec<CreateScene>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateScene {
     id: Option<String>,
     prompt: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct SceneOut {
     id: String,
@@ -56,7 +57,7 @@ struct SceneOut {
     verified_at: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct ProjectOut {
     id: String,
@@ -115,6 +116,13 @@ fn parse_id(value: Option<String>, prefix: &str) -> AppResult<String> {
     }
 }
 
+/// Creates a project with its scenes (positions 0..n-1).
+#[utoipa::path(post, path = "/projects", tag = "projects", request_body = CreateProject,
+    security(("operator_key" = [])),
+    responses((status = 201, body = ProjectOut), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 415, body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
 async fn create(
     State(app): State<AppState>,
     AppJson(body): AppJson<CreateProject>,
@@ -174,6 +182,11 @@ async fn create(
     }
 }
 
+/// A project with its scenes.
+#[utoipa::path(get, path = "/projects/{id}", tag = "projects", params(("id" = String, Path)),
+    security(("operator_key" = [])),
+    responses((status = 200, body = ProjectOut), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn show(State(app): State<AppState>, Path(id): Path<String>) -> AppResult<Json<ProjectOut>> {
     let (project, scenes) = pipeline::find_project(&app.db, &id)
         .await?
@@ -181,16 +194,37 @@ async fn show(State(app): State<AppState>, Path(id): Path<String>) -> AppResult<
     Ok(Json(project_out(project, Some(scenes))))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListParams {
+    /// `draft|generating|stitching|completed|failed`
     status: Option<String>,
+    /// 1 to 1000, default 100.
     limit: Option<u64>,
 }
 
+#[derive(Serialize, ToSchema)]
+struct ProjectList {
+    projects: Vec<ProjectOut>,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct GenerateOut {
+    ok: bool,
+    project_id: String,
+    queued_jobs: usize,
+}
+
+/// Projects, newest first, without their scenes.
+#[utoipa::path(get, path = "/projects", tag = "projects", params(ListParams),
+    security(("operator_key" = [])),
+    responses((status = 200, body = ProjectList), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn list(
     State(app): State<AppState>,
     Query(params): Query<ListParams>,
-) -> AppResult<Json<Value>> {
+) -> AppResult<Json<ProjectList>> {
     let status = params
         .status
         .as_deref()
@@ -203,22 +237,34 @@ async fn list(
     let projects =
         pipeline::list_projects(&app.db, status, params.limit.unwrap_or(100).clamp(1, 1000))
             .await?;
-    let projects: Vec<ProjectOut> = projects.into_iter().map(|p| project_out(p, None)).collect();
-    Ok(Json(json!({"projects": projects})))
+    Ok(Json(ProjectList {
+        projects: projects.into_iter().map(|p| project_out(p, None)).collect(),
+    }))
 }
 
+/// Starts generation, or resumes a failed project: queues the first scene not yet verified
+/// (or stitching when all are). Takes no body.
+#[utoipa::path(post, path = "/projects/{id}/generate", tag = "projects",
+    params(("id" = String, Path)), security(("operator_key" = [])),
+    responses((status = 202, body = GenerateOut), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn generate(
     State(app): State<AppState>,
     Path(id): Path<String>,
     request: Request,
-) -> AppResult<(StatusCode, Json<Value>)> {
+) -> AppResult<(StatusCode, Json<GenerateOut>)> {
     let ctx = app.job_context(request_id(&request));
     match pipeline::generate(&app.db, &id, &ctx).await {
         Ok(effects) => {
             app.wake_outbox(&effects.jobs);
             Ok((
                 StatusCode::ACCEPTED,
-                Json(json!({"ok": true, "projectId": id, "queuedJobs": effects.jobs.len()})),
+                Json(GenerateOut {
+                    ok: true,
+                    queued_jobs: effects.jobs.len(),
+                    project_id: id,
+                }),
             ))
         }
         Err(PipelineError::ProjectNotFound) => Err(AppError::not_found(

@@ -8,26 +8,31 @@ use std::{
 };
 
 use axum::{
-    Json, Router,
+    Json,
     body::to_bytes,
     extract::{Request, State},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
-    routing::get,
 };
 use ipnet::IpNet;
+use serde::Serialize;
 use serde_json::json;
 use tower_governor::{GovernorLayer, governor::GovernorConfigBuilder, key_extractor::KeyExtractor};
 use tracing::Instrument;
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::{peer_addr, request_id};
+use super::{ErrorBody, peer_addr, request_id};
 use crate::{
     app::AppState,
     config::Config,
     db::pipeline::{Delivery, IngestOutcome, PipelineError},
     domain::{
         ReportLevel, TransitionError,
-        webhook::{WebhookKind, delivery_key, parse_callback},
+        webhook::{
+            LastFrameCompletePayload, StitchCompletePayload, VideoCompletePayload, WebhookKind,
+            delivery_key, parse_callback,
+        },
     },
     error::AppError,
     signature::{
@@ -37,7 +42,7 @@ use crate::{
     store::{ErrorType, NewError, RateDecision, Severity},
 };
 
-pub fn router(config: &Config) -> Router<AppState> {
+pub fn router(config: &Config) -> OpenApiRouter<AppState> {
     let per_second = config.rate_limit.flood_guard_per_second.max(1);
     let flood_guard = GovernorConfigBuilder::default()
         .period(Duration::from_nanos(1_000_000_000 / per_second))
@@ -45,19 +50,16 @@ pub fn router(config: &Config) -> Router<AppState> {
         .key_extractor(PeerIp)
         .finish()
         .expect("period and burst are positive");
-    let mut router = Router::new();
-    for kind in WebhookKind::ALL {
-        router = router.route(
-            &format!("/{}", kind.as_str()),
-            get(move || health(kind)).post(move |state, request| ingest(state, kind, request)),
-        );
-    }
-    router.layer(GovernorLayer::new(flood_guard).error_handler(|_| {
-        AppError::RateLimited {
-            retry_after_secs: 1,
-        }
-        .into_response()
-    }))
+    OpenApiRouter::new()
+        .routes(routes!(video_complete_health, video_complete))
+        .routes(routes!(last_frame_complete_health, last_frame_complete))
+        .routes(routes!(stitch_complete_health, stitch_complete))
+        .layer(GovernorLayer::new(flood_guard).error_handler(|_| {
+            AppError::RateLimited {
+                retry_after_secs: 1,
+            }
+            .into_response()
+        }))
 }
 
 /// The flood guard's key: the socket peer (unspecified when the server runs without connect
@@ -78,6 +80,73 @@ impl KeyExtractor for PeerIp {
             .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)))
     }
 }
+
+/// A delivery was committed, or was a duplicate of one that was.
+#[derive(Serialize, ToSchema)]
+struct WebhookAck {
+    ok: bool,
+    duplicate: bool,
+}
+
+/// Responses every webhook endpoint documents.
+macro_rules! webhook_endpoint {
+    ($post:ident, $get:ident, $kind:expr, $path:literal, $payload:ty, $summary:literal) => {
+        #[doc = $summary]
+        #[utoipa::path(post, path = $path, tag = "webhooks", request_body = $payload,
+            params(
+                ("X-Webhook-Signature" = Option<String>, Header,
+                    description = "hex HMAC-SHA256 of the raw body, or `sha256=<hex>`"),
+                ("webhook-id" = Option<String>, Header, description = "Standard Webhooks id"),
+                ("webhook-timestamp" = Option<String>, Header, description = "Standard Webhooks Unix time"),
+                ("webhook-signature" = Option<String>, Header, description = "`v1,<base64>` …"),
+            ),
+            responses(
+                (status = 200, body = WebhookAck, description = "committed (or a duplicate)"),
+                (status = 400, body = ErrorBody, description = "`invalid_payload`, naming the field"),
+                (status = 401, body = ErrorBody, description = "`invalid_signature`"),
+                (status = 404, body = ErrorBody, description = "`project_not_found` or `scene_not_found`"),
+                (status = 409, body = ErrorBody, description = "`stale_task` or `invalid_transition`"),
+                (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
+                (status = 429, body = ErrorBody, description = "rate limited; see `Retry-After`"),
+                (status = 503, body = ErrorBody, description = "retry later; see `Retry-After`"),
+            ))]
+        async fn $post(state: State<AppState>, request: Request) -> Response {
+            ingest(state, $kind, request).await
+        }
+
+        /// Health check of the endpoint.
+        #[utoipa::path(get, path = $path, tag = "webhooks",
+            responses((status = 200, description = "`{\"status\":\"ok\",\"endpoint\":…}`")))]
+        async fn $get() -> Json<serde_json::Value> {
+            health($kind).await
+        }
+    };
+}
+
+webhook_endpoint!(
+    video_complete,
+    video_complete_health,
+    WebhookKind::VideoComplete,
+    "/video-complete",
+    VideoCompletePayload,
+    "The video service finished a scene's clip."
+);
+webhook_endpoint!(
+    last_frame_complete,
+    last_frame_complete_health,
+    WebhookKind::LastFrameComplete,
+    "/last-frame-complete",
+    LastFrameCompletePayload,
+    "The last-frame service extracted a frame."
+);
+webhook_endpoint!(
+    stitch_complete,
+    stitch_complete_health,
+    WebhookKind::StitchComplete,
+    "/stitch-complete",
+    StitchCompletePayload,
+    "The stitch service joined the clips."
+);
 
 async fn health(kind: WebhookKind) -> Json<serde_json::Value> {
     Json(json!({
