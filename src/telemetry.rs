@@ -55,9 +55,127 @@ pub fn metrics_handle() -> PrometheusHandle {
             let handle = recorder.handle();
             // Another recorder may be installed already (a test harness); ours still renders.
             drop(metrics::set_global_recorder(recorder));
+            describe_metrics();
             metrics::gauge!("scenehook_build_info", "version" => env!("CARGO_PKG_VERSION"))
                 .set(1.0);
             handle
         })
         .clone()
+}
+
+/// HELP text for every metric, and label-less counters registered at zero so that dashboards
+/// and alerts see them before their first event.
+fn describe_metrics() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_gauge!(
+        "scenehook_build_info",
+        "Build information; the value is always 1."
+    );
+    describe_counter!(
+        "scenehook_webhooks_total",
+        "Webhooks received, by endpoint and outcome."
+    );
+    describe_histogram!(
+        "scenehook_webhook_duration_seconds",
+        Unit::Seconds,
+        "Time to answer a webhook, by endpoint."
+    );
+    describe_counter!(
+        "scenehook_http_requests_total",
+        "HTTP requests by route template, method and status."
+    );
+    describe_histogram!(
+        "scenehook_http_request_duration_seconds",
+        Unit::Seconds,
+        "HTTP request latency by route template and method."
+    );
+    describe_counter!(
+        "scenehook_rate_limit_decisions_total",
+        "Rate-limit decisions by endpoint, backend and decision."
+    );
+    describe_histogram!(
+        "scenehook_rate_limit_store_duration_seconds",
+        Unit::Seconds,
+        "Latency of the shared rate-limit store, by backend."
+    );
+    describe_counter!(
+        "scenehook_rate_limit_store_errors_total",
+        "Failed calls to the shared rate-limit store, by backend."
+    );
+    describe_counter!(
+        "scenehook_rate_limit_fail_open_total",
+        "Decisions taken by the in-process fallback while the shared store was unreachable."
+    );
+    describe_counter!(
+        "scenehook_outbound_requests_total",
+        "Outbound calls by service and result (retries inside one call count once)."
+    );
+    describe_histogram!(
+        "scenehook_outbound_duration_seconds",
+        Unit::Seconds,
+        "Outbound call latency by service, retries included."
+    );
+    describe_counter!(
+        "scenehook_outbox_retries_total",
+        "Outbound jobs rescheduled after a transient failure, by service."
+    );
+    describe_counter!(
+        "scenehook_outbox_dead_total",
+        "Outbound jobs dead-lettered after their last attempt, by service."
+    );
+    describe_gauge!(
+        "scenehook_outbox_jobs",
+        "Outbox jobs by service and status (shared: the same on every instance)."
+    );
+    describe_gauge!(
+        "scenehook_outbox_oldest_pending_seconds",
+        Unit::Seconds,
+        "Age of the oldest pending outbox job."
+    );
+    describe_gauge!(
+        "scenehook_circuit_breaker_state",
+        "Circuit-breaker state by service: 0 closed, 1 half-open, 2 open."
+    );
+    describe_counter!(
+        "scenehook_circuit_breaker_transitions_total",
+        "Circuit-breaker transitions by service and new state."
+    );
+    describe_gauge!(
+        "scenehook_errors_active",
+        "Active entries of the global error store by severity and type."
+    );
+    describe_counter!(
+        "scenehook_errors_recorded_total",
+        "Entries recorded in the global error store by severity and type."
+    );
+    describe_counter!(
+        "scenehook_error_store_failures_total",
+        "Failed writes to the error store (entries then wait in a buffer)."
+    );
+    describe_counter!(
+        "scenehook_error_store_dropped_total",
+        "Buffered error entries dropped because the buffer was full."
+    );
+    describe_gauge!("scenehook_projects", "Projects by status.");
+    describe_counter!(
+        "scenehook_pipeline_project_transitions_total",
+        "Project state changes by new status."
+    );
+    describe_histogram!(
+        "scenehook_pipeline_scene_step_seconds",
+        Unit::Seconds,
+        "Duration of a scene's generation or extraction step."
+    );
+    describe_histogram!(
+        "scenehook_pipeline_project_duration_seconds",
+        Unit::Seconds,
+        "Project creation to completion."
+    );
+    for counter in [
+        "scenehook_rate_limit_fail_open_total",
+        "scenehook_error_store_failures_total",
+        "scenehook_error_store_dropped_total",
+    ] {
+        metrics::counter!(counter).increment(0);
+    }
 }

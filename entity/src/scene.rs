@@ -23,6 +23,8 @@ pub struct Model {
     pub extract_attempts: i32,
     pub last_error: Option<String>,
     pub verified_at: Option<DateTimeUtc>,
+    /// When `status` last changed: the start of the current step, for step durations.
+    pub status_changed_at: Option<DateTimeUtc>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }

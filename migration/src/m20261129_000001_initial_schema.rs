@@ -52,6 +52,7 @@ impl MigrationTrait for Migration {
                     .col(integer(Scenes::ExtractAttempts).default(0))
                     .col(text_null(Scenes::LastError))
                     .col(timestamp_with_time_zone_null(Scenes::VerifiedAt))
+                    .col(timestamp_with_time_zone_null(Scenes::StatusChangedAt))
                     .col(timestamp_with_time_zone(Scenes::CreatedAt))
                     .col(timestamp_with_time_zone(Scenes::UpdatedAt))
                     .foreign_key(
@@ -200,6 +201,7 @@ enum Scenes {
     ExtractAttempts,
     LastError,
     VerifiedAt,
+    StatusChangedAt,
     CreatedAt,
     UpdatedAt,
 }

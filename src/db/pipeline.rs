@@ -77,14 +77,55 @@ pub async fn ingest(
         txn.rollback().await?;
         return Ok(IngestOutcome::Duplicate);
     }
-    let mut state = load_state(&txn, callback.project_id().as_str())
+    let (mut state, loaded) = load_state(&txn, callback.project_id().as_str())
         .await?
         .ok_or(PipelineError::ProjectNotFound)?;
     let effects =
         apply_callback(&mut state, callback, limits).map_err(PipelineError::Transition)?;
-    persist(&txn, &state, &effects, jobs, now).await?;
+    persist(&txn, &loaded.statuses(), &state, &effects, jobs, now).await?;
     txn.commit().await?;
+    loaded.record_durations(&state, now);
     Ok(IngestOutcome::Accepted(effects))
+}
+
+/// What a transition started from, to time the pipeline's steps once it is committed.
+struct Loaded {
+    project_created_at: DateTime<Utc>,
+    /// Per scene: its status when loaded and since when it held it.
+    scenes: Vec<(SceneStatus, Option<DateTime<Utc>>)>,
+}
+
+impl Loaded {
+    fn statuses(&self) -> Vec<SceneStatus> {
+        self.scenes.iter().map(|(status, _)| *status).collect()
+    }
+
+    fn record_durations(&self, state: &ProjectState, now: DateTime<Utc>) {
+        let seconds =
+            |since: DateTime<Utc>| (now - since).num_milliseconds().max(0) as f64 / 1000.0;
+        for (scene, (before, since)) in state.scenes.iter().zip(&self.scenes) {
+            let step = match before {
+                SceneStatus::Generating => "generation",
+                SceneStatus::Extracting => "extraction",
+                _ => continue,
+            };
+            if scene.status != *before
+                && let Some(since) = since
+            {
+                metrics::histogram!("scenehook_pipeline_scene_step_seconds", "step" => step)
+                    .record(seconds(*since));
+            }
+        }
+        if state.just_completed {
+            metrics::histogram!("scenehook_pipeline_project_duration_seconds")
+                .record(seconds(self.project_created_at));
+        }
+        if state.changed {
+            metrics::counter!("scenehook_pipeline_project_transitions_total",
+                "to" => state.status.as_str())
+            .increment(1);
+        }
+    }
 }
 
 /// Loads a project and its scenes, locking the project row on Postgres so that concurrent
@@ -92,7 +133,7 @@ pub async fn ingest(
 async fn load_state(
     txn: &DatabaseTransaction,
     project_id: &str,
-) -> Result<Option<ProjectState>, DbErr> {
+) -> Result<Option<(ProjectState, Loaded)>, DbErr> {
     let mut query = project::Entity::find_by_id(project_id.to_owned());
     if super::is_postgres(txn) {
         query = query.lock_exclusive();
@@ -105,7 +146,17 @@ async fn load_state(
         .order_by_asc(scene::Column::Position)
         .all(txn)
         .await?;
-    Ok(Some(to_state(project, scenes)))
+    let loaded = Loaded {
+        project_created_at: project.created_at,
+        scenes: scenes
+            .iter()
+            .map(|s| {
+                let status = SceneStatus::parse(&s.status).unwrap_or(SceneStatus::Failed);
+                (status, s.status_changed_at)
+            })
+            .collect(),
+    };
+    Ok(Some((to_state(project, scenes), loaded)))
 }
 
 fn to_state(project: project::Model, scenes: Vec<scene::Model>) -> ProjectState {
@@ -142,6 +193,7 @@ fn scene_state(s: scene::Model) -> SceneState {
 async fn update_scene(
     txn: &impl ConnectionTrait,
     scene: &SceneState,
+    status_changed: bool,
     now: DateTime<Utc>,
 ) -> Result<(), DbErr> {
     scene::Entity::update_many()
@@ -159,6 +211,11 @@ async fn update_scene(
             } else {
                 NotSet
             },
+            status_changed_at: if status_changed {
+                Set(Some(now))
+            } else {
+                NotSet
+            },
             updated_at: Set(now),
             ..Default::default()
         })
@@ -168,9 +225,11 @@ async fn update_scene(
     Ok(())
 }
 
-/// Writes what a transition changed and queues its jobs.
+/// Writes what a transition changed and queues its jobs. `before` holds each scene's status
+/// as loaded.
 async fn persist(
     txn: &DatabaseTransaction,
+    before: &[SceneStatus],
     state: &ProjectState,
     effects: &Effects,
     jobs: &JobContext,
@@ -195,8 +254,10 @@ async fn persist(
             .exec(txn)
             .await?;
     }
-    for scene in state.scenes.iter().filter(|s| s.changed) {
-        update_scene(txn, scene, now).await?;
+    for (scene, before) in state.scenes.iter().zip(before) {
+        if scene.changed {
+            update_scene(txn, scene, scene.status != *before, now).await?;
+        }
     }
     let rows = new_job_rows(&state.id, &effects.jobs, jobs, now);
     if !rows.is_empty() {
@@ -253,6 +314,7 @@ pub async fn create_project(
             extract_attempts: Set(0),
             last_error: Set(None),
             verified_at: Set(None),
+            status_changed_at: Set(Some(now)),
             created_at: Set(now),
             updated_at: Set(now),
         })
@@ -315,11 +377,11 @@ pub async fn generate(
     jobs: &JobContext,
 ) -> Result<Effects, PipelineError> {
     let txn = db.begin().await?;
-    let mut state = load_state(&txn, project_id)
+    let (mut state, loaded) = load_state(&txn, project_id)
         .await?
         .ok_or(PipelineError::ProjectNotFound)?;
     let effects = start_generation(&mut state).map_err(PipelineError::Transition)?;
-    persist(&txn, &state, &effects, jobs, Utc::now()).await?;
+    persist(&txn, &loaded.statuses(), &state, &effects, jobs, Utc::now()).await?;
     txn.commit().await?;
     Ok(effects)
 }
@@ -340,7 +402,7 @@ pub async fn store_video_task(
     let mut state = scene_state(model);
     let stored = record_video_task(&mut state, task_id);
     if stored {
-        update_scene(&txn, &state, Utc::now()).await?;
+        update_scene(&txn, &state, false, Utc::now()).await?;
     }
     txn.commit().await?;
     Ok(stored)

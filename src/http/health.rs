@@ -121,14 +121,17 @@ async fn refresh_gauges(app: &AppState) {
         tokio::time::timeout(READY_TIMEOUT, app.reporter.store().stats(now_ms())).await
     {
         for severity in Severity::ALL {
-            metrics::gauge!("scenehook_errors_active_by_severity", "severity" => severity.as_str())
-                .set(*stats.by_severity.get(severity.as_str()).unwrap_or(&0) as f64);
+            for kind in ErrorType::ALL {
+                let n = stats
+                    .by_severity_and_type
+                    .get(&(severity.as_str().to_owned(), kind.as_str().to_owned()))
+                    .copied()
+                    .unwrap_or(0);
+                metrics::gauge!("scenehook_errors_active",
+                    "severity" => severity.as_str(), "type" => kind.as_str())
+                .set(n as f64);
+            }
         }
-        for kind in ErrorType::ALL {
-            metrics::gauge!("scenehook_errors_active_by_type", "type" => kind.as_str())
-                .set(*stats.by_type.get(kind.as_str()).unwrap_or(&0) as f64);
-        }
-        metrics::gauge!("scenehook_errors_active").set(stats.active as f64);
     }
     for service in Service::ALL {
         metrics::gauge!("scenehook_circuit_breaker_state", "service" => service.as_str())

@@ -12,7 +12,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::{
     Json, Router,
-    extract::{ConnectInfo, FromRequest, Request, rejection::JsonRejection},
+    extract::{ConnectInfo, FromRequest, MatchedPath, Request, rejection::JsonRejection},
     http::{HeaderName, HeaderValue, Method, header},
     middleware,
     response::{IntoResponse, Response},
@@ -101,6 +101,7 @@ pub fn router(state: AppState) -> Router {
             "/api/openapi.json",
             get(move || async move { Json(document.as_ref().clone()) }),
         )
+        .layer(middleware::from_fn(track_http))
         .layer(cors(&state.config.cors_allowed_origins))
         .layer(
             ServiceBuilder::new()
@@ -141,6 +142,25 @@ fn cors(origins: &[String]) -> CorsLayer {
             HeaderName::from_static("webhook-signature"),
         ])
         .max_age(Duration::from_secs(600))
+}
+
+/// Counts requests by route template (never the raw path: ids would explode cardinality).
+async fn track_http(request: Request, next: middleware::Next) -> Response {
+    let started = std::time::Instant::now();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = request.method().as_str().to_owned();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("scenehook_http_requests_total",
+        "route" => route.clone(), "method" => method.clone(), "status" => status)
+    .increment(1);
+    metrics::histogram!("scenehook_http_request_duration_seconds", "route" => route, "method" => method)
+        .record(started.elapsed().as_secs_f64());
+    response
 }
 
 /// The request id set by the request-id layer (or sent by the client).

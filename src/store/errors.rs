@@ -189,6 +189,9 @@ pub struct ErrorStats {
     pub dismissed: u64,
     pub by_severity: BTreeMap<String, u64>,
     pub by_type: BTreeMap<String, u64>,
+    /// Active entries by (severity, type), for the `scenehook_errors_active` gauge.
+    #[serde(skip)]
+    pub by_severity_and_type: BTreeMap<(String, String), u64>,
 }
 
 /// Time-based behaviour, the same for both backends.

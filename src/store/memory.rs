@@ -142,8 +142,15 @@ impl ErrorState {
                 .entry(entry.kind.as_str().into())
                 .or_default(),
         );
+        bump(
+            self.stats
+                .by_severity_and_type
+                .entry((entry.severity.as_str().into(), entry.kind.as_str().into()))
+                .or_default(),
+        );
         self.stats.by_severity.retain(|_, n| *n > 0);
         self.stats.by_type.retain(|_, n| *n > 0);
+        self.stats.by_severity_and_type.retain(|_, n| *n > 0);
     }
 
     fn dismiss(&mut self, id: &str, by: &str, reason: Option<&str>, now: i64) {

@@ -152,6 +152,7 @@ local function counts(e, d)
   redis.call('HINCRBY', k('counts'), 'active', d)
   redis.call('HINCRBY', k('counts'), 's:' .. e.severity, d)
   redis.call('HINCRBY', k('counts'), 't:' .. e.type, d)
+  redis.call('HINCRBY', k('counts'), 'x:' .. e.severity .. ':' .. e.type, d)
 end
 local function load(id)
   local raw = redis.call('HGET', k('e:' .. id), 'doc')
@@ -487,6 +488,13 @@ impl ErrorStore for RedisErrorStore {
                 }
                 Some(("t", typ)) => {
                     stats.by_type.insert(typ.to_owned(), n);
+                }
+                Some(("x", pair)) => {
+                    if let Some((sev, typ)) = pair.split_once(':') {
+                        stats
+                            .by_severity_and_type
+                            .insert((sev.to_owned(), typ.to_owned()), n);
+                    }
                 }
                 _ if field == "active" => stats.active = n,
                 _ if field == "dismissed" => stats.dismissed = n,

@@ -1,0 +1,369 @@
+//! Metrics after an end-to-end run, the deploy/ dashboards and alerts against what is really
+//! exported, and logs that never carry a secret.
+
+mod common;
+
+use std::{
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use common::*;
+use scenehook::{
+    fakes::{Behaviour, FakeConfig, FakeServices},
+    signature::sign_hex,
+};
+use serde_json::json;
+
+/// The value of the first sample of `name` whose labels include every `labels` pair.
+fn sample(scrape: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    scrape
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
+            (metric == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\""))))
+            .then(|| value.parse().ok())?
+        })
+}
+
+/// Metric names used by a dashboard or rule file, histogram suffixes removed.
+fn referenced_metrics(text: &str) -> Vec<String> {
+    let mut names: Vec<String> = text
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("scenehook_"))
+        .map(|w| {
+            ["_bucket", "_sum", "_count"]
+                .iter()
+                .fold(w.to_owned(), |n, suffix| {
+                    n.strip_suffix(suffix).map(str::to_owned).unwrap_or(n)
+                })
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scrape_after_the_pipeline_shows_every_outcome_and_every_referenced_metric() {
+    let mut cfg = config(Backend::Embedded, "observability").await.unwrap();
+    cfg.rate_limit.stitch_complete = 2;
+    let fakes = FakeServices::start(
+        FakeConfig::for_gateway(&cfg, Duration::from_millis(20)),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let url: url::Url = fakes.url().parse().unwrap();
+    for s in [
+        &mut cfg.services.video,
+        &mut cfg.services.last_frame,
+        &mut cfg.services.stitch,
+        &mut cfg.services.notification,
+    ] {
+        s.url = url.clone();
+    }
+    fakes.set_behaviour(
+        "notification",
+        Behaviour {
+            fail_with: Some(503),
+            ..Default::default()
+        },
+    );
+    let app = TestApp::start(cfg).await;
+    assert_eq!(
+        app.post(
+            "/projects",
+            json!({"id": "po", "name": "obs", "scenes": [{"prompt": "a"}, {"prompt": "b"}]})
+        )
+        .await
+        .0,
+        201
+    );
+    assert_eq!(app.post("/projects/po/generate", json!(null)).await.0, 202);
+    eventually(
+        Duration::from_secs(20),
+        "the notification breaker opens",
+        || async { app.get("/services").await.1["services"][3]["breaker"] == "open" },
+    )
+    .await;
+    fakes.set_behaviour("notification", Behaviour::default());
+    eventually(
+        Duration::from_secs(20),
+        "the notification is delivered",
+        || async { !fakes.accepted("notification").is_empty() },
+    )
+    .await;
+    assert_eq!(
+        app.webhook("video-complete", "forged", "{}").await.status(),
+        401
+    );
+    let statuses: Vec<u16> =
+        futures::future::join_all((0..3).map(|_| app.webhook("stitch-complete", "forged", "{}")))
+            .await
+            .iter()
+            .map(|r| r.status().as_u16())
+            .collect();
+    assert!(statuses.contains(&429), "{statuses:?}");
+
+    let scrape = app
+        .http
+        .get(format!("{}/metrics", app.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for outcome in ["accepted", "invalid_signature"] {
+        assert!(
+            sample(
+                &scrape,
+                "scenehook_webhooks_total",
+                &[("endpoint", "video-complete"), ("outcome", outcome)]
+            ) > Some(0.0),
+            "{outcome}"
+        );
+    }
+    assert!(
+        sample(
+            &scrape,
+            "scenehook_webhooks_total",
+            &[("outcome", "rate_limited")]
+        ) > Some(0.0)
+    );
+    for service in ["video", "last_frame", "stitch", "notification"] {
+        assert!(
+            sample(
+                &scrape,
+                "scenehook_outbound_requests_total",
+                &[("service", service), ("result", "success")]
+            ) > Some(0.0),
+            "{service}"
+        );
+    }
+    assert!(
+        sample(
+            &scrape,
+            "scenehook_circuit_breaker_transitions_total",
+            &[("service", "notification"), ("to", "open")]
+        ) > Some(0.0)
+    );
+    assert_eq!(
+        sample(&scrape, "scenehook_projects", &[("status", "completed")]),
+        Some(1.0)
+    );
+    assert!(
+        sample(
+            &scrape,
+            "scenehook_pipeline_project_duration_seconds_count",
+            &[]
+        ) > Some(0.0)
+    );
+    assert!(
+        sample(
+            &scrape,
+            "scenehook_http_requests_total",
+            &[
+                ("route", "/api/v1/projects/{id}/generate"),
+                ("status", "202")
+            ]
+        ) > Some(0.0)
+    );
+
+    let root = env!("CARGO_MANIFEST_DIR");
+    for file in [
+        "deploy/grafana/scenehook.json",
+        "deploy/prometheus/alerts.yml",
+    ] {
+        let text = std::fs::read_to_string(format!("{root}/{file}")).unwrap();
+        let names = referenced_metrics(&text);
+        assert!(names.len() >= 5, "{file} references {names:?}");
+        for name in names {
+            assert!(
+                scrape.contains(&format!("\n{name}")),
+                "{file} uses {name}, which the gateway does not export"
+            );
+        }
+    }
+
+    // promtool's own lint of the exposition format.
+    match Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        Ok(mut child) => {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(scrape.as_bytes())
+                .unwrap();
+            let out = child.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "promtool check metrics: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Err(_) if std::env::var("SCENEHOOK_REQUIRE_SERVICES").is_ok_and(|v| v == "1") => {
+            panic!("promtool is not installed")
+        }
+        Err(_) => println!("SKIPPED promtool check metrics: promtool is not installed"),
+    }
+}
+
+/// Logs (JSON, debug level) of a whole pipeline run, a forged webhook and a bad operator key
+/// contain no secret and no key; SIGTERM ends the process with 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_never_carry_secrets_and_sigterm_exits_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = [
+        ("VIDEO_WEBHOOK_SECRET", "log-test-video-secret-7f3a9c1e5b"),
+        (
+            "LAST_FRAME_WEBHOOK_SECRET",
+            "log-test-frame-secret-2d8e4b6a0c",
+        ),
+        ("STITCH_WEBHOOK_SECRET", "log-test-stitch-secret-9a1c3e5f7b"),
+        ("VIDEO_API_KEY", "log-test-video-api-key-4c2e"),
+        ("LAST_FRAME_API_KEY", "log-test-frame-api-key-8b1d"),
+        ("STITCH_API_KEY", "log-test-stitch-api-key-6f0a"),
+        ("NOTIFICATION_API_KEY", "log-test-notify-api-key-3e9c"),
+    ];
+    let operator_key = "log-test-operator-key-5d7b";
+    let fakes = FakeServices::start(
+        FakeConfig {
+            video_secret: secrets[0].1.into(),
+            last_frame_secret: secrets[1].1.into(),
+            stitch_secret: secrets[2].1.into(),
+            delay: Duration::from_millis(20),
+        },
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_scenehook"));
+    cmd.current_dir(dir.path())
+        .env("BIND_ADDR", format!("127.0.0.1:{port}"))
+        .env("APP_URL", &url)
+        .env(
+            "DATABASE_URL",
+            format!("sqlite://{}/gw.db?mode=rwc", dir.path().display()),
+        )
+        .env("OPERATOR_API_KEYS", format!("ops:{operator_key}:rw"))
+        .env("RUST_LOG", "scenehook=debug,tower_http=debug")
+        .env("LOG_FORMAT", "json")
+        .env("SCENEHOOK_OUTBOX__POLL_INTERVAL_MS", "50")
+        .env_remove("REDIS_URL")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in secrets {
+        cmd.env(k, v);
+    }
+    for var in [
+        "VIDEO_SERVICE_URL",
+        "LAST_FRAME_SERVICE_URL",
+        "STITCH_SERVICE_URL",
+        "NOTIFICATION_SERVICE_URL",
+    ] {
+        cmd.env(var, fakes.url());
+    }
+    let child = cmd.spawn().unwrap();
+    let http = reqwest::Client::new();
+    eventually(Duration::from_secs(20), "the gateway is up", || async {
+        http.get(format!("{url}/healthz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    let api = |path: &str| format!("{url}/api/v1{path}");
+    let created = http
+        .post(api("/projects"))
+        .bearer_auth(operator_key)
+        .json(&json!({"id": "pl", "name": "logs", "scenes": [{"prompt": "x"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    assert_eq!(
+        http.post(api("/projects/pl/generate"))
+            .bearer_auth(operator_key)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        202
+    );
+    eventually(Duration::from_secs(20), "the project completes", || async {
+        match http
+            .get(api("/projects/pl"))
+            .bearer_auth(operator_key)
+            .send()
+            .await
+        {
+            Ok(r) => r
+                .json::<serde_json::Value>()
+                .await
+                .is_ok_and(|p| p["status"] == "completed"),
+            Err(_) => false,
+        }
+    })
+    .await;
+    let forged = http
+        .post(format!("{url}/api/webhooks/video-complete"))
+        .header("content-type", "application/json")
+        .header("x-webhook-signature", sign_hex("attacker", b"{}"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 401);
+    assert_eq!(
+        http.get(api("/errors"))
+            .bearer_auth("log-test-wrong-key")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+
+    let term = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "graceful shutdown exits 0");
+    let logs = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(logs.lines().count() > 10, "debug logs were captured");
+    assert!(
+        logs.contains("\"request_id\""),
+        "log lines carry the request id"
+    );
+    assert!(logs.contains("webhook committed"));
+    for (name, value) in secrets.iter().chain([&("OPERATOR_API_KEYS", operator_key)]) {
+        assert!(!logs.contains(value), "{name} leaked into the logs");
+    }
+}
