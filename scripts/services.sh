@@ -1,6 +1,7 @@
-# Sourced by scripts/test and scripts/bench: installs what is missing, starts a scratch Redis
-# and a scratch Postgres on free loopback ports in a temp dir, exports their URLs, and stops
-# them on exit (also on failure).
+# Sourced by scripts/test and scripts/bench: installs what is missing, starts a scratch Redis,
+# a 3-node Redis Cluster and a scratch Postgres on free loopback ports in a temp dir, exports
+# their URLs, and stops them on exit (also on failure). PG_EXTRA_OPTS replaces the tests'
+# `-c fsync=off` (the benchmark keeps fsync on).
 
 set -euo pipefail
 
@@ -78,7 +79,7 @@ mkdir -p "$SCRATCH/pg"
 chown postgres "$SCRATCH/pg"
 runuser -u postgres -- "$PG_BIN/initdb" -D "$SCRATCH/pg" -U postgres -A trust --no-sync >/dev/null
 runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$SCRATCH/pg" -l "$SCRATCH/pg/log" -w \
-  -o "-p $PG_PORT -k $SCRATCH/pg -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=400" start >/dev/null
+  -o "-p $PG_PORT -k $SCRATCH/pg -c listen_addresses=127.0.0.1 -c max_connections=400 ${PG_EXTRA_OPTS--c fsync=off}" start >/dev/null
 
 for _ in $(seq 50); do
   redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break

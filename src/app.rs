@@ -100,9 +100,11 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Connects, migrates (unless disabled) and starts the background tasks.
+    /// Connects, migrates (unless disabled) and starts the background tasks (the outbox
+    /// worker unless `outbox.enabled` is false).
     pub async fn start(config: Config) -> Result<Self, StartError> {
-        Self::start_with(config, true).await
+        let outbox = config.outbox.enabled;
+        Self::start_with(config, outbox).await
     }
 
     /// As [`Gateway::start`], with the outbox worker optional (tests of ingestion alone).

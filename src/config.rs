@@ -141,6 +141,8 @@ impl ServiceConfig {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct OutboxConfig {
+    /// Whether this instance runs the outbox worker.
+    pub enabled: bool,
     pub poll_interval_ms: u64,
     pub lease_secs: u64,
     pub base_delay_ms: u64,

@@ -1,0 +1,283 @@
+"""Runs the load benchmark configurations and writes the results, a table and a chart.
+
+Called by scripts/bench with the scratch Redis/Postgres URLs in the environment. Every
+gateway request is a correctly signed, distinct video-complete delivery for a scene that
+awaits its video, so each takes the whole path: rate-limit check, signature, one transaction
+with the delivery row, the scene update and the outbox insert.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+MODE, BUILD_JSON = sys.argv[1], sys.argv[2]
+SCRATCH = os.environ["BENCH_SCRATCH"]
+REDIS = os.environ["SCENEHOOK_TEST_REDIS_URL"]
+PG_ADMIN = os.environ["SCENEHOOK_TEST_POSTGRES_URL"]
+SECRET = "bench-video-secret-0123456789abcdef0123"
+WRK_LUA = os.path.abspath("benches/wrk/video_complete.lua")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+if MODE == "quick":
+    CONCURRENCY, DURATION, PER_RUN = [32], 1, 3000
+elif MODE == "soak":
+    CONCURRENCY, DURATION, PER_RUN = [32], 300, 200000
+else:
+    CONCURRENCY, DURATION, PER_RUN = [8, 32, 64], 6, 60000
+
+
+def executables():
+    found = {}
+    for line in open(BUILD_JSON):
+        msg = json.loads(line)
+        if msg.get("reason") == "compiler-artifact" and msg.get("executable"):
+            found[msg["target"]["name"]] = msg["executable"]
+    return found
+
+
+EXE = executables()
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def wait_http(url, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            return
+        except Exception:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer")
+
+
+def psql(sql, db_url=PG_ADMIN):
+    out = subprocess.run(["psql", db_url, "-Atc", sql], check=True, capture_output=True, text=True)
+    return out.stdout.strip()
+
+
+def redis_calls():
+    out = subprocess.run(["redis-cli", "-u", REDIS, "info", "commandstats"], check=True,
+                         capture_output=True, text=True).stdout
+    total = 0
+    for line in out.splitlines():
+        if line.startswith("cmdstat_") and "calls=" in line:
+            total += int(line.split("calls=")[1].split(",")[0])
+    return total
+
+
+def cpu_seconds(pid):
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def peak_rss_mib(pid):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def rss_mib(pid):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def wrk(port, connections, deliveries, duration):
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--timeout", "5s",
+         "-s", WRK_LUA, f"http://127.0.0.1:{port}", "--", deliveries],
+        check=True, capture_output=True, text=True).stdout
+    result = json.loads(out.strip().splitlines()[-1])
+    result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
+    return result
+
+
+def prepare(db_url, count, parts):
+    out = os.path.join(SCRATCH, f"deliveries-{time.time_ns()}")
+    subprocess.run([EXE["loadprep"], "--database-url", db_url, "--count", str(count),
+                    "--secret", SECRET, "--out", out, "--parts", str(parts)],
+                   check=True, capture_output=True)
+    return [f"{out}.{k}" for k in range(parts)] if parts > 1 else [out]
+
+
+def start_gateway(db_url, redis_url, port):
+    env = dict(os.environ)
+    for key in list(env):
+        if key.startswith("SCENEHOOK_") or key in ("DATABASE_URL", "REDIS_URL"):
+            del env[key]
+    env.update({
+        "DATABASE_URL": db_url, "REDIS_URL": redis_url, "BIND_ADDR": f"127.0.0.1:{port}",
+        "VIDEO_WEBHOOK_SECRET": SECRET, "RUST_LOG": "warn",
+        "SCENEHOOK_RATE_LIMIT__VIDEO_COMPLETE": "1000000000",
+        "SCENEHOOK_RATE_LIMIT__FLOOD_GUARD_PER_SECOND": "1000000",
+        "SCENEHOOK_RATE_LIMIT__FLOOD_GUARD_BURST": "1000000",
+        # Ingestion alone is measured: the queued jobs are not sent during the run.
+        "SCENEHOOK_OUTBOX__ENABLED": "false",
+        "SCENEHOOK_DATABASE__MAX_CONNECTIONS": "8",
+    })
+    proc = subprocess.Popen([EXE["scenehook"]], env=env, cwd=SCRATCH,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_http(f"http://127.0.0.1:{port}/healthz")
+    return proc
+
+
+def accepted(port):
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+    counts = {"accepted": 0.0, "duplicate": 0.0}
+    for line in text.splitlines():
+        if line.startswith("scenehook_webhooks_total{") and 'endpoint="video-complete"' in line:
+            for outcome in counts:
+                if f'outcome="{outcome}"' in line:
+                    counts[outcome] += float(line.rsplit(" ", 1)[1])
+    return counts
+
+
+def pg_statements(db_url):
+    if not db_url.startswith("postgres"):
+        return None
+    return int(psql("SELECT COALESCE(SUM(calls),0) FROM pg_stat_statements", db_url) or 0)
+
+
+def fresh_database():
+    name = f"bench_{time.time_ns()}"
+    psql(f"CREATE DATABASE {name}")
+    base = PG_ADMIN.rsplit("/", 1)[0]
+    url = f"{base}/{name}"
+    psql("CREATE EXTENSION IF NOT EXISTS pg_stat_statements", url)
+    return url
+
+
+def run_ceiling(name, extra):
+    port = free_port()
+    proc = subprocess.Popen([EXE["ceiling"], "serve", f"127.0.0.1:{port}", "--secret", SECRET] + extra,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)
+    deliveries = prepare(f"sqlite://{SCRATCH}/ceiling-{time.time_ns()}.db?mode=rwc", 5000, 1)[0]
+    rows = []
+    for c in CONCURRENCY:
+        before_cpu, before_redis = cpu_seconds(proc.pid), redis_calls()
+        r = wrk(port, c, deliveries, DURATION)
+        r.update(config=name, connections=c,
+                 cpu_ms_per_1000=(cpu_seconds(proc.pid) - before_cpu) * 1e6 / max(r["requests"], 1),
+                 redis_per_webhook=(redis_calls() - before_redis) / max(r["requests"], 1))
+        rows.append(r)
+    for r in rows:
+        r["peak_rss_mib"] = peak_rss_mib(proc.pid)
+    proc.terminate()
+    proc.wait()
+    return rows
+
+
+def run_gateway(name, db_url, redis_url, instances):
+    runs = len(CONCURRENCY)
+    files = prepare(db_url, PER_RUN * runs * instances, runs * instances)
+    ports = [free_port() for _ in range(instances)]
+    procs = [start_gateway(db_url, redis_url, p) for p in ports]
+    rows = []
+    for k, c in enumerate(CONCURRENCY):
+        before = [accepted(p) for p in ports]
+        before_cpu = sum(cpu_seconds(p.pid) for p in procs)
+        before_redis = redis_calls() if redis_url else 0
+        before_sql = pg_statements(db_url)
+        threads = []
+        results = [None] * instances
+        import threading
+        for i, port in enumerate(ports):
+            def go(i=i, port=port):
+                results[i] = wrk(port, max(c // instances, 1), files[k * instances + i], DURATION)
+            threads.append(threading.Thread(target=go))
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        after = [accepted(p) for p in ports]
+        done = sum(a["accepted"] - b["accepted"] for a, b in zip(after, before))
+        dup = sum(a["duplicate"] - b["duplicate"] for a, b in zip(after, before))
+        total = sum(r["requests"] for r in results)
+        row = {
+            "config": name, "connections": c,
+            "rps": sum(r["rps"] for r in results),
+            "requests": total, "accepted": done, "duplicates": dup,
+            "non_2xx": sum(r["non_2xx"] for r in results),
+            "p50_us": max(r["p50_us"] for r in results),
+            "p99_us": max(r["p99_us"] for r in results),
+            "p999_us": max(r["p999_us"] for r in results),
+            "cpu_ms_per_1000": (sum(cpu_seconds(p.pid) for p in procs) - before_cpu) * 1e6 / max(total, 1),
+            "redis_per_webhook": ((redis_calls() - before_redis) / max(total, 1)) if redis_url else 0.0,
+        }
+        after_sql = pg_statements(db_url)
+        if after_sql is not None:
+            # The two pg_stat_statements reads themselves are subtracted.
+            row["sql_per_webhook"] = (after_sql - before_sql - 1) / max(total, 1)
+        rows.append(row)
+    for r in rows:
+        r["peak_rss_mib"] = max(peak_rss_mib(p.pid) for p in procs)
+    for p in procs:
+        p.terminate()
+        p.wait()
+    return rows
+
+
+def soak():
+    db_url = fresh_database()
+    files = prepare(db_url, PER_RUN, 1)
+    port = free_port()
+    proc = start_gateway(db_url, REDIS, port)
+    wrk_proc = subprocess.Popen(["wrk", "-t1", "-c32", f"-d{DURATION}s", "-s", WRK_LUA,
+                                 f"http://127.0.0.1:{port}", "--", files[0]],
+                                stdout=subprocess.PIPE, text=True)
+    samples = []
+    start = time.time()
+    while wrk_proc.poll() is None:
+        samples.append((round(time.time() - start), rss_mib(proc.pid)))
+        time.sleep(10)
+    out = wrk_proc.stdout.read()
+    proc.terminate()
+    proc.wait()
+    result = json.loads(out.strip().splitlines()[-1])
+    return {"samples": samples, "wrk": result}
+
+
+def main():
+    os.makedirs("docs/bench", exist_ok=True)
+    if MODE == "soak":
+        result = soak()
+        json.dump(result, open("docs/bench/soak.json", "w"), indent=1)
+        first, last = result["samples"][1][1], result["samples"][-1][1]
+        print(f"soak: RSS {first:.1f} MiB after 10 s, {last:.1f} MiB at the end, "
+              f"{result['wrk']['requests']} requests")
+        return
+    rows = []
+    rows += run_ceiling("ceiling", [])
+    rows += run_ceiling("ceiling + EVALSHA", ["--redis", REDIS])
+    rows += run_gateway("embedded (SQLite + in-process)",
+                        f"sqlite://{SCRATCH}/bench-{time.time_ns()}.db?mode=rwc", "", 1)
+    rows += run_gateway("Postgres + Redis", fresh_database(), REDIS, 1)
+    rows += run_gateway("2 instances, Postgres + Redis", fresh_database(), REDIS, 2)
+    if MODE == "quick":
+        for r in rows:
+            print(f"{r['config']:34} c={r['connections']:3} {r['rps']:9.0f} req/s "
+                  f"p99 {r['p99_us'] / 1000:6.2f} ms")
+        bad = [r for r in rows if r.get("non_2xx") or r["requests"] == 0]
+        if bad:
+            sys.exit(f"bench smoke: failed runs: {bad}")
+        print("bench smoke: ok")
+        return
+    json.dump(rows, open("docs/bench/results.json", "w"), indent=1)
+    subprocess.run([sys.executable, "scripts/bench_report.py"], check=True)
+
+
+main()

@@ -1,0 +1,50 @@
+"""Turns docs/bench/results.json into docs/bench/table.md and docs/bench/chart.png."""
+
+import json
+import subprocess
+import sys
+
+rows = json.load(open("docs/bench/results.json"))
+ref = {r["connections"]: r["rps"] for r in rows if r["config"] == "ceiling"}
+ref_redis = {r["connections"]: r["rps"] for r in rows if r["config"] == "ceiling + EVALSHA"}
+
+lines = [
+    "| configuration | conns | req/s | vs ceiling | vs ceiling + EVALSHA | p50 ms | p99 ms | p99.9 ms "
+    "| CPU ms / 1000 | peak RSS MiB | Redis cmds / webhook | SQL stmts / webhook |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|",
+]
+for r in rows:
+    c = r["connections"]
+    sql = f"{r['sql_per_webhook']:.1f}" if "sql_per_webhook" in r else "—"
+    lines.append(
+        f"| {r['config']} | {c} | {r['rps']:,.0f} | {r['rps'] / ref[c]:.0%} | "
+        f"{r['rps'] / ref_redis[c]:.0%} | {r['p50_us'] / 1000:.2f} | {r['p99_us'] / 1000:.2f} | "
+        f"{r['p999_us'] / 1000:.2f} | {r['cpu_ms_per_1000']:.0f} | {r['peak_rss_mib']:.1f} | "
+        f"{r['redis_per_webhook']:.2f} | {sql} |")
+open("docs/bench/table.md", "w").write("\n".join(lines) + "\n")
+print("\n".join(lines))
+
+try:
+    import matplotlib
+except ImportError:
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check",
+                    "matplotlib"], check=True)
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+for config in dict.fromkeys(r["config"] for r in rows):
+    points = [r for r in rows if r["config"] == config]
+    xs = [p["connections"] for p in points]
+    left.plot(xs, [p["rps"] for p in points], marker="o", label=config)
+    right.plot(xs, [p["p99_us"] / 1000 for p in points], marker="o", label=config)
+left.set(title="Throughput", xlabel="connections", ylabel="requests / s")
+right.set(title="p99 latency", xlabel="connections", ylabel="ms", yscale="log")
+for ax in (left, right):
+    ax.grid(alpha=0.3)
+left.legend(fontsize=7)
+fig.tight_layout()
+fig.savefig("docs/bench/chart.png", dpi=110)
+print("wrote docs/bench/table.md and docs/bench/chart.png")
