@@ -27,13 +27,22 @@ struct Ceiling {
 
 async fn webhook(State(c): State<Arc<Ceiling>>, headers: HeaderMap, body: Bytes) -> StatusCode {
     if let Some(limiter) = &c.limiter {
-        match limiter.hit("video-complete:127.0.0.1", u32::MAX, Duration::from_secs(60)).await {
+        match limiter
+            .hit(
+                "video-complete:127.0.0.1",
+                u32::MAX,
+                Duration::from_secs(60),
+            )
+            .await
+        {
             Ok(d) if d.allowed => {}
             _ => return StatusCode::TOO_MANY_REQUESTS,
         }
     }
     let signature = SignatureHeaders {
-        hex_signature: headers.get("x-webhook-signature").and_then(|v| v.to_str().ok()),
+        hex_signature: headers
+            .get("x-webhook-signature")
+            .and_then(|v| v.to_str().ok()),
         ..Default::default()
     };
     if c.verifier.verify(&signature, &body, 0).is_err() {
@@ -47,14 +56,27 @@ async fn webhook(State(c): State<Arc<Ceiling>>, headers: HeaderMap, body: Bytes)
 
 #[tokio::main]
 async fn main() {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
-    let Some(addr) = args.iter().position(|a| a == "serve").and_then(|i| args.get(i + 1)) else {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    let Some(addr) = args
+        .iter()
+        .position(|a| a == "serve")
+        .and_then(|i| args.get(i + 1))
+    else {
         eprintln!("usage: ceiling serve ADDR [--redis URL] [--secret SECRET]");
         return;
     };
     let addr: SocketAddr = addr.parse().expect("a socket address");
-    let flag = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
-    let secret = flag("--secret").unwrap_or_else(|| "bench-video-secret-0123456789abcdef0123".into());
+    let flag = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let secret =
+        flag("--secret").unwrap_or_else(|| "bench-video-secret-0123456789abcdef0123".into());
     let limiter = match flag("--redis") {
         Some(url) => {
             let client = scenehook::store::redis::connect(&url, Duration::from_secs(1))
@@ -71,6 +93,10 @@ async fn main() {
     let router = Router::new()
         .route("/api/webhooks/video-complete", post(webhook))
         .with_state(state);
-    let listener = tokio::net::TcpListener::bind(addr).await.expect("the port is free");
-    axum::serve(listener, router).await.expect("the server runs");
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .expect("the port is free");
+    axum::serve(listener, router)
+        .await
+        .expect("the server runs");
 }

@@ -1,6 +1,9 @@
 //! Seeds the database for the load benchmark: `--count` scenes awaiting their video (10 per
 //! project, each with a known task id), and writes one correctly signed, distinct
 //! video-complete delivery per scene, as `body<TAB>signature` lines for wrk's script.
+//! Consecutive deliveries belong to different projects, as real traffic does: webhooks of one
+//! project apply one after the other (its row is locked), so bunching them would measure
+//! that lock, not the gateway.
 //!
 //! `loadprep --database-url URL --count N --secret S --out FILE [--parts K]` writes FILE.0 …
 //! FILE.K-1 when several load generators each need their own deliveries.
@@ -15,16 +18,29 @@ const SCENES_PER_PROJECT: usize = 10;
 
 #[tokio::main]
 async fn main() {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
-    let flag = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
-    let (Some(url), Some(count), Some(secret), Some(out)) =
-        (flag("--database-url"), flag("--count"), flag("--secret"), flag("--out"))
-    else {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    let flag = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let (Some(url), Some(count), Some(secret), Some(out)) = (
+        flag("--database-url"),
+        flag("--count"),
+        flag("--secret"),
+        flag("--out"),
+    ) else {
         eprintln!("usage: loadprep --database-url URL --count N --secret S --out FILE [--parts K]");
         std::process::exit(2);
     };
     let count: usize = count.parse().expect("--count is a number");
-    let parts: usize = flag("--parts").map(|p| p.parse().expect("--parts is a number")).unwrap_or(1);
+    let parts: usize = flag("--parts")
+        .map(|p| p.parse().expect("--parts is a number"))
+        .unwrap_or(1);
     let run = scenehook::domain::ids::random_token(6);
     let db = Database::connect(&url).await.expect("the database answers");
     Migrator::up(&db, None).await.expect("migrations apply");
@@ -45,15 +61,18 @@ async fn main() {
                 completed_at: Set(None),
             })
             .collect();
-        project::Entity::insert_many(rows).exec_without_returning(&db).await.expect("insert projects");
+        project::Entity::insert_many(rows)
+            .exec_without_returning(&db)
+            .await
+            .expect("insert projects");
     }
     for chunk in (0..count).collect::<Vec<_>>().chunks(500) {
         let rows: Vec<scene::ActiveModel> = chunk
             .iter()
             .map(|i| scene::ActiveModel {
                 id: Set(format!("ls_{run}_{i}")),
-                project_id: Set(format!("lp_{run}_{}", i / SCENES_PER_PROJECT)),
-                position: Set((i % SCENES_PER_PROJECT) as i32),
+                project_id: Set(format!("lp_{run}_{}", i % projects)),
+                position: Set((i / projects) as i32),
                 prompt: Set("load".into()),
                 status: Set("generating".into()),
                 video_task_id: Set(Some(format!("lt_{run}_{i}"))),
@@ -69,13 +88,16 @@ async fn main() {
                 updated_at: Set(now),
             })
             .collect();
-        scene::Entity::insert_many(rows).exec_without_returning(&db).await.expect("insert scenes");
+        scene::Entity::insert_many(rows)
+            .exec_without_returning(&db)
+            .await
+            .expect("insert scenes");
     }
     let mut files: Vec<String> = vec![String::new(); parts];
     for i in 0..count {
         let body = format!(
             r#"{{"task_id":"lt_{run}_{i}","status":"completed","scene_id":"ls_{run}_{i}","project_id":"lp_{run}_{p}","video_url":"https://cdn.example.com/{run}/{i}.mp4","timestamp":"2025-10-04T10:30:00.000Z"}}"#,
-            p = i / SCENES_PER_PROJECT
+            p = i % projects
         );
         let signature = sign_hex(&secret, body.as_bytes());
         let file = &mut files[i % parts];
@@ -85,7 +107,11 @@ async fn main() {
         file.push('\n');
     }
     for (k, text) in files.iter().enumerate() {
-        let path = if parts == 1 { out.clone() } else { format!("{out}.{k}") };
+        let path = if parts == 1 {
+            out.clone()
+        } else {
+            format!("{out}.{k}")
+        };
         std::fs::write(&path, text).expect("write the deliveries");
     }
     println!("seeded {count} scenes in {projects} projects (run {run})");

@@ -67,11 +67,13 @@ def psql(sql, db_url=PG_ADMIN):
 
 
 def redis_calls():
+    """Round trips: every Redis call the gateway makes is an EVALSHA (INFO commandstats also
+    counts the commands a script runs inside, which are not round trips)."""
     out = subprocess.run(["redis-cli", "-u", REDIS, "info", "commandstats"], check=True,
                          capture_output=True, text=True).stdout
     total = 0
     for line in out.splitlines():
-        if line.startswith("cmdstat_") and "calls=" in line:
+        if line.startswith(("cmdstat_evalsha:", "cmdstat_eval:")) and "calls=" in line:
             total += int(line.split("calls=")[1].split(",")[0])
     return total
 

@@ -10,7 +10,7 @@ ref_redis = {r["connections"]: r["rps"] for r in rows if r["config"] == "ceiling
 
 lines = [
     "| configuration | conns | req/s | vs ceiling | vs ceiling + EVALSHA | p50 ms | p99 ms | p99.9 ms "
-    "| CPU ms / 1000 | peak RSS MiB | Redis cmds / webhook | SQL stmts / webhook |",
+    "| CPU ms / 1000 | peak RSS MiB | Redis round trips / webhook | SQL stmts / webhook |",
     "|---|---|---|---|---|---|---|---|---|---|---|---|",
 ]
 for r in rows:
