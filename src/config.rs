@@ -128,6 +128,20 @@ impl fmt::Debug for ServiceConfig {
     }
 }
 
+impl ServicesConfig {
+    /// Points every service at one base URL (the fake services, in the demo and tests).
+    pub fn point_all_at(&mut self, base: &Url) {
+        for service in [
+            &mut self.video,
+            &mut self.last_frame,
+            &mut self.stitch,
+            &mut self.notification,
+        ] {
+            service.url = base.clone();
+        }
+    }
+}
+
 impl ServiceConfig {
     /// The full endpoint URL: the service's base URL joined with its path.
     pub fn endpoint(&self) -> String {
@@ -459,18 +473,7 @@ impl Config {
             problems.push("SCENEHOOK_METRICS_BIND_ADDR is not a socket address".to_owned());
         }
         if self.is_production() {
-            for (var, secrets) in [
-                ("VIDEO_WEBHOOK_SECRET", &self.webhooks.video_secrets),
-                (
-                    "LAST_FRAME_WEBHOOK_SECRET",
-                    &self.webhooks.last_frame_secrets,
-                ),
-                ("STITCH_WEBHOOK_SECRET", &self.webhooks.stitch_secrets),
-            ] {
-                if let Some(problem) = production_secret_problem(secrets) {
-                    problems.push(format!("{var} {problem}"));
-                }
-            }
+            problems.extend(self.secret_problems());
             if self.operator_api_keys.is_empty() {
                 problems.push(
                     "OPERATOR_API_KEYS is empty: production needs at least one operator key"
@@ -485,21 +488,26 @@ impl Config {
         }
     }
 
-    /// Problems that refuse production but only warn in development.
-    pub fn development_warnings(&self) -> Vec<String> {
-        let mut warnings = Vec::new();
-        for (var, secrets) in [
+    /// One line per webhook secret that production would refuse, naming its variable.
+    fn secret_problems(&self) -> Vec<String> {
+        [
             ("VIDEO_WEBHOOK_SECRET", &self.webhooks.video_secrets),
             (
                 "LAST_FRAME_WEBHOOK_SECRET",
                 &self.webhooks.last_frame_secrets,
             ),
             ("STITCH_WEBHOOK_SECRET", &self.webhooks.stitch_secrets),
-        ] {
-            if let Some(problem) = production_secret_problem(secrets) {
-                warnings.push(format!("{var} {problem}"));
-            }
-        }
+        ]
+        .into_iter()
+        .filter_map(|(var, secrets)| {
+            production_secret_problem(secrets).map(|problem| format!("{var} {problem}"))
+        })
+        .collect()
+    }
+
+    /// Problems that refuse production but only warn in development.
+    pub fn development_warnings(&self) -> Vec<String> {
+        let mut warnings = self.secret_problems();
         if self.operator_api_keys.is_empty() {
             warnings.push(
                 "OPERATOR_API_KEYS is empty: /api/v1 answers loopback clients only".to_owned(),

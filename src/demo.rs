@@ -35,15 +35,9 @@ pub async fn run(mut config: Config) -> ExitCode {
     let addr = listener
         .local_addr()
         .expect("a bound listener has an address");
-    let fake_url: url::Url = fakes.url().parse().expect("a valid URL");
-    for service in [
-        &mut config.services.video,
-        &mut config.services.last_frame,
-        &mut config.services.stitch,
-        &mut config.services.notification,
-    ] {
-        service.url = fake_url.clone();
-    }
+    config
+        .services
+        .point_all_at(&fakes.url().parse().expect("a valid URL"));
     config.app_url = format!("http://{addr}").parse().expect("a valid URL");
     if config.database_url.starts_with("sqlite:") {
         config.database_url = "sqlite://data/demo.db?mode=rwc".into();

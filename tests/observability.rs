@@ -51,23 +51,10 @@ fn referenced_metrics(text: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scrape_after_the_pipeline_shows_every_outcome_and_every_referenced_metric() {
-    let mut cfg = config(Backend::Embedded, "observability").await.unwrap();
+    let (mut cfg, fakes) = with_fakes(Backend::Embedded, "observability")
+        .await
+        .unwrap();
     cfg.rate_limit.stitch_complete = 2;
-    let fakes = FakeServices::start(
-        FakeConfig::for_gateway(&cfg, Duration::from_millis(20)),
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .await
-    .unwrap();
-    let url: url::Url = fakes.url().parse().unwrap();
-    for s in [
-        &mut cfg.services.video,
-        &mut cfg.services.last_frame,
-        &mut cfg.services.stitch,
-        &mut cfg.services.notification,
-    ] {
-        s.url = url.clone();
-    }
     fakes.set_behaviour(
         "notification",
         Behaviour {
@@ -111,15 +98,7 @@ async fn a_scrape_after_the_pipeline_shows_every_outcome_and_every_referenced_me
             .collect();
     assert!(statuses.contains(&429), "{statuses:?}");
 
-    let scrape = app
-        .http
-        .get(format!("{}/metrics", app.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let scrape = app.scrape().await;
     for outcome in ["accepted", "invalid_signature"] {
         assert!(
             sample(
@@ -252,11 +231,7 @@ async fn logs_never_carry_secrets_and_sigterm_exits_cleanly() {
     )
     .await
     .unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_scenehook"));
     cmd.current_dir(dir.path())

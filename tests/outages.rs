@@ -83,15 +83,7 @@ async fn redis_outage_fails_open_reports_once_and_recovers() {
         },
     )
     .await;
-    let metrics = app
-        .http
-        .get(format!("{}/metrics", app.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.scrape().await;
     assert!(metrics.contains("scenehook_rate_limit_fail_open_total"));
 }
 

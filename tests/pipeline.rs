@@ -5,31 +5,8 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use scenehook::fakes::{Behaviour, FakeConfig, FakeServices};
+use scenehook::fakes::Behaviour;
 use serde_json::{Value, json};
-
-async fn with_fakes(
-    backend: Backend,
-    test: &str,
-) -> Option<(scenehook::config::Config, FakeServices)> {
-    let mut cfg = config(backend, test).await?;
-    let fakes = FakeServices::start(
-        FakeConfig::for_gateway(&cfg, Duration::from_millis(20)),
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .await
-    .unwrap();
-    let url: url::Url = fakes.url().parse().unwrap();
-    for s in [
-        &mut cfg.services.video,
-        &mut cfg.services.last_frame,
-        &mut cfg.services.stitch,
-        &mut cfg.services.notification,
-    ] {
-        s.url = url.clone();
-    }
-    Some((cfg, fakes))
-}
 
 async fn create_and_generate(app: &TestApp, id: &str, scenes: usize) {
     let scenes: Vec<Value> = (0..scenes)
@@ -150,15 +127,7 @@ async fn breaker_opens_during_an_outage_and_nothing_is_lost(backend: Backend) {
     wait_for_status(&app, "po", "completed", Duration::from_secs(30)).await;
     let (_, dead) = app.get("/outbox?status=dead").await;
     assert_eq!(dead["jobs"].as_array().unwrap().len(), 0);
-    let metrics = app
-        .http
-        .get(format!("{}/metrics", app.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.scrape().await;
     assert!(metrics.contains(
         "scenehook_circuit_breaker_transitions_total{service=\"last_frame\",to=\"open\"}"
     ));

@@ -11,14 +11,6 @@ use common::*;
 use scenehook::fakes::{Behaviour, FakeConfig, FakeServices};
 use serde_json::json;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn gateway(env: &[(String, String)], dir: &std::path::Path) -> Child {
     Command::new(env!("CARGO_BIN_EXE_scenehook"))
         .current_dir(dir)

@@ -222,7 +222,7 @@ pub struct OwnRedis {
     child: Option<std::process::Child>,
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -403,5 +403,35 @@ impl Drop for OwnPostgres {
             ])
             .output();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A test config whose downstream services are fake services on loopback.
+pub async fn with_fakes(
+    backend: Backend,
+    test: &str,
+) -> Option<(Config, scenehook::fakes::FakeServices)> {
+    let mut cfg = config(backend, test).await?;
+    let fakes = scenehook::fakes::FakeServices::start(
+        scenehook::fakes::FakeConfig::for_gateway(&cfg, Duration::from_millis(20)),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    cfg.services.point_all_at(&fakes.url().parse().unwrap());
+    Some((cfg, fakes))
+}
+
+impl TestApp {
+    /// The Prometheus text of this instance.
+    pub async fn scrape(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
     }
 }
