@@ -362,7 +362,38 @@ async fn get_is_a_health_check(backend: Backend) {
     }
 }
 
+async fn cors_preflight_answers_configured_origins_only(backend: Backend) {
+    let Some(mut cfg) = config(backend, "cors").await else {
+        return;
+    };
+    cfg.cors_allowed_origins = vec!["https://app.example.com".into()];
+    let app = TestApp::start_with(cfg, false).await;
+    let preflight = |origin: &'static str| {
+        app.http
+            .request(
+                reqwest::Method::OPTIONS,
+                format!("{}/api/webhooks/video-complete", app.url),
+            )
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "x-webhook-signature,content-type",
+            )
+            .send()
+    };
+    let allowed = preflight("https://app.example.com").await.unwrap();
+    assert!(allowed.status().is_success());
+    assert_eq!(
+        allowed.headers()["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+    let other = preflight("https://evil.example.com").await.unwrap();
+    assert!(!other.headers().contains_key("access-control-allow-origin"));
+}
+
 on_all_backends!(
+    cors_preflight_answers_configured_origins_only,
     seed_manual_test_with_openssl_signature,
     forged_truncated_empty_and_rotated_signatures,
     standard_webhooks_headers_and_replay_window,
