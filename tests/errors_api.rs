@@ -158,7 +158,7 @@ async fn success_entries_leave_the_active_list(backend: Backend) {
     let Some(mut cfg) = config(backend, "errors_success_ttl").await else {
         return;
     };
-    cfg.errors.success_ttl_secs = 1;
+    cfg.errors.success_ttl_secs = 3;
     let app = TestApp::start_with(cfg, false).await;
     record(&app, NewError::success("Project done")).await;
     assert_eq!(
@@ -168,7 +168,7 @@ async fn success_entries_leave_the_active_list(backend: Backend) {
             .len(),
         1
     );
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    tokio::time::sleep(Duration::from_millis(3100)).await;
     assert_eq!(
         app.get("/errors?type=success").await.1["errors"]
             .as_array()

@@ -53,7 +53,7 @@ async fn sliding_window_allows_exactly_the_limit(backend: Backend) {
     let Some((_, limiter)) = stores(backend, "sliding_window", POLICY).await else {
         return;
     };
-    let window = Duration::from_millis(600);
+    let window = Duration::from_secs(3);
     for i in 0..5 {
         let d = limiter.hit("k", 5, window).await.unwrap();
         assert!(d.allowed);
@@ -61,12 +61,12 @@ async fn sliding_window_allows_exactly_the_limit(backend: Backend) {
     }
     let d = limiter.hit("k", 5, window).await.unwrap();
     assert!(!d.allowed);
-    assert!(d.reset_ms <= 600);
+    assert!(d.reset_ms <= 3000);
     assert!(
         limiter.hit("other", 5, window).await.unwrap().allowed,
         "keys are independent"
     );
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    tokio::time::sleep(Duration::from_millis(3100)).await;
     assert!(
         limiter.hit("k", 5, window).await.unwrap().allowed,
         "the window slid"
