@@ -55,7 +55,7 @@ async fn the_document_covers_and_matches_the_router() {
     let mut expected: Vec<String> = expected.iter().map(|s| s.to_string()).collect();
     expected.sort();
     assert_eq!(operations, expected);
-    // Each documented operation reaches a handler: the router's own 404/405 have no error body.
+    // Each documented operation reaches a handler, not the router's fallbacks.
     for op in &operations {
         let (method, path) = op.split_once(' ').unwrap();
         let url = format!("{}{}", app.url, path.replace("{id}", "x"));
@@ -70,9 +70,41 @@ async fn the_document_covers_and_matches_the_router() {
         assert_ne!(status, 405, "{op} is not routed");
         if status == 404 {
             let body: serde_json::Value = response.json().await.unwrap_or_default();
-            assert!(body["error"]["code"].is_string(), "{op} is not routed");
+            assert_ne!(
+                body["error"]["code"], "route_not_found",
+                "{op} is not routed"
+            );
         }
     }
+    // Client mistakes the router itself catches still get the error body.
+    let unknown = app
+        .http
+        .get(format!("{}/api/v1/nope", app.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+    let body: serde_json::Value = unknown.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "route_not_found");
+    let wrong_method = app
+        .http
+        .delete(format!("{}/healthz", app.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong_method.status(), 405);
+    let body: serde_json::Value = wrong_method.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "method_not_allowed");
+    let bad_query = app
+        .http
+        .get(format!("{}/api/v1/errors?limit=lots", app.url))
+        .bearer_auth(RW_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad_query.status(), 400);
+    let body: serde_json::Value = bad_query.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "invalid_query");
     // Documented errors use the shared body.
     assert!(doc["components"]["schemas"]["ErrorBody"].is_object());
     assert!(doc["components"]["securitySchemes"]["operator_key"].is_object());

@@ -1,14 +1,11 @@
 //! `/api/v1/errors`: list, count and dismiss entries of the global error store.
 
-use axum::{
-    Extension, Json,
-    extract::{Query, State},
-};
+use axum::{Extension, Json, extract::State};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::{AppJson, ErrorBody, auth::Operator};
+use super::{AppJson, AppQuery, ErrorBody, auth::Operator};
 use crate::{
     app::AppState,
     error::{AppError, AppResult},
@@ -135,7 +132,7 @@ struct DismissOut {
         (status = 401, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn list(
     State(app): State<AppState>,
-    Query(params): Query<ListParams>,
+    AppQuery(params): AppQuery<ListParams>,
 ) -> AppResult<Json<ErrorList>> {
     let severity = params
         .severity

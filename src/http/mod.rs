@@ -101,6 +101,8 @@ pub fn router(state: AppState) -> Router {
             "/api/openapi.json",
             get(move || async move { Json(document.as_ref().clone()) }),
         )
+        .fallback(|| async { AppError::not_found("route_not_found", "no such route") })
+        .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
         .layer(middleware::from_fn(track_http))
         .layer(cors(&state.config.cors_allowed_origins))
         .layer(
@@ -205,6 +207,27 @@ where
             }
             Err(e) => Err(AppError::bad_request("invalid_body", e.body_text())),
         }
+    }
+}
+
+/// `Query` whose rejections answer 400 with our error body, naming the parameter.
+pub struct AppQuery<T>(pub T);
+
+impl<S, T> axum::extract::FromRequestParts<S> for AppQuery<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = AppError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(value)| Self(value))
+            .map_err(|e| AppError::bad_request("invalid_query", e.body_text()))
     }
 }
 

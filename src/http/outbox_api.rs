@@ -2,14 +2,14 @@
 
 use axum::{
     Json,
-    extract::{Path, Query, State},
+    extract::{Path, State},
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::{AppJson, ErrorBody};
+use super::{AppJson, AppQuery, ErrorBody};
 use crate::{
     app::AppState,
     db,
@@ -71,7 +71,7 @@ fn parse_service(service: Option<&str>) -> AppResult<Option<Service>> {
         (status = 401, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn list(
     State(app): State<AppState>,
-    Query(params): Query<ListParams>,
+    AppQuery(params): AppQuery<ListParams>,
 ) -> AppResult<Json<JobList>> {
     if let Some(status) = params.status.as_deref()
         && !["pending", "in_flight", "done", "dead"].contains(&status)

@@ -2,7 +2,7 @@
 
 use axum::{
     Json,
-    extract::{Path, Query, Request, State},
+    extract::{Path, Request, State},
     http::StatusCode,
 };
 use entity::{project, scene};
@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::{AppJson, ErrorBody, request_id};
+use super::{AppJson, AppQuery, ErrorBody, request_id};
 use crate::{
     app::AppState,
     db::pipeline::{self, NewProject, PipelineError},
@@ -223,7 +223,7 @@ struct GenerateOut {
         (status = 401, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn list(
     State(app): State<AppState>,
-    Query(params): Query<ListParams>,
+    AppQuery(params): AppQuery<ListParams>,
 ) -> AppResult<Json<ProjectList>> {
     let status = params
         .status
