@@ -200,6 +200,13 @@ async fn housekeeping(state: AppState, mut stop: watch::Receiver<bool>) {
                     Ok(n) => tracing::info!(removed = n, "error store cleanup"),
                     Err(e) => tracing::warn!(error = %e, "error store cleanup failed"),
                 }
+                let hours = |h: u64| Duration::from_secs(h.saturating_mul(3600));
+                let d = &state.config.database;
+                match db::prune(&state.db, hours(d.delivery_retention_hours), hours(d.done_job_retention_hours)).await {
+                    Ok((0, 0)) => {}
+                    Ok((deliveries, jobs)) => tracing::info!(deliveries, jobs, "database retention"),
+                    Err(e) => tracing::warn!(error = %e, "database retention failed"),
+                }
             }
             _ = tick.tick() => {
                 if state.reporter.buffered() > 0 {

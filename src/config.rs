@@ -61,6 +61,8 @@ pub struct Config {
 pub struct DatabaseConfig {
     pub max_connections: u32,
     pub acquire_timeout_ms: u64,
+    pub delivery_retention_hours: u64,
+    pub done_job_retention_hours: u64,
 }
 
 #[derive(Clone, Deserialize)]

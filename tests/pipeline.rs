@@ -76,6 +76,20 @@ async fn five_scenes_chain_stitch_and_notify(backend: Backend) {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let notes = fakes.accepted("notification");
     assert_eq!(notes.len(), 1, "exactly one notification");
+    // Retention: nothing is young enough to go at the configured ages; everything at zero.
+    let db = &app.gateway.state.db;
+    let week = Duration::from_secs(7 * 24 * 3600);
+    assert_eq!(scenehook::db::prune(db, week, week).await.unwrap(), (0, 0));
+    let (deliveries, jobs) = scenehook::db::prune(db, Duration::ZERO, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(
+        deliveries, 11,
+        "5 video + 5 last-frame + 1 stitch deliveries"
+    );
+    assert!(jobs >= 11, "{jobs} done jobs pruned");
+    let (_, left) = app.get("/outbox?status=done").await;
+    assert_eq!(left["jobs"].as_array().unwrap().len(), 0);
     assert_eq!(notes[0].body["event"], "project.completed");
     // Every outbound request carried the service key and an idempotency key.
     for r in fakes.received() {
@@ -213,7 +227,53 @@ async fn failed_videos_are_retried_then_fail_the_project(backend: Backend) {
     wait_for_status(&app, "pf", "completed", Duration::from_secs(20)).await;
 }
 
+async fn project_api_refuses_taken_ids_and_bad_input(backend: Backend) {
+    let Some(cfg) = config(backend, "project_api").await else {
+        return;
+    };
+    let app = TestApp::start_with(cfg, false).await;
+    let project = json!({"id": "pt", "name": "n", "scenes": [{"id": "pt_s0", "prompt": "x"}]});
+    assert_eq!(app.post("/projects", project.clone()).await.0, 201);
+    let (status, body) = app.post("/projects", project).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("id_taken"))
+    );
+    // A scene id taken by another project is refused too, and nothing of it is kept.
+    let (status, _) = app
+        .post(
+            "/projects",
+            json!({"id": "pu", "name": "n", "scenes": [{"id": "pt_s0", "prompt": "x"}]}),
+        )
+        .await;
+    assert_eq!(status, 409);
+    assert_eq!(app.get("/projects/pu").await.0, 404);
+    for (body, code) in [
+        (json!({"name": "n", "scenes": []}), "no_scenes"),
+        (
+            json!({"id": "a b", "name": "n", "scenes": [{"prompt": "x"}]}),
+            "invalid_id",
+        ),
+        (
+            json!({"name": "n", "scenes": [{"prompt": "x"}], "extra": 1}),
+            "invalid_body",
+        ),
+    ] {
+        let (status, body) = app.post("/projects", body).await;
+        assert_eq!((status, body["error"]["code"].as_str()), (400, Some(code)));
+    }
+    assert_eq!(app.get("/projects?status=nope").await.0, 400);
+    let (status, body) = app.post("/projects/pt/generate", json!(null)).await;
+    assert_eq!(status, 202, "{body}");
+    let (status, body) = app.post("/projects/pt/generate", json!(null)).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("already_running"))
+    );
+}
+
 on_all_backends!(
+    project_api_refuses_taken_ids_and_bad_input,
     five_scenes_chain_stitch_and_notify,
     breaker_opens_during_an_outage_and_nothing_is_lost,
     permanent_failure_is_dead_lettered_and_replayed,

@@ -364,6 +364,38 @@ async fn get_is_a_health_check(backend: Backend) {
     }
 }
 
+async fn unfit_request_ids_are_replaced_and_fit_ones_echoed(backend: Backend) {
+    let Some(app) = seeded(backend, "request_ids").await else {
+        return;
+    };
+    let signature = scenehook::signature::sign_hex(VIDEO_SECRET, SEED.as_bytes());
+    let send = |request_id: String| {
+        app.http
+            .post(format!("{}/api/webhooks/video-complete", app.url))
+            .header("content-type", "application/json")
+            .header("x-webhook-signature", &signature)
+            .header("x-request-id", request_id)
+            .body(SEED)
+            .send()
+    };
+    // The accepted webhook stores its request id on the outbox job: a 100-character one
+    // must not reach the database.
+    let long = "r".repeat(100);
+    let response = send(long.clone()).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let echoed = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(echoed != long && echoed.len() <= 64, "{echoed}");
+    let jobs = scenehook::db::outbox::list(&app.gateway.state.db, None, Some("last_frame"), 10)
+        .await
+        .unwrap();
+    assert_eq!(jobs[0].request_id.as_deref(), Some(echoed.as_str()));
+    let plain = send("trace-abc.123".into()).await.unwrap();
+    assert_eq!(plain.headers()["x-request-id"], "trace-abc.123");
+}
+
 async fn cors_preflight_answers_configured_origins_only(backend: Backend) {
     let Some(mut cfg) = config(backend, "cors").await else {
         return;
@@ -395,6 +427,7 @@ async fn cors_preflight_answers_configured_origins_only(backend: Backend) {
 }
 
 on_all_backends!(
+    unfit_request_ids_are_replaced_and_fit_ones_echoed,
     cors_preflight_answers_configured_origins_only,
     seed_manual_test_with_openssl_signature,
     forged_truncated_empty_and_rotated_signatures,

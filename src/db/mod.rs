@@ -61,6 +61,32 @@ pub async fn migrations_applied(db: &DatabaseConnection) -> Result<bool, DbErr> 
     Ok(Migrator::get_pending_migrations(db).await?.is_empty())
 }
 
+/// Deletes delivery rows and done outbox jobs past their retention; returns how many of each.
+/// Safe on every instance at once.
+pub async fn prune(
+    db: &DatabaseConnection,
+    delivery_retention: std::time::Duration,
+    done_job_retention: std::time::Duration,
+) -> Result<(u64, u64), DbErr> {
+    use entity::{outbox_job, webhook_delivery};
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+    let before = |age: std::time::Duration| {
+        chrono::Utc::now() - chrono::Duration::from_std(age).unwrap_or(chrono::Duration::MAX)
+    };
+    let deliveries = webhook_delivery::Entity::delete_many()
+        .filter(webhook_delivery::Column::ReceivedAt.lt(before(delivery_retention)))
+        .exec(db)
+        .await?
+        .rows_affected;
+    let jobs = outbox_job::Entity::delete_many()
+        .filter(outbox_job::Column::Status.eq("done"))
+        .filter(outbox_job::Column::UpdatedAt.lt(before(done_job_retention)))
+        .exec(db)
+        .await?
+        .rows_affected;
+    Ok((deliveries, jobs))
+}
+
 pub async fn ping(db: &DatabaseConnection) -> Result<(), DbErr> {
     db.execute_unprepared("SELECT 1").await.map(|_| ())
 }

@@ -41,6 +41,14 @@ impl fmt::Display for Id {
     }
 }
 
+/// At most `max` characters of `s`, cut on a character boundary (never mid-UTF-8).
+pub fn truncate_chars(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
 /// Lowercase alphanumeric randomness for ids.
 pub fn random_token(len: usize) -> String {
     const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
@@ -74,6 +82,13 @@ mod tests {
         assert!(Id::parse("a b").is_err());
         assert!(Id::parse("a/../b").is_err());
         assert!(Id::generate("proj").as_str().starts_with("proj_"));
+    }
+
+    #[test]
+    fn truncation_never_splits_a_character() {
+        let text = "é".repeat(600);
+        assert_eq!(truncate_chars(&text, 500).chars().count(), 500);
+        assert_eq!(truncate_chars("short", 500), "short");
     }
 
     #[test]

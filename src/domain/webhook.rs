@@ -237,15 +237,8 @@ fn describe_json_error(e: &serde_json::Error) -> String {
 /// back once per endpoint).
 pub fn delivery_key(webhook_id: Option<&str>, callback: &Callback) -> String {
     match webhook_id {
-        Some(id) if !id.is_empty() => format!("id:{}", truncate(id, 200)),
+        Some(id) if !id.is_empty() => format!("id:{}", super::ids::truncate_chars(id, 200)),
         _ => format!("task:{}", callback.task_id()),
-    }
-}
-
-fn truncate(s: &str, max: usize) -> &str {
-    match s.char_indices().nth(max) {
-        Some((i, _)) => &s[..i],
-        None => s,
     }
 }
 

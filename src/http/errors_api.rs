@@ -201,7 +201,10 @@ async fn dismiss(
     Extension(operator): Extension<Operator>,
     AppJson(request): AppJson<DismissRequest>,
 ) -> AppResult<Json<DismissOut>> {
-    let reason = request.reason.as_deref().map(|r| &r[..r.len().min(500)]);
+    let reason = request
+        .reason
+        .as_deref()
+        .map(|r| crate::domain::ids::truncate_chars(r, 500));
     let store = app.reporter.store();
     let ids = match (request.error_id, request.all) {
         (Some(id), None | Some(false)) => {

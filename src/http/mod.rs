@@ -107,6 +107,7 @@ pub fn router(state: AppState) -> Router {
         .layer(cors(&state.config.cors_allowed_origins))
         .layer(
             ServiceBuilder::new()
+                .layer(middleware::map_request(drop_unfit_request_id))
                 .layer(SetRequestIdLayer::new(
                     X_REQUEST_ID.clone(),
                     MakeRequestUuid,
@@ -163,6 +164,22 @@ async fn track_http(request: Request, next: middleware::Next) -> Response {
     metrics::histogram!("scenehook_http_request_duration_seconds", "route" => route, "method" => method)
         .record(started.elapsed().as_secs_f64());
     response
+}
+
+/// An incoming `X-Request-Id` is honoured only when it is 1 to 64 of `[A-Za-z0-9._-]`;
+/// otherwise it is dropped and a fresh one is made. The id reaches logs, response headers and
+/// stored outbox rows, so a client must not be able to put anything there.
+async fn drop_unfit_request_id(mut request: Request) -> Request {
+    let fit = request.headers().get(&X_REQUEST_ID).is_none_or(|v| {
+        let b = v.as_bytes();
+        (1..=64).contains(&b.len())
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || b"._-".contains(c))
+    });
+    if !fit {
+        request.headers_mut().remove(&X_REQUEST_ID);
+    }
+    request
 }
 
 /// The request id set by the request-id layer (or sent by the client).

@@ -280,10 +280,11 @@ impl ErrorStore for MemoryErrorStore {
     async fn list(&self, q: &ListQuery, now: i64) -> Result<ErrorPage, StoreError> {
         let mut s = self.state.lock();
         s.expire(now);
-        let index = if q.include_dismissed {
-            &s.all
-        } else {
-            &s.active
+        let empty = BTreeSet::new();
+        let index = match (q.include_dismissed, q.severity) {
+            (true, _) => &s.all,
+            (false, Some(severity)) => s.active_by_severity.get(&severity).unwrap_or(&empty),
+            (false, None) => &s.active,
         };
         let after = q.cursor.as_deref().and_then(decode_cursor);
         let mut errors = Vec::new();

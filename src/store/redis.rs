@@ -406,7 +406,12 @@ impl ErrorStore for RedisErrorStore {
     }
 
     async fn list(&self, q: &ListQuery, now: i64) -> Result<ErrorPage, StoreError> {
-        let index = if q.include_dismissed { "all" } else { "active" };
+        // Active entries of one severity have an index of their own: no filtering scan.
+        let index = match (q.include_dismissed, q.severity) {
+            (true, _) => "all".to_owned(),
+            (false, Some(severity)) => format!("active:{}", severity.as_str()),
+            (false, None) => "active".to_owned(),
+        };
         let (max, cid) = match q.cursor.as_deref().and_then(super::decode_cursor) {
             Some((score, id)) => (score.to_string(), id),
             None => ("+inf".to_owned(), String::new()),
@@ -415,7 +420,7 @@ impl ErrorStore for RedisErrorStore {
             .run(
                 &self.list,
                 vec![
-                    index.to_owned(),
+                    index,
                     max,
                     cid,
                     q.limit.to_string(),
