@@ -32,6 +32,7 @@ pub struct App {
     pub limiter: RateLimiter,
     pub reporter: Reporter,
     pub outbox: Arc<Outbox>,
+    pub ingestor: db::ingest::Ingestor,
     pub metrics: PrometheusHandle,
     verifiers: [Verifier; 3],
 }
@@ -52,15 +53,6 @@ impl App {
         &self.verifiers[kind as usize]
     }
 
-    pub fn limits(&self) -> crate::domain::Limits {
-        let p = &self.config.pipeline;
-        crate::domain::Limits {
-            max_scene_attempts: p.max_scene_attempts,
-            max_extract_attempts: p.max_extract_attempts,
-            max_stitch_attempts: p.max_stitch_attempts,
-        }
-    }
-
     pub fn job_context(&self, request_id: Option<String>) -> JobContext {
         JobContext {
             app_url: self.config.app_url.to_string(),
@@ -79,6 +71,15 @@ impl App {
                 Job::Notify { .. } => Service::Notification,
             });
         }
+    }
+}
+
+fn limits(config: &Config) -> crate::domain::Limits {
+    let p = &config.pipeline;
+    crate::domain::Limits {
+        max_scene_attempts: p.max_scene_attempts,
+        max_extract_attempts: p.max_extract_attempts,
+        max_stitch_attempts: p.max_stitch_attempts,
     }
 }
 
@@ -144,6 +145,12 @@ impl Gateway {
             Verifier::new(&config.webhooks.stitch_secrets, tolerance),
         ];
         let outbox = Arc::new(Outbox::new(db.clone(), config.clone(), reporter.clone()));
+        let ingestor = db::ingest::Ingestor::start(
+            db.clone(),
+            limits(&config),
+            config.database.ingest_writers,
+            config.database.ingest_batch_max,
+        );
         let state = AppState(Arc::new(App {
             config: config.clone(),
             db,
@@ -151,6 +158,7 @@ impl Gateway {
             limiter,
             reporter,
             outbox: outbox.clone(),
+            ingestor,
             metrics,
             verifiers,
         }));

@@ -60,6 +60,10 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 pub struct DatabaseConfig {
     pub max_connections: u32,
+    /// Ingestion writer tasks per instance (Postgres; SQLite always has one).
+    pub ingest_writers: usize,
+    /// The most webhook deliveries one ingestion transaction applies.
+    pub ingest_batch_max: usize,
     pub acquire_timeout_ms: u64,
     pub delivery_retention_hours: u64,
     pub done_job_retention_hours: u64,
@@ -449,6 +453,18 @@ impl Config {
         let mut problems = Vec::new();
         if self.outbox.max_attempts < 1 {
             problems.push("SCENEHOOK_OUTBOX__MAX_ATTEMPTS must be at least 1".to_owned());
+        }
+        let d = &self.database;
+        if d.ingest_writers == 0 || d.ingest_writers as u64 > u64::from(d.max_connections) {
+            problems.push(
+                "SCENEHOOK_DATABASE__INGEST_WRITERS must be between 1 and SCENEHOOK_DATABASE__MAX_CONNECTIONS"
+                    .to_owned(),
+            );
+        }
+        // Bounded so that a batch's multi-row statements stay under the drivers' bind limits.
+        if !(1..=1000).contains(&d.ingest_batch_max) {
+            problems
+                .push("SCENEHOOK_DATABASE__INGEST_BATCH_MAX must be between 1 and 1000".to_owned());
         }
         if self.rate_limit.window_secs == 0 {
             problems.push("SCENEHOOK_RATE_LIMIT__WINDOW_SECS must be at least 1".to_owned());

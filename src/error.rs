@@ -135,31 +135,13 @@ impl IntoResponse for AppError {
 impl From<DbErr> for AppError {
     fn from(err: DbErr) -> Self {
         match err {
-            DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => {
-                tracing::warn!(error = %err, "database unavailable");
-                Self::unavailable("database unavailable, retry later")
-            }
-            DbErr::Exec(ref e) | DbErr::Query(ref e) if is_connection_error(&e.to_string()) => {
+            ref e if crate::db::is_unavailable(e) => {
                 tracing::warn!(error = %err, "database unavailable");
                 Self::unavailable("database unavailable, retry later")
             }
             other => Self::Internal(other.to_string()),
         }
     }
-}
-
-fn is_connection_error(message: &str) -> bool {
-    let m = message.to_ascii_lowercase();
-    [
-        "connection",
-        "pool timed out",
-        "broken pipe",
-        "database is locked",
-        "io error",
-        "closed",
-    ]
-    .iter()
-    .any(|needle| m.contains(needle))
 }
 
 pub type AppResult<T> = Result<T, AppError>;

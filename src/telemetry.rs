@@ -34,6 +34,10 @@ pub fn init_tracing(json: bool) {
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
+/// Deliveries per ingestion transaction.
+const BATCH_BUCKETS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1000.0,
+];
 /// Pipeline durations: seconds to hours.
 const PIPELINE_BUCKETS: &[f64] = &[
     1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0,
@@ -49,6 +53,12 @@ pub fn metrics_handle() -> PrometheusHandle {
                     Matcher::Prefix("scenehook_pipeline_".into()),
                     PIPELINE_BUCKETS,
                 )
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full("scenehook_ingest_batch_size".into()),
+                        BATCH_BUCKETS,
+                    )
+                })
                 .and_then(|b| b.set_buckets(LATENCY_BUCKETS))
                 .expect("bucket lists are not empty")
                 .build_recorder();
@@ -79,6 +89,14 @@ fn describe_metrics() {
         "scenehook_webhook_duration_seconds",
         Unit::Seconds,
         "Time to answer a webhook, by endpoint."
+    );
+    describe_histogram!(
+        "scenehook_ingest_batch_size",
+        "Webhook deliveries committed per ingestion transaction."
+    );
+    describe_counter!(
+        "scenehook_ingest_batch_splits_total",
+        "Ingestion batches whose transaction failed and were applied delivery by delivery."
     );
     describe_counter!(
         "scenehook_http_requests_total",
@@ -175,6 +193,7 @@ fn describe_metrics() {
         "scenehook_rate_limit_fail_open_total",
         "scenehook_error_store_failures_total",
         "scenehook_error_store_dropped_total",
+        "scenehook_ingest_batch_splits_total",
     ] {
         metrics::counter!(counter).increment(0);
     }

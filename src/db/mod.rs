@@ -1,6 +1,7 @@
 //! Database access: connecting (SQLite or Postgres), migrating, and the transactions the
 //! pipeline and the outbox run. Each public function is one unit of work.
 
+pub mod ingest;
 pub mod outbox;
 pub mod pipeline;
 
@@ -89,6 +90,28 @@ pub async fn prune(
 
 pub async fn ping(db: &DatabaseConnection) -> Result<(), DbErr> {
     db.execute_unprepared("SELECT 1").await.map(|_| ())
+}
+
+/// Whether `err` means the database cannot be reached (rather than a statement failing), so
+/// the caller should retry later.
+pub fn is_unavailable(err: &DbErr) -> bool {
+    match err {
+        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
+        DbErr::Exec(e) | DbErr::Query(e) => {
+            let message = e.to_string().to_ascii_lowercase();
+            [
+                "connection",
+                "pool timed out",
+                "broken pipe",
+                "database is locked",
+                "io error",
+                "closed",
+            ]
+            .iter()
+            .any(|needle| message.contains(needle))
+        }
+        _ => false,
+    }
 }
 
 pub fn is_postgres(db: &impl ConnectionTrait) -> bool {

@@ -1,18 +1,21 @@
-//! The pipeline's transactions: a webhook's whole effect (delivery row, state change, outbox
-//! jobs) in one transaction, and the operator's project commands.
+//! The pipeline's rows: loading projects into [`Work`], applying transitions to them and
+//! writing back what changed (shared by webhook ingestion in [`super::ingest`]), and the
+//! operator's project commands.
+
+use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use entity::{outbox_job, project, scene, webhook_delivery};
+use entity::{outbox_job, project, scene};
 use sea_orm::{
-    ActiveValue::{NotSet, Set},
-    ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait,
-    QueryFilter, QueryOrder, QuerySelect, SqlErr, TransactionTrait,
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection,
+    DatabaseTransaction, DbErr, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder, QuerySelect,
+    SqlErr, TransactionTrait, sea_query::OnConflict,
 };
 
 use crate::{
     domain::{
-        Effects, Limits, ProjectState, ProjectStatus, SceneState, SceneStatus, TransitionError,
-        apply_callback, record_video_task, start_generation, webhook::Callback,
+        Effects, ProjectState, ProjectStatus, SceneState, SceneStatus, TransitionError,
+        record_video_task, start_generation,
     },
     outbox::jobs::{JobContext, new_job_rows},
 };
@@ -38,234 +41,282 @@ pub enum PipelineError {
     Db(#[from] DbErr),
 }
 
-/// One webhook delivery, as recorded for idempotency and analytics.
-#[derive(Debug, Clone)]
-pub struct Delivery<'a> {
-    pub kind: &'a str,
-    pub key: &'a str,
+/// A project as loaded (and locked) in a transaction: its rows, kept up to date as
+/// transitions apply, and which of them need writing back.
+pub(super) struct Work {
+    project: project::Model,
+    scenes: Vec<scene::Model>,
+    project_dirty: bool,
+    scene_dirty: Vec<bool>,
 }
 
-/// Applies a verified callback in one transaction: the delivery row (unique per kind and
-/// key: a concurrent duplicate waits for this commit and then finds the row), the project
-/// and scene changes, and the outbox rows. Nothing is written unless all of it is.
-pub async fn ingest(
-    db: &DatabaseConnection,
-    delivery: &Delivery<'_>,
-    callback: &Callback,
-    limits: &Limits,
-    jobs: &JobContext,
-) -> Result<IngestOutcome, PipelineError> {
-    let txn = db.begin().await?;
-    let now = Utc::now();
-    let inserted = webhook_delivery::Entity::insert(webhook_delivery::ActiveModel {
-        id: NotSet,
-        kind: Set(delivery.kind.to_owned()),
-        delivery_key: Set(delivery.key.to_owned()),
-        task_id: Set(Some(callback.task_id().to_owned())),
-        scene_id: Set(callback.scene_id().map(|s| s.to_string())),
-        project_id: Set(Some(callback.project_id().to_string())),
-        outcome: Set("accepted".to_owned()),
-        received_at: Set(now),
-    })
-    .on_conflict_do_nothing_on([
-        webhook_delivery::Column::Kind,
-        webhook_delivery::Column::DeliveryKey,
-    ])
-    .exec_without_returning(&txn)
-    .await?;
-    if !matches!(inserted, sea_orm::TryInsertResult::Inserted(n) if n > 0) {
-        txn.rollback().await?;
-        return Ok(IngestOutcome::Duplicate);
-    }
-    let (mut state, loaded) = load_state(&txn, callback.project_id().as_str())
-        .await?
-        .ok_or(PipelineError::ProjectNotFound)?;
-    let effects =
-        apply_callback(&mut state, callback, limits).map_err(PipelineError::Transition)?;
-    persist(&txn, &loaded.statuses(), &state, &effects, jobs, now).await?;
-    txn.commit().await?;
-    loaded.record_durations(&state, now);
-    Ok(IngestOutcome::Accepted(effects))
-}
-
-/// What a transition started from, to time the pipeline's steps once it is committed.
-struct Loaded {
-    project_created_at: DateTime<Utc>,
-    /// Per scene: its status when loaded and since when it held it.
-    scenes: Vec<(SceneStatus, Option<DateTime<Utc>>)>,
-}
-
-impl Loaded {
-    fn statuses(&self) -> Vec<SceneStatus> {
-        self.scenes.iter().map(|(status, _)| *status).collect()
+impl Work {
+    fn new(project: project::Model, scenes: Vec<scene::Model>) -> Self {
+        let scene_dirty = vec![false; scenes.len()];
+        Self {
+            project,
+            scenes,
+            project_dirty: false,
+            scene_dirty,
+        }
     }
 
-    fn record_durations(&self, state: &ProjectState, now: DateTime<Utc>) {
-        let seconds =
-            |since: DateTime<Utc>| (now - since).num_milliseconds().max(0) as f64 / 1000.0;
-        for (scene, (before, since)) in state.scenes.iter().zip(&self.scenes) {
-            let step = match before {
-                SceneStatus::Generating => "generation",
-                SceneStatus::Extracting => "extraction",
-                _ => continue,
-            };
-            if scene.status != *before
-                && let Some(since) = since
-            {
-                metrics::histogram!("scenehook_pipeline_scene_step_seconds", "step" => step)
-                    .record(seconds(*since));
+    fn state(&self) -> ProjectState {
+        ProjectState {
+            status: ProjectStatus::parse(&self.project.status).unwrap_or(ProjectStatus::Failed),
+            id: self.project.id.clone(),
+            final_video_url: self.project.final_video_url.clone(),
+            stitch_attempts: self.project.stitch_attempts,
+            last_error: self.project.last_error.clone(),
+            just_completed: false,
+            changed: false,
+            scenes: self.scenes.iter().map(scene_state).collect(),
+        }
+    }
+
+    /// Runs one transition on the project's current state. On success its changes are
+    /// folded into the rows and its metrics noted; on error nothing changes, so the next
+    /// transition of the same batch starts from the same rows.
+    pub(super) fn apply(
+        &mut self,
+        transition: impl FnOnce(&mut ProjectState) -> Result<Effects, TransitionError>,
+        now: DateTime<Utc>,
+        observations: &mut Vec<Observation>,
+    ) -> Result<Effects, TransitionError> {
+        let mut state = self.state();
+        let effects = transition(&mut state)?;
+        for ((row, dirty), scene) in self
+            .scenes
+            .iter_mut()
+            .zip(&mut self.scene_dirty)
+            .zip(&state.scenes)
+        {
+            if scene.changed {
+                absorb_scene(row, scene, now, observations);
+                *dirty = true;
             }
         }
-        if state.just_completed {
-            metrics::histogram!("scenehook_pipeline_project_duration_seconds")
-                .record(seconds(self.project_created_at));
-        }
         if state.changed {
-            metrics::counter!("scenehook_pipeline_project_transitions_total",
-                "to" => state.status.as_str())
-            .increment(1);
+            let row = &mut self.project;
+            row.status = state.status.as_str().to_owned();
+            row.final_video_url = state.final_video_url;
+            row.stitch_attempts = state.stitch_attempts;
+            row.last_error = state.last_error;
+            row.updated_at = now;
+            if state.just_completed {
+                row.completed_at = Some(now);
+                observations.push(Observation::ProjectDuration(seconds_between(
+                    row.created_at,
+                    now,
+                )));
+            }
+            observations.push(Observation::Transition(state.status));
+            self.project_dirty = true;
+        }
+        Ok(effects)
+    }
+}
+
+/// Folds a scene's new state into its row; a status change starts the next step's clock and
+/// times the step that ended.
+fn absorb_scene(
+    row: &mut scene::Model,
+    scene: &SceneState,
+    now: DateTime<Utc>,
+    observations: &mut Vec<Observation>,
+) {
+    if row.status != scene.status.as_str() {
+        let step = match SceneStatus::parse(&row.status) {
+            Some(SceneStatus::Generating) => Some("generation"),
+            Some(SceneStatus::Extracting) => Some("extraction"),
+            _ => None,
+        };
+        if let (Some(step), Some(since)) = (step, row.status_changed_at) {
+            observations.push(Observation::Step(step, seconds_between(since, now)));
+        }
+        row.status = scene.status.as_str().to_owned();
+        row.status_changed_at = Some(now);
+    }
+    row.video_task_id = scene.video_task_id.clone();
+    row.video_url = scene.video_url.clone();
+    row.first_frame_url = scene.first_frame_url.clone();
+    row.last_frame_url = scene.last_frame_url.clone();
+    row.attempts = scene.attempts;
+    row.extract_attempts = scene.extract_attempts;
+    row.last_error = scene.last_error.clone();
+    if scene.just_verified {
+        row.verified_at = Some(now);
+    }
+    row.updated_at = now;
+}
+
+fn seconds_between(since: DateTime<Utc>, now: DateTime<Utc>) -> f64 {
+    (now - since).num_milliseconds().max(0) as f64 / 1000.0
+}
+
+/// A pipeline metric noted inside a transaction, recorded only once it has committed.
+pub(super) enum Observation {
+    Step(&'static str, f64),
+    ProjectDuration(f64),
+    Transition(ProjectStatus),
+}
+
+pub(super) fn record(observations: Vec<Observation>) {
+    for observation in observations {
+        match observation {
+            Observation::Step(step, seconds) => {
+                metrics::histogram!("scenehook_pipeline_scene_step_seconds", "step" => step)
+                    .record(seconds)
+            }
+            Observation::ProjectDuration(seconds) => {
+                metrics::histogram!("scenehook_pipeline_project_duration_seconds").record(seconds)
+            }
+            Observation::Transition(to) => {
+                metrics::counter!("scenehook_pipeline_project_transitions_total",
+                    "to" => to.as_str())
+                .increment(1)
+            }
         }
     }
 }
 
-/// Loads a project and its scenes, locking the project row on Postgres so that concurrent
-/// webhooks of one project apply one after the other.
-async fn load_state(
+/// Loads projects (ids sorted and distinct) with their scenes. On Postgres the project rows
+/// are locked in id order, so concurrent transactions over overlapping projects queue instead
+/// of deadlocking.
+pub(super) async fn load(
     txn: &DatabaseTransaction,
-    project_id: &str,
-) -> Result<Option<(ProjectState, Loaded)>, DbErr> {
-    let mut query = project::Entity::find_by_id(project_id.to_owned());
+    ids: &[&str],
+) -> Result<HashMap<String, Work>, DbErr> {
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let mut query = project::Entity::find()
+        .filter(project::Column::Id.is_in(ids.iter().copied()))
+        .order_by_asc(project::Column::Id);
     if super::is_postgres(txn) {
         query = query.lock_exclusive();
     }
-    let Some(project) = query.one(txn).await? else {
-        return Ok(None);
-    };
-    let scenes = scene::Entity::find()
-        .filter(scene::Column::ProjectId.eq(project_id))
+    let projects = query.all(txn).await?;
+    let mut scenes = scene::Entity::find()
+        .filter(scene::Column::ProjectId.is_in(ids.iter().copied()))
+        .order_by_asc(scene::Column::ProjectId)
         .order_by_asc(scene::Column::Position)
         .all(txn)
-        .await?;
-    let loaded = Loaded {
-        project_created_at: project.created_at,
-        scenes: scenes
-            .iter()
-            .map(|s| {
-                let status = SceneStatus::parse(&s.status).unwrap_or(SceneStatus::Failed);
-                (status, s.status_changed_at)
-            })
-            .collect(),
-    };
-    Ok(Some((to_state(project, scenes), loaded)))
-}
-
-fn to_state(project: project::Model, scenes: Vec<scene::Model>) -> ProjectState {
-    ProjectState {
-        status: ProjectStatus::parse(&project.status).unwrap_or(ProjectStatus::Failed),
-        id: project.id,
-        final_video_url: project.final_video_url,
-        stitch_attempts: project.stitch_attempts,
-        last_error: project.last_error,
-        just_completed: false,
-        changed: false,
-        scenes: scenes.into_iter().map(scene_state).collect(),
+        .await?
+        .into_iter()
+        .peekable();
+    let mut works = HashMap::with_capacity(projects.len());
+    for project in projects {
+        let mut own = Vec::new();
+        while let Some(scene) = scenes.next_if(|s| s.project_id == project.id) {
+            own.push(scene);
+        }
+        works.insert(project.id.clone(), Work::new(project, own));
     }
+    Ok(works)
 }
 
-fn scene_state(s: scene::Model) -> SceneState {
+fn scene_state(s: &scene::Model) -> SceneState {
     SceneState {
         status: SceneStatus::parse(&s.status).unwrap_or(SceneStatus::Failed),
-        id: s.id,
+        id: s.id.clone(),
         position: s.position,
-        prompt: s.prompt,
-        video_task_id: s.video_task_id,
-        video_url: s.video_url,
-        first_frame_url: s.first_frame_url,
-        last_frame_url: s.last_frame_url,
+        prompt: s.prompt.clone(),
+        video_task_id: s.video_task_id.clone(),
+        video_url: s.video_url.clone(),
+        first_frame_url: s.first_frame_url.clone(),
+        last_frame_url: s.last_frame_url.clone(),
         attempts: s.attempts,
         extract_attempts: s.extract_attempts,
-        last_error: s.last_error,
+        last_error: s.last_error.clone(),
         just_verified: false,
         changed: false,
     }
 }
 
-async fn update_scene(
-    txn: &impl ConnectionTrait,
-    scene: &SceneState,
-    status_changed: bool,
-    now: DateTime<Utc>,
-) -> Result<(), DbErr> {
-    scene::Entity::update_many()
-        .set(scene::ActiveModel {
-            status: Set(scene.status.as_str().to_owned()),
-            video_task_id: Set(scene.video_task_id.clone()),
-            video_url: Set(scene.video_url.clone()),
-            first_frame_url: Set(scene.first_frame_url.clone()),
-            last_frame_url: Set(scene.last_frame_url.clone()),
-            attempts: Set(scene.attempts),
-            extract_attempts: Set(scene.extract_attempts),
-            last_error: Set(scene.last_error.clone()),
-            verified_at: if scene.just_verified {
-                Set(Some(now))
-            } else {
-                NotSet
-            },
-            status_changed_at: if status_changed {
-                Set(Some(now))
-            } else {
-                NotSet
-            },
-            updated_at: Set(now),
-            ..Default::default()
-        })
-        .filter(scene::Column::Id.eq(scene.id.as_str()))
-        .exec(txn)
-        .await?;
-    Ok(())
-}
-
-/// Writes what a transition changed and queues its jobs. `before` holds each scene's status
-/// as loaded.
-async fn persist(
+/// Writes back the rows that changed and inserts `jobs`: one statement per table whatever
+/// the number of projects (an upsert of whole rows, which updates the existing rows).
+pub(super) async fn write<'a>(
     txn: &DatabaseTransaction,
-    before: &[SceneStatus],
-    state: &ProjectState,
-    effects: &Effects,
-    jobs: &JobContext,
-    now: DateTime<Utc>,
+    works: impl Iterator<Item = &'a Work>,
+    jobs: Vec<outbox_job::ActiveModel>,
 ) -> Result<(), DbErr> {
-    if state.changed {
-        project::Entity::update_many()
-            .set(project::ActiveModel {
-                status: Set(state.status.as_str().to_owned()),
-                final_video_url: Set(state.final_video_url.clone()),
-                stitch_attempts: Set(state.stitch_attempts),
-                last_error: Set(state.last_error.clone()),
-                completed_at: if state.just_completed {
-                    Set(Some(now))
-                } else {
-                    NotSet
-                },
-                updated_at: Set(now),
-                ..Default::default()
-            })
-            .filter(project::Column::Id.eq(state.id.as_str()))
-            .exec(txn)
+    let mut projects = Vec::new();
+    let mut scenes = Vec::new();
+    for work in works {
+        if work.project_dirty {
+            projects.push(work.project.clone());
+        }
+        scenes.extend(
+            work.scenes
+                .iter()
+                .zip(&work.scene_dirty)
+                .filter(|(_, dirty)| **dirty)
+                .map(|(row, _)| row.clone()),
+        );
+    }
+    upsert_scenes(txn, scenes).await?;
+    if !projects.is_empty() {
+        use project::Column as C;
+        project::Entity::insert_many(projects.into_iter().map(as_new_row))
+            .on_conflict(
+                OnConflict::column(C::Id)
+                    .update_columns([
+                        C::Status,
+                        C::FinalVideoUrl,
+                        C::StitchAttempts,
+                        C::LastError,
+                        C::CompletedAt,
+                        C::UpdatedAt,
+                    ])
+                    .to_owned(),
+            )
+            .exec_without_returning(txn)
             .await?;
     }
-    for (scene, before) in state.scenes.iter().zip(before) {
-        if scene.changed {
-            update_scene(txn, scene, scene.status != *before, now).await?;
-        }
-    }
-    let rows = new_job_rows(&state.id, &effects.jobs, jobs, now);
-    if !rows.is_empty() {
-        outbox_job::Entity::insert_many(rows)
+    if !jobs.is_empty() {
+        outbox_job::Entity::insert_many(jobs)
             .exec_without_returning(txn)
             .await?;
     }
     Ok(())
+}
+
+async fn upsert_scenes(txn: &DatabaseTransaction, rows: Vec<scene::Model>) -> Result<(), DbErr> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    use scene::Column as C;
+    scene::Entity::insert_many(rows.into_iter().map(as_new_row))
+        .on_conflict(
+            OnConflict::column(C::Id)
+                .update_columns([
+                    C::Status,
+                    C::VideoTaskId,
+                    C::VideoUrl,
+                    C::FirstFrameUrl,
+                    C::LastFrameUrl,
+                    C::Attempts,
+                    C::ExtractAttempts,
+                    C::LastError,
+                    C::VerifiedAt,
+                    C::StatusChangedAt,
+                    C::UpdatedAt,
+                ])
+                .to_owned(),
+        )
+        .exec_without_returning(txn)
+        .await?;
+    Ok(())
+}
+
+/// A whole row with every column set, as an upsert needs it.
+fn as_new_row<M, A>(model: M) -> A
+where
+    M: IntoActiveModel<A>,
+    A: ActiveModelTrait,
+{
+    model.into_active_model().reset_all()
 }
 
 /// A new project with its scenes, positions 0..n-1.
@@ -377,12 +428,19 @@ pub async fn generate(
     jobs: &JobContext,
 ) -> Result<Effects, PipelineError> {
     let txn = db.begin().await?;
-    let (mut state, loaded) = load_state(&txn, project_id)
-        .await?
+    let now = Utc::now();
+    let mut works = load(&txn, &[project_id]).await?;
+    let work = works
+        .get_mut(project_id)
         .ok_or(PipelineError::ProjectNotFound)?;
-    let effects = start_generation(&mut state).map_err(PipelineError::Transition)?;
-    persist(&txn, &loaded.statuses(), &state, &effects, jobs, Utc::now()).await?;
+    let mut observations = Vec::new();
+    let effects = work
+        .apply(start_generation, now, &mut observations)
+        .map_err(PipelineError::Transition)?;
+    let rows = new_job_rows(project_id, &effects.jobs, jobs, now);
+    write(&txn, works.values(), rows).await?;
     txn.commit().await?;
+    record(observations);
     Ok(effects)
 }
 
@@ -393,16 +451,17 @@ pub async fn store_video_task(
     task_id: &str,
 ) -> Result<bool, DbErr> {
     let txn = db.begin().await?;
-    let Some(model) = scene::Entity::find_by_id(scene_id.to_owned())
+    let Some(mut row) = scene::Entity::find_by_id(scene_id.to_owned())
         .one(&txn)
         .await?
     else {
         return Ok(false);
     };
-    let mut state = scene_state(model);
+    let mut state = scene_state(&row);
     let stored = record_video_task(&mut state, task_id);
     if stored {
-        update_scene(&txn, &state, false, Utc::now()).await?;
+        absorb_scene(&mut row, &state, Utc::now(), &mut Vec::new());
+        upsert_scenes(&txn, vec![row]).await?;
     }
     txn.commit().await?;
     Ok(stored)

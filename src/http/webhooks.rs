@@ -26,7 +26,10 @@ use super::{ErrorBody, peer_addr, request_id};
 use crate::{
     app::AppState,
     config::Config,
-    db::pipeline::{Delivery, IngestOutcome, PipelineError},
+    db::{
+        ingest::Submission,
+        pipeline::{IngestOutcome, PipelineError},
+    },
     domain::{
         ReportLevel, TransitionError,
         webhook::{
@@ -285,19 +288,16 @@ async fn process(
         task_id = callback.task_id(),
         delivery_key = %key,
     );
-    let delivery = Delivery {
-        kind: kind.as_str(),
-        key: &key,
-    };
-    let result = crate::db::pipeline::ingest(
-        &app.db,
-        &delivery,
-        &callback,
-        &app.limits(),
-        &app.job_context(request_id.clone()),
-    )
-    .instrument(span.clone())
-    .await;
+    let result = app
+        .ingestor
+        .submit(Submission {
+            kind: kind.as_str(),
+            key,
+            callback: callback.clone(),
+            jobs: app.job_context(request_id),
+        })
+        .instrument(span.clone())
+        .await;
     let _entered = span.enter();
     let source = callback
         .scene_id()

@@ -1,0 +1,316 @@
+//! Webhook ingestion with grouped commits.
+//!
+//! Each instance runs a few writer tasks. A writer takes every delivery waiting at that moment
+//! (up to `ingest_batch_max`) and applies them in **one** transaction with a fixed number of
+//! statements — insert the delivery rows, lock and load their projects, apply each transition
+//! in memory, write the changed rows and the outbox jobs, commit — and only then answers each
+//! request. An idle gateway answers a lone webhook with a batch of one; under load, batches
+//! form on their own from the requests that arrive while the previous batch commits. Every
+//! delivery keeps the guarantees of a transaction of its own: its delivery row, state change
+//! and outbox rows commit together or not at all, and a rejected delivery leaves no row.
+
+use std::{
+    collections::{BTreeSet, HashMap, HashSet},
+    sync::Arc,
+};
+
+use chrono::Utc;
+use entity::webhook_delivery;
+use sea_orm::{
+    ActiveValue::{NotSet, Set},
+    ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, RuntimeErr, TransactionTrait,
+    TryInsertResult,
+};
+use tokio::sync::{Mutex, mpsc, oneshot};
+
+use super::pipeline::{IngestOutcome, Observation, PipelineError, load, record, write};
+use crate::{
+    domain::{Limits, apply_callback, webhook::Callback},
+    outbox::jobs::{JobContext, new_job_rows},
+};
+
+/// One verified webhook delivery to apply.
+#[derive(Debug)]
+pub struct Submission {
+    /// The endpoint (`video-complete`, …); with `key`, the delivery's identity.
+    pub kind: &'static str,
+    pub key: String,
+    pub callback: Callback,
+    pub jobs: JobContext,
+}
+
+type Reply = Result<IngestOutcome, PipelineError>;
+
+/// Deliveries to apply in one transaction; each (kind, key) at most once, so that every
+/// delivery row inserted belongs to exactly one submission.
+#[derive(Debug, Default)]
+pub struct Batch {
+    items: Vec<Submission>,
+    keys: HashSet<(&'static str, String)>,
+}
+
+impl Batch {
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Adds a submission, or hands it back if the same delivery is already in the batch (it
+    /// then belongs in the next batch, where it finds this one's row).
+    pub fn push(&mut self, submission: Submission) -> Result<(), Submission> {
+        if self.keys.insert((submission.kind, submission.key.clone())) {
+            self.items.push(submission);
+            Ok(())
+        } else {
+            Err(submission)
+        }
+    }
+}
+
+/// Applies a batch in one transaction and returns each submission's outcome, in order.
+/// `Err` means the transaction as a whole failed and nothing was written.
+pub async fn ingest_batch(
+    db: &DatabaseConnection,
+    batch: &Batch,
+    limits: &Limits,
+) -> Result<Vec<Reply>, DbErr> {
+    let now = Utc::now();
+    let txn = db.begin().await?;
+    // Inserting first claims each delivery: a concurrent transaction holding the same key
+    // makes this insert wait for its outcome, then skip the row if it committed.
+    let rows = batch.items.iter().map(|s| webhook_delivery::ActiveModel {
+        id: NotSet,
+        kind: Set(s.kind.to_owned()),
+        delivery_key: Set(s.key.clone()),
+        task_id: Set(Some(s.callback.task_id().to_owned())),
+        scene_id: Set(s.callback.scene_id().map(|id| id.to_string())),
+        project_id: Set(Some(s.callback.project_id().to_string())),
+        outcome: Set("accepted".to_owned()),
+        received_at: Set(now),
+    });
+    let inserted = match webhook_delivery::Entity::insert_many(rows)
+        .on_conflict_do_nothing_on([
+            webhook_delivery::Column::Kind,
+            webhook_delivery::Column::DeliveryKey,
+        ])
+        .exec_with_returning_many(&txn)
+        .await?
+    {
+        TryInsertResult::Inserted(models) => models,
+        TryInsertResult::Empty | TryInsertResult::Conflicted => Vec::new(),
+    };
+    let claimed: HashMap<(&str, &str), i64> = inserted
+        .iter()
+        .map(|m| ((m.kind.as_str(), m.delivery_key.as_str()), m.id))
+        .collect();
+    let project_ids: BTreeSet<&str> = batch
+        .items
+        .iter()
+        .filter(|s| claimed.contains_key(&(s.kind, s.key.as_str())))
+        .map(|s| s.callback.project_id().as_str())
+        .collect();
+    let mut works = load(&txn, &project_ids.into_iter().collect::<Vec<_>>()).await?;
+
+    let mut replies = Vec::with_capacity(batch.len());
+    let mut rejected = Vec::new();
+    let mut jobs = Vec::new();
+    let mut observations: Vec<Observation> = Vec::new();
+    for submission in &batch.items {
+        let Some(&delivery_id) = claimed.get(&(submission.kind, submission.key.as_str())) else {
+            replies.push(Ok(IngestOutcome::Duplicate));
+            continue;
+        };
+        let project_id = submission.callback.project_id().as_str();
+        let applied = match works.get_mut(project_id) {
+            None => Err(PipelineError::ProjectNotFound),
+            Some(work) => work
+                .apply(
+                    |state| apply_callback(state, &submission.callback, limits),
+                    now,
+                    &mut observations,
+                )
+                .map_err(PipelineError::Transition),
+        };
+        match applied {
+            Ok(effects) => {
+                jobs.extend(new_job_rows(
+                    project_id,
+                    &effects.jobs,
+                    &submission.jobs,
+                    now,
+                ));
+                replies.push(Ok(IngestOutcome::Accepted(effects)));
+            }
+            Err(e) => {
+                rejected.push(delivery_id);
+                replies.push(Err(e));
+            }
+        }
+    }
+    if !rejected.is_empty() {
+        // A rejected delivery is not recorded: once fixed, the sender's retry is applied.
+        webhook_delivery::Entity::delete_many()
+            .filter(webhook_delivery::Column::Id.is_in(rejected))
+            .exec(&txn)
+            .await?;
+    }
+    write(&txn, works.values(), jobs).await?;
+    txn.commit().await?;
+    record(observations);
+    Ok(replies)
+}
+
+struct Pending {
+    submission: Submission,
+    reply: oneshot::Sender<Reply>,
+}
+
+/// The handle requests submit deliveries through; the writer tasks stop once every handle is
+/// dropped and the queue is drained.
+#[derive(Clone)]
+pub struct Ingestor {
+    queue: mpsc::Sender<Pending>,
+}
+
+impl Ingestor {
+    /// Starts `writers` writer tasks (one on SQLite, which has a single connection).
+    pub fn start(db: DatabaseConnection, limits: Limits, writers: usize, batch_max: usize) -> Self {
+        let writers = if super::is_postgres(&db) {
+            writers.max(1)
+        } else {
+            1
+        };
+        let batch_max = batch_max.max(1);
+        let (queue, receiver) = mpsc::channel(batch_max * writers * 4);
+        let receiver = Arc::new(Mutex::new(receiver));
+        for _ in 0..writers {
+            let writer = Writer {
+                db: db.clone(),
+                limits,
+                batch_max,
+                receiver: receiver.clone(),
+            };
+            tokio::spawn(writer.run());
+        }
+        Self { queue }
+    }
+
+    /// Applies one delivery and answers once it is committed (or rejected).
+    pub async fn submit(&self, submission: Submission) -> Reply {
+        let (reply, answer) = oneshot::channel();
+        let stopped = || {
+            PipelineError::Db(DbErr::Conn(RuntimeErr::Internal(
+                "the ingestion writers have stopped".into(),
+            )))
+        };
+        self.queue
+            .send(Pending { submission, reply })
+            .await
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+struct Writer {
+    db: DatabaseConnection,
+    limits: Limits,
+    batch_max: usize,
+    receiver: Arc<Mutex<mpsc::Receiver<Pending>>>,
+}
+
+impl Writer {
+    async fn run(self) {
+        // Submissions that repeated a delivery of the batch they came with go first next time.
+        let mut held_back: Vec<Pending> = Vec::new();
+        loop {
+            let mut batch = Batch::default();
+            let mut replies = Vec::new();
+            let mut later = Vec::new();
+            for pending in held_back.drain(..) {
+                self.add(&mut batch, &mut replies, &mut later, pending);
+            }
+            // Held-back submissions must not wait behind another writer that is waiting for
+            // new ones: then this writer goes without the queue for one round.
+            let receiver = if batch.is_empty() {
+                Some(self.receiver.lock().await)
+            } else {
+                self.receiver.try_lock().ok()
+            };
+            if let Some(mut receiver) = receiver {
+                if batch.is_empty() {
+                    match receiver.recv().await {
+                        Some(pending) => self.add(&mut batch, &mut replies, &mut later, pending),
+                        None => return,
+                    }
+                }
+                while batch.len() < self.batch_max {
+                    let Ok(pending) = receiver.try_recv() else {
+                        break;
+                    };
+                    self.add(&mut batch, &mut replies, &mut later, pending);
+                }
+            }
+            held_back = later;
+            self.commit(batch, replies).await;
+        }
+    }
+
+    fn add(
+        &self,
+        batch: &mut Batch,
+        replies: &mut Vec<oneshot::Sender<Reply>>,
+        later: &mut Vec<Pending>,
+        pending: Pending,
+    ) {
+        match batch.push(pending.submission) {
+            Ok(()) => replies.push(pending.reply),
+            Err(submission) => later.push(Pending {
+                submission,
+                reply: pending.reply,
+            }),
+        }
+    }
+
+    async fn commit(&self, batch: Batch, replies: Vec<oneshot::Sender<Reply>>) {
+        for (reply, outcome) in replies
+            .into_iter()
+            .zip(apply(&self.db, batch, &self.limits).await)
+        {
+            // A request that gave up waiting is no longer listening; its delivery stands.
+            let _ = reply.send(outcome);
+        }
+    }
+}
+
+/// Applies a batch: in one transaction ([`ingest_batch`]) or, if that transaction fails on a
+/// statement, one delivery at a time. Returns each submission's outcome, in order.
+pub async fn apply(db: &DatabaseConnection, batch: Batch, limits: &Limits) -> Vec<Reply> {
+    metrics::histogram!("scenehook_ingest_batch_size").record(batch.len() as f64);
+    match ingest_batch(db, &batch, limits).await {
+        Ok(outcomes) => outcomes,
+        // The database is unreachable: every delivery gets the same answer (retry later),
+        // without waiting out the connection timeout once per delivery.
+        Err(e) if batch.len() == 1 || super::is_unavailable(&e) => (0..batch.len())
+            .map(|_| Err(PipelineError::Db(e.clone())))
+            .collect(),
+        // A statement failed (a deadlock, a value the database refused): one delivery's
+        // failure must not be every delivery's.
+        Err(e) => {
+            tracing::warn!(error = %e, size = batch.len(), "ingestion batch failed; applying its deliveries one by one");
+            metrics::counter!("scenehook_ingest_batch_splits_total").increment(1);
+            let mut outcomes = Vec::with_capacity(batch.len());
+            for submission in batch.items {
+                let mut single = Batch::default();
+                let _ = single.push(submission);
+                outcomes.push(match ingest_batch(db, &single, limits).await {
+                    Ok(mut outcome) => outcome.remove(0),
+                    Err(e) => Err(PipelineError::Db(e)),
+                });
+            }
+            outcomes
+        }
+    }
+}

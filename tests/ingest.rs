@@ -1,0 +1,282 @@
+//! Grouped ingestion, driven below HTTP so that a batch's composition is exact: many
+//! deliveries in one transaction keep the guarantees each would have in a transaction of its
+//! own. Runs on SQLite and on Postgres (Redis plays no part here).
+
+mod common;
+
+use common::*;
+use scenehook::{
+    db::{
+        self,
+        ingest::{Batch, Submission, ingest_batch},
+        pipeline::{IngestOutcome, PipelineError},
+    },
+    domain::{
+        Limits, TransitionError,
+        webhook::{WebhookKind, parse_callback},
+    },
+    outbox::JobContext,
+};
+use sea_orm::{ConnectionTrait, DatabaseConnection};
+use serde_json::json;
+
+const LIMITS: Limits = Limits {
+    max_scene_attempts: 3,
+    max_extract_attempts: 3,
+    max_stitch_attempts: 3,
+};
+
+mod embedded {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_transaction_applies_a_batch_as_if_one_by_one() {
+        super::one_transaction_applies_a_batch_as_if_one_by_one(super::Backend::Embedded).await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_statement_costs_only_its_own_delivery() {
+        super::a_failing_statement_costs_only_its_own_delivery(super::Backend::Embedded).await
+    }
+}
+
+mod postgres {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_transaction_applies_a_batch_as_if_one_by_one() {
+        super::one_transaction_applies_a_batch_as_if_one_by_one(super::Backend::Shared).await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_statement_costs_only_its_own_delivery() {
+        super::a_failing_statement_costs_only_its_own_delivery(super::Backend::Shared).await
+    }
+}
+
+/// Projects `ids`, two scenes each, generation started and `scene_001` answered with task
+/// `task_<project>`.
+async fn started(backend: Backend, test: &str, ids: &[&str]) -> Option<TestApp> {
+    let app = TestApp::start_with(config(backend, test).await?, false).await;
+    for id in ids {
+        let (status, _) = app
+            .post(
+                "/projects",
+                json!({"id": id, "name": id, "scenes": [
+                    {"id": format!("{id}_s1"), "prompt": "first"},
+                    {"id": format!("{id}_s2"), "prompt": "second"}]}),
+            )
+            .await;
+        assert_eq!(status, 201);
+        let (status, _) = app
+            .post(&format!("/projects/{id}/generate"), json!(null))
+            .await;
+        assert_eq!(status, 202);
+        assert!(
+            db::pipeline::store_video_task(db(&app), &format!("{id}_s1"), &format!("task_{id}"))
+                .await
+                .unwrap()
+        );
+    }
+    Some(app)
+}
+
+fn db(app: &TestApp) -> &DatabaseConnection {
+    &app.gateway.state.db
+}
+
+fn submission(kind: WebhookKind, key: &str, body: serde_json::Value) -> Submission {
+    Submission {
+        kind: kind.as_str(),
+        key: key.to_owned(),
+        callback: parse_callback(kind, body.to_string().as_bytes()).unwrap(),
+        jobs: JobContext {
+            app_url: "http://127.0.0.1:1".into(),
+            request_id: None,
+        },
+    }
+}
+
+fn video_done(key: &str, project: &str, task: &str) -> Submission {
+    submission(
+        WebhookKind::VideoComplete,
+        key,
+        json!({"task_id": task, "status": "completed", "scene_id": format!("{project}_s1"),
+               "project_id": project, "video_url": format!("https://cdn.test/{project}_s1.mp4")}),
+    )
+}
+
+fn batch(submissions: Vec<Submission>) -> Batch {
+    let mut batch = Batch::default();
+    for s in submissions {
+        batch.push(s).expect("distinct deliveries");
+    }
+    batch
+}
+
+fn outcome_names(outcomes: &[Result<IngestOutcome, PipelineError>]) -> Vec<String> {
+    outcomes
+        .iter()
+        .map(|o| match o {
+            Ok(IngestOutcome::Accepted(effects)) => format!("accepted:{}", effects.jobs.len()),
+            Ok(IngestOutcome::Duplicate) => "duplicate".into(),
+            Err(PipelineError::ProjectNotFound) => "project_not_found".into(),
+            Err(PipelineError::Transition(TransitionError::StaleTask { .. })) => "stale".into(),
+            Err(e) => format!("error:{e}"),
+        })
+        .collect()
+}
+
+async fn count(app: &TestApp, sql: &str) -> i64 {
+    let row = db(app)
+        .query_one_raw(sea_orm::Statement::from_string(
+            db(app).get_database_backend(),
+            sql.to_owned(),
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    row.try_get_by_index::<i64>(0).unwrap()
+}
+
+async fn scene(app: &TestApp, id: &str) -> entity::scene::Model {
+    use sea_orm::EntityTrait;
+    entity::scene::Entity::find_by_id(id.to_owned())
+        .one(db(app))
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+async fn one_transaction_applies_a_batch_as_if_one_by_one(backend: Backend) {
+    let Some(app) = started(backend, "ingest_batch", &["p_a", "p_b"]).await else {
+        return;
+    };
+    let jobs_before = count(&app, "SELECT COUNT(*) FROM outbox_jobs").await;
+    // The same delivery twice in one batch is refused: it waits for the next batch.
+    let mut probe = Batch::default();
+    probe.push(video_done("k_a", "p_a", "task_p_a")).unwrap();
+    assert!(probe.push(video_done("k_a", "p_a", "task_p_a")).is_err());
+
+    let submissions = || {
+        vec![
+            video_done("k_a", "p_a", "task_p_a"),
+            video_done("k_b", "p_b", "task_p_b"),
+            // Two transitions of one scene in one batch: the second sees the first.
+            submission(
+                WebhookKind::LastFrameComplete,
+                "k_a_frame",
+                json!({"task_id": "frame_1", "status": "completed", "scene_id": "p_a_s1",
+                       "project_id": "p_a", "last_frame_url": "https://cdn.test/p_a_s1.png"}),
+            ),
+            // Rejected ones leave no trace, and do not disturb the others.
+            video_done("k_stale", "p_b", "an_old_task"),
+            video_done("k_unknown", "p_nope", "task_x"),
+        ]
+    };
+    let outcomes = ingest_batch(db(&app), &batch(submissions()), &LIMITS)
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome_names(&outcomes),
+        [
+            "accepted:1",
+            "accepted:1",
+            "accepted:1",
+            "stale",
+            "project_not_found"
+        ]
+    );
+    let a1 = scene(&app, "p_a_s1").await;
+    assert_eq!(a1.status, "verified");
+    assert!(a1.verified_at.is_some());
+    assert_eq!(
+        a1.last_frame_url.as_deref(),
+        Some("https://cdn.test/p_a_s1.png")
+    );
+    let a2 = scene(&app, "p_a_s2").await;
+    assert_eq!(a2.status, "generating");
+    assert_eq!(
+        a2.first_frame_url.as_deref(),
+        Some("https://cdn.test/p_a_s1.png")
+    );
+    assert_eq!(scene(&app, "p_b_s1").await.status, "extracting");
+    assert_eq!(
+        count(&app, "SELECT COUNT(*) FROM webhook_deliveries").await,
+        3
+    );
+    // extract p_a, extract p_b, generate p_a_s2.
+    assert_eq!(
+        count(&app, "SELECT COUNT(*) FROM outbox_jobs").await - jobs_before,
+        3
+    );
+
+    // The same deliveries again: the committed ones are duplicates, the rejected ones are
+    // judged again (nothing of them was kept).
+    let again = ingest_batch(db(&app), &batch(submissions()), &LIMITS)
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome_names(&again),
+        [
+            "duplicate",
+            "duplicate",
+            "duplicate",
+            "stale",
+            "project_not_found"
+        ]
+    );
+    assert_eq!(
+        count(&app, "SELECT COUNT(*) FROM outbox_jobs").await - jobs_before,
+        3
+    );
+}
+
+async fn a_failing_statement_costs_only_its_own_delivery(backend: Backend) {
+    let Some(app) = started(backend, "ingest_split", &["p_a", "p_b"]).await else {
+        return;
+    };
+    // A delivery the database refuses, standing in for any statement-level failure.
+    let refuse = match db(&app).get_database_backend() {
+        sea_orm::DbBackend::Postgres => vec![
+            "CREATE FUNCTION refuse_poison() RETURNS trigger AS $$ BEGIN \
+             IF NEW.delivery_key = 'poison' THEN RAISE EXCEPTION 'refused delivery'; END IF; \
+             RETURN NEW; END $$ LANGUAGE plpgsql",
+            "CREATE TRIGGER refuse_poison BEFORE INSERT ON webhook_deliveries \
+             FOR EACH ROW EXECUTE FUNCTION refuse_poison()",
+        ],
+        _ => vec![
+            "CREATE TRIGGER refuse_poison BEFORE INSERT ON webhook_deliveries \
+             WHEN NEW.delivery_key = 'poison' BEGIN SELECT RAISE(ABORT, 'refused delivery'); END",
+        ],
+    };
+    for sql in refuse {
+        db(&app).execute_unprepared(sql).await.unwrap();
+    }
+    let splits_before = splits(&app).await;
+    let outcomes = db::ingest::apply(
+        db(&app),
+        batch(vec![
+            video_done("k_a", "p_a", "task_p_a"),
+            video_done("poison", "p_b", "task_p_b"),
+            video_done("k_b", "p_b", "task_p_b"),
+        ]),
+        &LIMITS,
+    )
+    .await;
+    let names = outcome_names(&outcomes);
+    assert_eq!(names[0], "accepted:1");
+    assert!(names[1].contains("refused delivery"), "{names:?}");
+    assert_eq!(names[2], "accepted:1");
+    assert_eq!(scene(&app, "p_a_s1").await.status, "extracting");
+    assert_eq!(scene(&app, "p_b_s1").await.status, "extracting");
+    assert_eq!(
+        count(&app, "SELECT COUNT(*) FROM webhook_deliveries").await,
+        2
+    );
+    assert!(splits(&app).await > splits_before, "the split is counted");
+}
+
+async fn splits(app: &TestApp) -> f64 {
+    app.scrape()
+        .await
+        .lines()
+        .find_map(|l| l.strip_prefix("scenehook_ingest_batch_splits_total "))
+        .expect("the counter is exported")
+        .parse()
+        .unwrap()
+}
