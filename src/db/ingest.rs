@@ -60,12 +60,12 @@ impl Batch {
 
     /// Adds a submission, or hands it back if the same delivery is already in the batch (it
     /// then belongs in the next batch, where it finds this one's row).
-    pub fn push(&mut self, submission: Submission) -> Result<(), Submission> {
+    pub fn push(&mut self, submission: Submission) -> Result<(), Box<Submission>> {
         if self.keys.insert((submission.kind, submission.key.clone())) {
             self.items.push(submission);
             Ok(())
         } else {
-            Err(submission)
+            Err(Box::new(submission))
         }
     }
 }
@@ -268,7 +268,7 @@ impl Writer {
         match batch.push(pending.submission) {
             Ok(()) => replies.push(pending.reply),
             Err(submission) => later.push(Pending {
-                submission,
+                submission: *submission,
                 reply: pending.reply,
             }),
         }
