@@ -12,7 +12,7 @@ use chrono::Utc;
 use entity::{project, scene};
 use migration::{Migrator, MigratorTrait};
 use scenehook::signature::sign_hex;
-use sea_orm::{ActiveValue::Set, Database, EntityTrait};
+use sea_orm::{ActiveValue::Set, ConnectionTrait, Database, EntityTrait};
 
 const SCENES_PER_PROJECT: usize = 10;
 
@@ -93,6 +93,9 @@ async fn main() {
             .await
             .expect("insert scenes");
     }
+    // Statistics as a long-running database has them (autovacuum would gather them a minute
+    // later): without them Postgres may plan the batch's `IN` lookups as sequential scans.
+    db.execute_unprepared("ANALYZE").await.expect("analyze");
     let mut files: Vec<String> = vec![String::new(); parts];
     for i in 0..count {
         let body = format!(

@@ -15,6 +15,11 @@ use crate::config::Config;
 /// Connects with a pool fit for the backend. SQLite gets WAL with `synchronous=NORMAL` (commits
 /// are not fsynced one by one) and a single connection: SQLite has one writer anyway, and one
 /// connection never meets `SQLITE_BUSY`.
+/// Prepared statements kept per connection. Grouped ingestion runs its multi-row statements
+/// in one shape per batch size (up to `ingest_batch_max` of each), and re-preparing them
+/// after an eviction costs more than the rest of the batch; the drivers' default is 100.
+const STATEMENT_CACHE: usize = 1024;
+
 pub async fn connect(config: &Config) -> Result<DatabaseConnection, DbErr> {
     let url = &config.database_url;
     if let Some(path) = sqlite_file(url)
@@ -38,9 +43,15 @@ pub async fn connect(config: &Config) -> Result<DatabaseConnection, DbErr> {
                     .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
                     .busy_timeout(Duration::from_secs(5))
                     .foreign_keys(true)
+                    .statement_cache_capacity(STATEMENT_CACHE)
+                    // A multi-row statement inside a transaction keeps a statement journal;
+                    // in memory it is not written to a temporary file and read back.
+                    .pragma("temp_store", "memory")
             });
     } else {
-        options.max_connections(config.database.max_connections);
+        options
+            .max_connections(config.database.max_connections)
+            .map_sqlx_postgres_opts(|o| o.statement_cache_capacity(STATEMENT_CACHE));
     }
     Database::connect(options).await
 }
