@@ -46,6 +46,11 @@ mod postgres {
     async fn a_failing_statement_costs_only_its_own_delivery() {
         super::a_failing_statement_costs_only_its_own_delivery(super::Backend::Shared).await
     }
+    // SQLite runs one transaction at a time: no interleaving to test there.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_late_task_id_does_not_overwrite_a_committed_callback() {
+        super::a_late_task_id_does_not_overwrite_a_committed_callback(super::Backend::Shared).await
+    }
 }
 
 /// Projects `ids`, two scenes each, generation started and `scene_001` answered with task
@@ -279,4 +284,38 @@ async fn splits(app: &TestApp) -> f64 {
         .expect("the counter is exported")
         .parse()
         .unwrap()
+}
+
+/// The video service's answer (the task id) is stored while a callback for the same scene is
+/// committing: the answer must see the callback's row, not write back the row it read before.
+async fn a_late_task_id_does_not_overwrite_a_committed_callback(backend: Backend) {
+    use sea_orm::TransactionTrait;
+    let Some(app) = started(backend, "ingest_task_race", &["p_a"]).await else {
+        return;
+    };
+    // p_a_s2 is still pending; make it generating without a task id, as right after its
+    // generation job was queued.
+    db(&app)
+        .execute_unprepared("UPDATE scenes SET status = 'generating' WHERE id = 'p_a_s2'")
+        .await
+        .unwrap();
+    // A callback's transaction moves it on, and has not committed yet.
+    let callback = db(&app).begin().await.unwrap();
+    callback
+        .execute_unprepared(
+            "UPDATE scenes SET status = 'extracting', video_task_id = 't2' WHERE id = 'p_a_s2'",
+        )
+        .await
+        .unwrap();
+    let connection = db(&app).clone();
+    let store =
+        tokio::spawn(
+            async move { db::pipeline::store_video_task(&connection, "p_a_s2", "t2").await },
+        );
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    callback.commit().await.unwrap();
+    assert!(!store.await.unwrap().unwrap(), "nothing left to store");
+    let row = scene(&app, "p_a_s2").await;
+    assert_eq!(row.status, "extracting");
+    assert_eq!(row.video_task_id.as_deref(), Some("t2"));
 }

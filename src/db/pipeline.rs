@@ -451,10 +451,12 @@ pub async fn store_video_task(
     task_id: &str,
 ) -> Result<bool, DbErr> {
     let txn = db.begin().await?;
-    let Some(mut row) = scene::Entity::find_by_id(scene_id.to_owned())
-        .one(&txn)
-        .await?
-    else {
+    // Locked, so that a callback committing meanwhile is read rather than overwritten.
+    let mut query = scene::Entity::find_by_id(scene_id.to_owned());
+    if super::is_postgres(&txn) {
+        query = query.lock_exclusive();
+    }
+    let Some(mut row) = query.one(&txn).await? else {
         return Ok(false);
     };
     let mut state = scene_state(&row);
