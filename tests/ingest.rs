@@ -28,6 +28,10 @@ const LIMITS: Limits = Limits {
 
 mod embedded {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_webhooks_share_commits() {
+        super::concurrent_webhooks_share_commits(super::Backend::Embedded).await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn one_transaction_applies_a_batch_as_if_one_by_one() {
         super::one_transaction_applies_a_batch_as_if_one_by_one(super::Backend::Embedded).await
     }
@@ -38,6 +42,10 @@ mod embedded {
 }
 
 mod postgres {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_webhooks_share_commits() {
+        super::concurrent_webhooks_share_commits(super::Backend::Shared).await
+    }
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn one_transaction_applies_a_batch_as_if_one_by_one() {
         super::one_transaction_applies_a_batch_as_if_one_by_one(super::Backend::Shared).await
@@ -318,4 +326,65 @@ async fn a_late_task_id_does_not_overwrite_a_committed_callback(backend: Backend
     let row = scene(&app, "p_a_s2").await;
     assert_eq!(row.status, "extracting");
     assert_eq!(row.video_task_id.as_deref(), Some("t2"));
+}
+
+/// Concurrent webhooks over HTTP: each is answered after its own effects are committed, and
+/// they are committed in fewer transactions than there are webhooks.
+async fn concurrent_webhooks_share_commits(backend: Backend) {
+    const N: usize = 48;
+    let ids: Vec<String> = (0..N).map(|i| format!("p_{i:02}")).collect();
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let Some(app) = started(backend, "ingest_http", &refs).await else {
+        return;
+    };
+    let jobs_before = count(&app, "SELECT COUNT(*) FROM outbox_jobs").await;
+    let (batches_before, webhooks_before) = batch_histogram(&app).await;
+    let bodies: Vec<String> = ids
+        .iter()
+        .map(|id| {
+            json!({"task_id": format!("task_{id}"), "status": "completed",
+                   "scene_id": format!("{id}_s1"), "project_id": id,
+                   "video_url": format!("https://cdn.test/{id}.mp4")})
+            .to_string()
+        })
+        .collect();
+    let responses = futures::future::join_all(
+        bodies
+            .iter()
+            .map(|body| app.webhook("video-complete", VIDEO_SECRET, body)),
+    )
+    .await;
+    for response in responses {
+        assert_eq!(response.status(), 200);
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["duplicate"], false);
+    }
+    for id in &ids {
+        assert_eq!(scene(&app, &format!("{id}_s1")).await.status, "extracting");
+    }
+    assert_eq!(
+        count(&app, "SELECT COUNT(*) FROM outbox_jobs").await - jobs_before,
+        N as i64
+    );
+    let (batches_after, webhooks) = batch_histogram(&app).await;
+    let batches = batches_after - batches_before;
+    assert!(
+        batches >= 1.0 && batches < N as f64,
+        "{N} concurrent webhooks took {batches} commits"
+    );
+    assert!(webhooks - webhooks_before >= N as f64);
+}
+
+/// (`_count`, `_sum`) of the ingestion batch-size histogram.
+async fn batch_histogram(app: &TestApp) -> (f64, f64) {
+    let text = app.scrape().await;
+    let value = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map_or(0.0, |v| v.trim().parse().unwrap())
+    };
+    (
+        value("scenehook_ingest_batch_size_count "),
+        value("scenehook_ingest_batch_size_sum "),
+    )
 }
