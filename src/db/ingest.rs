@@ -77,6 +77,16 @@ pub async fn ingest_batch(
     batch: &Batch,
     limits: &Limits,
 ) -> Result<Vec<Reply>, DbErr> {
+    transaction(db, batch, limits, || {}).await
+}
+
+/// [`ingest_batch`], calling `before_commit` once the batch's statements have run.
+async fn transaction(
+    db: &DatabaseConnection,
+    batch: &Batch,
+    limits: &Limits,
+    before_commit: impl FnOnce(),
+) -> Result<Vec<Reply>, DbErr> {
     let now = Utc::now();
     let txn = db.begin().await?;
     // Inserting first claims each delivery: a concurrent transaction holding the same key
@@ -158,6 +168,7 @@ pub async fn ingest_batch(
             .await?;
     }
     write(&txn, works.values(), jobs).await?;
+    before_commit();
     txn.commit().await?;
     record(observations);
     Ok(replies)
@@ -234,12 +245,12 @@ impl Writer {
             }
             // Held-back submissions must not wait behind another writer that is waiting for
             // new ones: then this writer goes without the queue for one round.
-            let receiver = if batch.is_empty() {
-                Some(self.receiver.lock().await)
+            let mut receiver = if batch.is_empty() {
+                Some(self.receiver.clone().lock_owned().await)
             } else {
-                self.receiver.try_lock().ok()
+                self.receiver.clone().try_lock_owned().ok()
             };
-            if let Some(mut receiver) = receiver {
+            if let Some(receiver) = receiver.as_mut() {
                 if batch.is_empty() {
                     match receiver.recv().await {
                         Some(pending) => self.add(&mut batch, &mut replies, &mut later, pending),
@@ -254,7 +265,14 @@ impl Writer {
                 }
             }
             held_back = later;
-            self.commit(batch, replies).await;
+            // The queue stays with this writer until its batch's statements have run: another
+            // writer then collects while this one waits for its commit to be durable, rather
+            // than taking the next lone webhook into a commit of its own.
+            let outcomes = apply_batch(&self.db, batch, &self.limits, move || drop(receiver)).await;
+            for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                // A request that gave up waiting is no longer listening; its delivery stands.
+                let _ = reply.send(outcome);
+            }
         }
     }
 
@@ -273,23 +291,22 @@ impl Writer {
             }),
         }
     }
-
-    async fn commit(&self, batch: Batch, replies: Vec<oneshot::Sender<Reply>>) {
-        for (reply, outcome) in replies
-            .into_iter()
-            .zip(apply(&self.db, batch, &self.limits).await)
-        {
-            // A request that gave up waiting is no longer listening; its delivery stands.
-            let _ = reply.send(outcome);
-        }
-    }
 }
 
 /// Applies a batch: in one transaction ([`ingest_batch`]) or, if that transaction fails on a
 /// statement, one delivery at a time. Returns each submission's outcome, in order.
 pub async fn apply(db: &DatabaseConnection, batch: Batch, limits: &Limits) -> Vec<Reply> {
+    apply_batch(db, batch, limits, || {}).await
+}
+
+async fn apply_batch(
+    db: &DatabaseConnection,
+    batch: Batch,
+    limits: &Limits,
+    before_commit: impl FnOnce(),
+) -> Vec<Reply> {
     metrics::histogram!("scenehook_ingest_batch_size").record(batch.len() as f64);
-    match ingest_batch(db, &batch, limits).await {
+    match transaction(db, &batch, limits, before_commit).await {
         Ok(outcomes) => outcomes,
         // The database is unreachable: every delivery gets the same answer (retry later),
         // without waiting out the connection timeout once per delivery.
