@@ -93,9 +93,15 @@ async fn main() {
             .await
             .expect("insert scenes");
     }
-    // Statistics as a long-running database has them (autovacuum would gather them a minute
-    // later): without them Postgres may plan the batch's `IN` lookups as sequential scans.
-    db.execute_unprepared("ANALYZE").await.expect("analyze");
+    // The state a long-running database is in (autovacuum would get there a minute later):
+    // statistics, without which Postgres may plan the batch's `IN` lookups as sequential
+    // scans, and on Postgres a vacuumed heap, so the run does not pay the first pass over the
+    // freshly loaded rows.
+    let settle = match db.get_database_backend() {
+        sea_orm::DbBackend::Postgres => "VACUUM ANALYZE",
+        _ => "ANALYZE",
+    };
+    db.execute_unprepared(settle).await.expect("settle the tables");
     let mut files: Vec<String> = vec![String::new(); parts];
     for i in 0..count {
         let body = format!(

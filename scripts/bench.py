@@ -27,7 +27,7 @@ if MODE == "quick":
 elif MODE == "soak":
     CONCURRENCY, DURATION, PER_RUN = [32], 300, 200000
 else:
-    CONCURRENCY, DURATION, PER_RUN = [8, 32, 64], 6, 60000
+    CONCURRENCY, DURATION, PER_RUN = [8, 32, 64], 10, 60000
 
 
 def executables():
