@@ -101,7 +101,9 @@ async fn main() {
         sea_orm::DbBackend::Postgres => "VACUUM ANALYZE",
         _ => "ANALYZE",
     };
-    db.execute_unprepared(settle).await.expect("settle the tables");
+    db.execute_unprepared(settle)
+        .await
+        .expect("settle the tables");
     let mut files: Vec<String> = vec![String::new(); parts];
     for i in 0..count {
         let body = format!(
