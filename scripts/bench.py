@@ -83,6 +83,35 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def stat_fields(pid):
+    return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+
+
+def postgres_cpu_seconds():
+    """The scratch Postgres's CPU: the postmaster, its live children (backends, WAL writer,
+    checkpointer, autovacuum) and the children it has already reaped."""
+    postmaster = int(open(os.path.join(SCRATCH, "pg", "postmaster.pid")).readline())
+    f = stat_fields(postmaster)
+    ticks = sum(int(x) for x in f[11:15])
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            f = stat_fields(entry)
+        except OSError:
+            continue
+        if int(f[1]) == postmaster:
+            ticks += int(f[11]) + int(f[12])
+    return ticks / CLK_TCK
+
+
+def redis_cpu_seconds():
+    out = subprocess.run(["redis-cli", "-u", REDIS, "info", "cpu"], check=True,
+                         capture_output=True, text=True).stdout
+    return sum(float(line.split(":")[1]) for line in out.splitlines()
+               if line.startswith(("used_cpu_sys:", "used_cpu_user:")))
+
+
 def peak_rss_mib(pid):
     for line in open(f"/proc/{pid}/status"):
         if line.startswith("VmHWM:"):
@@ -171,10 +200,14 @@ def run_ceiling(name, extra):
     rows = []
     for c in CONCURRENCY:
         before_cpu, before_redis = cpu_seconds(proc.pid), redis_calls()
+        before_redis_cpu = redis_cpu_seconds()
         r = wrk(port, c, deliveries, DURATION)
+        per_1000 = 1e6 / max(r["requests"], 1)
         r.update(config=name, connections=c,
-                 cpu_ms_per_1000=(cpu_seconds(proc.pid) - before_cpu) * 1e6 / max(r["requests"], 1),
+                 cpu_ms_per_1000=(cpu_seconds(proc.pid) - before_cpu) * per_1000,
                  redis_per_webhook=(redis_calls() - before_redis) / max(r["requests"], 1))
+        if extra:
+            r["redis_cpu_ms_per_1000"] = (redis_cpu_seconds() - before_redis_cpu) * per_1000
         rows.append(r)
     for r in rows:
         r["peak_rss_mib"] = peak_rss_mib(proc.pid)
@@ -194,6 +227,8 @@ def run_gateway(name, db_url, redis_url, instances):
         before_cpu = sum(cpu_seconds(p.pid) for p in procs)
         before_redis = redis_calls() if redis_url else 0
         before_sql = pg_statements(db_url)
+        before_pg_cpu = postgres_cpu_seconds() if db_url.startswith("postgres") else 0
+        before_redis_cpu = redis_cpu_seconds() if redis_url else 0
         threads = []
         results = [None] * instances
         import threading
@@ -220,6 +255,10 @@ def run_gateway(name, db_url, redis_url, instances):
             "cpu_ms_per_1000": (sum(cpu_seconds(p.pid) for p in procs) - before_cpu) * 1e6 / max(total, 1),
             "redis_per_webhook": ((redis_calls() - before_redis) / max(total, 1)) if redis_url else 0.0,
         }
+        if db_url.startswith("postgres"):
+            row["pg_cpu_ms_per_1000"] = (postgres_cpu_seconds() - before_pg_cpu) * 1e6 / max(total, 1)
+        if redis_url:
+            row["redis_cpu_ms_per_1000"] = (redis_cpu_seconds() - before_redis_cpu) * 1e6 / max(total, 1)
         after_sql = pg_statements(db_url)
         if after_sql is not None:
             # The two pg_stat_statements reads themselves are subtracted.
@@ -282,7 +321,9 @@ def main():
         for r in rows:
             print(f"{r['config']:34} c={r['connections']:3} {r['rps']:9.0f} req/s "
                   f"p99 {r['p99_us'] / 1000:6.2f} ms  cpu {r['cpu_ms_per_1000']:6.0f} ms/1000  "
-                  f"sql {r.get('sql_per_webhook', 0):.2f}/webhook")
+                  f"sql {r.get('sql_per_webhook', 0):.2f}/webhook  "
+                  f"postgres cpu {r.get('pg_cpu_ms_per_1000', 0):.0f}  "
+                  f"redis cpu {r.get('redis_cpu_ms_per_1000', 0):.0f} ms/1000")
         bad = [r for r in rows if r.get("non_2xx") or r["requests"] == 0]
         if bad:
             sys.exit(f"bench smoke: failed runs: {bad}")

@@ -10,16 +10,20 @@ ref_redis = {r["connections"]: r["rps"] for r in rows if r["config"] == "ceiling
 
 lines = [
     "| configuration | conns | req/s | vs ceiling | vs ceiling + EVALSHA | p50 ms | p99 ms | p99.9 ms "
-    "| CPU ms / 1000 | peak RSS MiB | Redis round trips / webhook | SQL stmts / webhook |",
-    "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    "| gateway CPU ms / 1000 | Postgres CPU ms / 1000 | Redis CPU ms / 1000 | peak RSS MiB "
+    "| Redis round trips / webhook | SQL stmts / webhook |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
 ]
 for r in rows:
     c = r["connections"]
     sql = f"{r['sql_per_webhook']:.1f}" if "sql_per_webhook" in r else "—"
+    pg_cpu = f"{r['pg_cpu_ms_per_1000']:.0f}" if "pg_cpu_ms_per_1000" in r else "—"
+    redis_cpu = f"{r['redis_cpu_ms_per_1000']:.0f}" if "redis_cpu_ms_per_1000" in r else "—"
     lines.append(
         f"| {r['config']} | {c} | {r['rps']:,.0f} | {r['rps'] / ref[c]:.0%} | "
         f"{r['rps'] / ref_redis[c]:.0%} | {r['p50_us'] / 1000:.2f} | {r['p99_us'] / 1000:.2f} | "
-        f"{r['p999_us'] / 1000:.2f} | {r['cpu_ms_per_1000']:.0f} | {r['peak_rss_mib']:.1f} | "
+        f"{r['p999_us'] / 1000:.2f} | {r['cpu_ms_per_1000']:.0f} | {pg_cpu} | {redis_cpu} | "
+        f"{r['peak_rss_mib']:.1f} | "
         f"{r['redis_per_webhook']:.2f} | {sql} |")
 open("docs/bench/table.md", "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
