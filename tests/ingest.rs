@@ -26,35 +26,14 @@ const LIMITS: Limits = Limits {
     max_stitch_attempts: 3,
 };
 
-mod embedded {
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn concurrent_webhooks_share_commits() {
-        super::concurrent_webhooks_share_commits(super::Backend::Embedded).await
-    }
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn one_transaction_applies_a_batch_as_if_one_by_one() {
-        super::one_transaction_applies_a_batch_as_if_one_by_one(super::Backend::Embedded).await
-    }
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_failing_statement_costs_only_its_own_delivery() {
-        super::a_failing_statement_costs_only_its_own_delivery(super::Backend::Embedded).await
-    }
-}
+on_databases!(
+    one_transaction_applies_a_batch_as_if_one_by_one,
+    a_failing_statement_costs_only_its_own_delivery,
+    concurrent_webhooks_share_commits,
+);
 
-mod postgres {
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn concurrent_webhooks_share_commits() {
-        super::concurrent_webhooks_share_commits(super::Backend::Shared).await
-    }
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn one_transaction_applies_a_batch_as_if_one_by_one() {
-        super::one_transaction_applies_a_batch_as_if_one_by_one(super::Backend::Shared).await
-    }
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_failing_statement_costs_only_its_own_delivery() {
-        super::a_failing_statement_costs_only_its_own_delivery(super::Backend::Shared).await
-    }
-    // SQLite runs one transaction at a time: no interleaving to test there.
+// SQLite runs one transaction at a time: no interleaving to test there.
+mod postgres_only {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_late_task_id_does_not_overwrite_a_committed_callback() {
         super::a_late_task_id_does_not_overwrite_a_committed_callback(super::Backend::Shared).await

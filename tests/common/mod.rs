@@ -216,6 +216,22 @@ macro_rules! on_all_backends {
     };
 }
 
+/// As [`on_all_backends`], for tests of the database alone (Redis plays no part): one
+/// `#[tokio::test]` on SQLite and one on Postgres.
+#[macro_export]
+macro_rules! on_databases {
+    ($($name:ident),+ $(,)?) => {
+        mod embedded {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(super::common::Backend::Embedded).await })+
+        }
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(super::common::Backend::Shared).await })+
+        }
+    };
+}
+
 /// A Redis server of one test's own, to stop and restart (outage tests).
 pub struct OwnRedis {
     pub port: u16,
