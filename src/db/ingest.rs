@@ -268,7 +268,11 @@ impl Writer {
             // The queue stays with this writer until its batch's statements have run: another
             // writer then collects while this one waits for its commit to be durable, rather
             // than taking the next lone webhook into a commit of its own.
-            let outcomes = apply_batch(&self.db, batch, &self.limits, move || drop(receiver)).await;
+            let (db, limits) = (self.db.clone(), self.limits);
+            let outcomes = contain_panic(batch.len(), async move {
+                apply_batch(&db, batch, &limits, move || drop(receiver)).await
+            })
+            .await;
             for (reply, outcome) in replies.into_iter().zip(outcomes) {
                 // A request that gave up waiting is no longer listening; its delivery stands.
                 let _ = reply.send(outcome);
@@ -289,6 +293,28 @@ impl Writer {
                 submission: *submission,
                 reply: pending.reply,
             }),
+        }
+    }
+}
+
+/// Runs a batch's work as a task of its own, so that a panic in it (a bug) fails that batch's
+/// requests instead of stopping this writer, and with it ingestion. The transaction, dropped
+/// unfinished, rolls back.
+async fn contain_panic(
+    size: usize,
+    work: impl Future<Output = Vec<Reply>> + Send + 'static,
+) -> Vec<Reply> {
+    match tokio::spawn(work).await {
+        Ok(outcomes) => outcomes,
+        Err(e) => {
+            tracing::error!(error = %e, size, "ingestion batch panicked; its requests fail");
+            (0..size)
+                .map(|_| {
+                    Err(PipelineError::Db(DbErr::Custom(
+                        "ingestion failed unexpectedly".into(),
+                    )))
+                })
+                .collect()
         }
     }
 }
@@ -329,5 +355,23 @@ async fn apply_batch(
             }
             outcomes
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_batch_fails_its_requests_and_nothing_else() {
+        let outcomes = contain_panic(3, async { panic!("a bug") }).await;
+        assert_eq!(outcomes.len(), 3);
+        assert!(
+            outcomes
+                .iter()
+                .all(|o| matches!(o, Err(PipelineError::Db(DbErr::Custom(_)))))
+        );
+        let outcomes = contain_panic(1, async { vec![Ok(IngestOutcome::Duplicate)] }).await;
+        assert!(matches!(outcomes[..], [Ok(IngestOutcome::Duplicate)]));
     }
 }
