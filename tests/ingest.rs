@@ -33,12 +33,11 @@ on_databases!(
 );
 
 // SQLite runs one transaction at a time: no interleaving to test there.
-mod postgres_only {
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_late_task_id_does_not_overwrite_a_committed_callback() {
-        super::a_late_task_id_does_not_overwrite_a_committed_callback(super::Backend::Shared).await
-    }
-}
+backend_tests!(
+    postgres_only,
+    Shared;
+    a_late_task_id_does_not_overwrite_a_committed_callback
+);
 
 /// Projects `ids`, two scenes each, generation started and `scene_001` answered with task
 /// `task_<project>`.

@@ -12,14 +12,17 @@ use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbB
 
 use crate::config::Config;
 
+/// Prepared statements kept per connection. Grouped ingestion's multi-row statements (7 of
+/// them) take one shape per batch size, up to `ingest_batch_max` each, and re-preparing one
+/// after an eviction costs more than the rest of its batch: the cache holds all of them, plus
+/// room for every other statement (the drivers' default is 100 in all).
+fn statement_cache(config: &Config) -> usize {
+    7 * config.database.ingest_batch_max + 100
+}
+
 /// Connects with a pool fit for the backend. SQLite gets WAL with `synchronous=NORMAL` (commits
 /// are not fsynced one by one) and a single connection: SQLite has one writer anyway, and one
 /// connection never meets `SQLITE_BUSY`.
-/// Prepared statements kept per connection. Grouped ingestion runs its multi-row statements
-/// in one shape per batch size (up to `ingest_batch_max` of each), and re-preparing them
-/// after an eviction costs more than the rest of the batch; the drivers' default is 100.
-const STATEMENT_CACHE: usize = 1024;
-
 pub async fn connect(config: &Config) -> Result<DatabaseConnection, DbErr> {
     let url = &config.database_url;
     if let Some(path) = sqlite_file(url)
@@ -29,6 +32,7 @@ pub async fn connect(config: &Config) -> Result<DatabaseConnection, DbErr> {
         std::fs::create_dir_all(dir)
             .map_err(|e| DbErr::Custom(format!("cannot create {}: {e}", dir.display())))?;
     }
+    let statement_cache = statement_cache(config);
     let mut options = ConnectOptions::new(url.clone());
     options
         .acquire_timeout(Duration::from_millis(config.database.acquire_timeout_ms))
@@ -38,12 +42,12 @@ pub async fn connect(config: &Config) -> Result<DatabaseConnection, DbErr> {
         options
             .max_connections(1)
             .min_connections(1)
-            .map_sqlx_sqlite_opts(|o| {
+            .map_sqlx_sqlite_opts(move |o| {
                 o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
                     .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
                     .busy_timeout(Duration::from_secs(5))
                     .foreign_keys(true)
-                    .statement_cache_capacity(STATEMENT_CACHE)
+                    .statement_cache_capacity(statement_cache)
                     // A multi-row statement inside a transaction keeps a statement journal;
                     // in memory it is not written to a temporary file and read back.
                     .pragma("temp_store", "memory")
@@ -51,7 +55,7 @@ pub async fn connect(config: &Config) -> Result<DatabaseConnection, DbErr> {
     } else {
         options
             .max_connections(config.database.max_connections)
-            .map_sqlx_postgres_opts(|o| o.statement_cache_capacity(STATEMENT_CACHE));
+            .map_sqlx_postgres_opts(move |o| o.statement_cache_capacity(statement_cache));
     }
     Database::connect(options).await
 }

@@ -196,39 +196,34 @@ where
     }
 }
 
-/// Generates one `#[tokio::test]` per backend (embedded, Postgres + Redis, Postgres + Redis
-/// Cluster) from `async fn name(backend: Backend)`.
+/// Generates `mod $module` with one `#[tokio::test]` per `async fn name(backend: Backend)`,
+/// each run on `Backend::$backend`.
 #[macro_export]
-macro_rules! on_all_backends {
-    ($($name:ident),+ $(,)?) => {
-        mod embedded {
+macro_rules! backend_tests {
+    ($module:ident, $backend:ident; $($name:ident),+ $(,)?) => {
+        mod $module {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(super::common::Backend::Embedded).await })+
-        }
-        mod shared {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(super::common::Backend::Shared).await })+
-        }
-        mod cluster {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(super::common::Backend::Cluster).await })+
+            async fn $name() { super::$name(super::common::Backend::$backend).await })+
         }
     };
 }
 
-/// As [`on_all_backends`], for tests of the database alone (Redis plays no part): one
-/// `#[tokio::test]` on SQLite and one on Postgres.
+/// One test per backend: embedded, Postgres + Redis, Postgres + Redis Cluster.
+#[macro_export]
+macro_rules! on_all_backends {
+    ($($name:ident),+ $(,)?) => {
+        $crate::backend_tests!(embedded, Embedded; $($name),+);
+        $crate::backend_tests!(shared, Shared; $($name),+);
+        $crate::backend_tests!(cluster, Cluster; $($name),+);
+    };
+}
+
+/// For tests of the database alone (Redis plays no part): one test on SQLite, one on Postgres.
 #[macro_export]
 macro_rules! on_databases {
     ($($name:ident),+ $(,)?) => {
-        mod embedded {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(super::common::Backend::Embedded).await })+
-        }
-        mod postgres {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(super::common::Backend::Shared).await })+
-        }
+        $crate::backend_tests!(embedded, Embedded; $($name),+);
+        $crate::backend_tests!(postgres, Shared; $($name),+);
     };
 }
 
