@@ -12,7 +12,7 @@ use scenehook::{
         pipeline::{IngestOutcome, PipelineError},
     },
     domain::{
-        Limits, TransitionError,
+        Job, Limits, TransitionError,
         webhook::{WebhookKind, parse_callback},
     },
     outbox::JobContext,
@@ -28,6 +28,7 @@ const LIMITS: Limits = Limits {
 
 on_databases!(
     one_transaction_applies_a_batch_as_if_one_by_one,
+    a_video_callback_reads_only_its_scene_and_the_one_before,
     a_failing_statement_costs_only_its_own_delivery,
     concurrent_webhooks_share_commits,
 );
@@ -215,6 +216,84 @@ async fn one_transaction_applies_a_batch_as_if_one_by_one(backend: Backend) {
         count(&app, "SELECT COUNT(*) FROM outbox_jobs").await - jobs_before,
         3
     );
+}
+
+/// A video callback loads only its scene and the one before it; what it decides must not
+/// change: a retry still chains from the previous scene's last frame, and a scene named under
+/// another project's id is still not found there.
+async fn a_video_callback_reads_only_its_scene_and_the_one_before(backend: Backend) {
+    let Some(app) = started(backend, "ingest_partial", &["p_a", "p_b", "p_c"]).await else {
+        return;
+    };
+    // p_c: scene 1 verified, scene 2 generating from scene 1's last frame, as task_p_c_2.
+    let first = batch(vec![
+        video_done("c_video", "p_c", "task_p_c"),
+        submission(
+            WebhookKind::LastFrameComplete,
+            "c_frame",
+            json!({"task_id": "frame_c", "status": "completed", "scene_id": "p_c_s1",
+                   "project_id": "p_c", "last_frame_url": "https://cdn.test/p_c_s1.png"}),
+        ),
+    ]);
+    let outcomes = ingest_batch(db(&app), &first, &LIMITS).await.unwrap();
+    assert_eq!(outcome_names(&outcomes), ["accepted:1", "accepted:1"]);
+    assert!(
+        db::pipeline::store_video_task(db(&app), "p_c_s2", "task_p_c_2")
+            .await
+            .unwrap()
+    );
+
+    let misnamed = |key: &str, scene: &str| {
+        submission(
+            WebhookKind::VideoComplete,
+            key,
+            json!({"task_id": "task_x", "status": "completed", "scene_id": scene,
+                   "project_id": "p_a", "video_url": "https://cdn.test/x.mp4"}),
+        )
+    };
+    let outcomes = ingest_batch(
+        db(&app),
+        &batch(vec![
+            submission(
+                WebhookKind::VideoComplete,
+                "c2_failed",
+                json!({"task_id": "task_p_c_2", "status": "failed", "scene_id": "p_c_s2",
+                       "project_id": "p_c", "error": "model overloaded"}),
+            ),
+            // Scenes of p_c (in this batch) and of p_b (not in it), named under p_a.
+            misnamed("to_p_c", "p_c_s2"),
+            misnamed("to_p_b", "p_b_s2"),
+            video_done("a_video", "p_a", "task_p_a"),
+        ]),
+        &LIMITS,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        outcome_names(&outcomes),
+        [
+            "accepted:1",
+            "error:SceneNotFound",
+            "error:SceneNotFound",
+            "accepted:1"
+        ]
+    );
+    let Ok(IngestOutcome::Accepted(effects)) = &outcomes[0] else {
+        unreachable!()
+    };
+    assert_eq!(
+        effects.jobs,
+        [Job::GenerateScene {
+            scene_id: "p_c_s2".into(),
+            prompt: "second".into(),
+            first_frame_url: Some("https://cdn.test/p_c_s1.png".into()),
+        }]
+    );
+    let c2 = scene(&app, "p_c_s2").await;
+    assert_eq!((c2.status.as_str(), c2.attempts), ("generating", 2));
+    assert_eq!(scene(&app, "p_c_s1").await.status, "verified");
+    assert_eq!(scene(&app, "p_a_s1").await.status, "extracting");
+    assert_eq!(scene(&app, "p_b_s2").await.status, "pending");
 }
 
 async fn a_failing_statement_costs_only_its_own_delivery(backend: Backend) {

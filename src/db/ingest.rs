@@ -10,7 +10,7 @@
 //! and outbox rows commit together or not at all, and a rejected delivery leaves no row.
 
 use std::{
-    collections::{BTreeSet, HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     sync::Arc,
 };
 
@@ -23,9 +23,11 @@ use sea_orm::{
 };
 use tokio::sync::{Mutex, mpsc, oneshot};
 
-use super::pipeline::{IngestOutcome, Observation, PipelineError, load, record, write};
+use super::pipeline::{
+    IngestOutcome, Observation, PipelineError, ScenesWanted, load, record, write,
+};
 use crate::{
-    domain::{Limits, apply_callback, webhook::Callback},
+    domain::{Limits, ScenesRead, apply_callback, scenes_read, webhook::Callback},
     outbox::jobs::{JobContext, new_job_rows},
 };
 
@@ -116,13 +118,21 @@ async fn transaction(
         .iter()
         .map(|m| ((m.kind.as_str(), m.delivery_key.as_str()), m.id))
         .collect();
-    let project_ids: BTreeSet<&str> = batch
-        .items
-        .iter()
-        .filter(|s| claimed.contains_key(&(s.kind, s.key.as_str())))
-        .map(|s| s.callback.project_id().as_str())
-        .collect();
-    let mut works = load(&txn, &project_ids.into_iter().collect::<Vec<_>>()).await?;
+    let mut wanted: BTreeMap<&str, ScenesWanted> = BTreeMap::new();
+    for submission in &batch.items {
+        if !claimed.contains_key(&(submission.kind, submission.key.as_str())) {
+            continue;
+        }
+        let project = wanted
+            .entry(submission.callback.project_id().as_str())
+            .or_insert(ScenesWanted::Around(Vec::new()));
+        match (scenes_read(&submission.callback), &mut *project) {
+            (ScenesRead::SceneAndPrevious(id), ScenesWanted::Around(ids)) => ids.push(id),
+            (ScenesRead::SceneAndPrevious(_), ScenesWanted::All) => {}
+            (ScenesRead::All, _) => *project = ScenesWanted::All,
+        }
+    }
+    let mut works = load(&txn, &wanted).await?;
 
     let mut replies = Vec::with_capacity(batch.len());
     let mut rejected = Vec::new();

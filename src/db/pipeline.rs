@@ -2,14 +2,16 @@
 //! writing back what changed (shared by webhook ingestion in [`super::ingest`]), and the
 //! operator's project commands.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 use entity::{outbox_job, project, scene};
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection,
-    DatabaseTransaction, DbErr, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder, QuerySelect,
-    SqlErr, TransactionTrait, sea_query::OnConflict,
+    ActiveModelTrait,
+    ActiveValue::Set,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait,
+    IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, QueryTrait, SqlErr, TransactionTrait,
+    sea_query::{Condition, Expr, JoinType, OnConflict},
 };
 
 use crate::{
@@ -41,8 +43,8 @@ pub enum PipelineError {
     Db(#[from] DbErr),
 }
 
-/// A project as loaded (and locked) in a transaction: its rows, kept up to date as
-/// transitions apply, and which of them need writing back.
+/// A project as loaded (and locked) in a transaction: its row and the scenes' rows its
+/// transitions read, kept up to date as they apply, and which of them need writing back.
 pub(super) struct Work {
     project: project::Model,
     scenes: Vec<scene::Model>,
@@ -51,14 +53,19 @@ pub(super) struct Work {
 }
 
 impl Work {
-    fn new(project: project::Model, scenes: Vec<scene::Model>) -> Self {
-        let scene_dirty = vec![false; scenes.len()];
+    fn new(project: project::Model) -> Self {
         Self {
             project,
-            scenes,
+            scenes: Vec::new(),
             project_dirty: false,
-            scene_dirty,
+            scene_dirty: Vec::new(),
         }
+    }
+
+    /// Adds a scene; scenes come in position order.
+    fn push_scene(&mut self, scene: scene::Model) {
+        self.scenes.push(scene);
+        self.scene_dirty.push(false);
     }
 
     fn state(&self) -> ProjectState {
@@ -180,40 +187,96 @@ pub(super) fn record(observations: Vec<Observation>) {
     }
 }
 
-/// Loads projects (ids sorted and distinct) with their scenes. On Postgres the project rows
-/// are locked in id order, so concurrent transactions over overlapping projects queue instead
-/// of deadlocking.
+/// Which rows of a project a transaction reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum ScenesWanted<'a> {
+    All,
+    /// These scenes, each with the one before it ([`crate::domain::ScenesRead`]).
+    Around(Vec<&'a str>),
+}
+
+/// Loads projects with the scenes wanted of each (in position order). On Postgres the project
+/// rows are locked in id order, so concurrent transactions over overlapping projects queue
+/// instead of deadlocking.
 pub(super) async fn load(
     txn: &DatabaseTransaction,
-    ids: &[&str],
+    wanted: &BTreeMap<&str, ScenesWanted<'_>>,
 ) -> Result<HashMap<String, Work>, DbErr> {
-    if ids.is_empty() {
+    if wanted.is_empty() {
         return Ok(HashMap::new());
     }
     let mut query = project::Entity::find()
-        .filter(project::Column::Id.is_in(ids.iter().copied()))
+        .filter(project::Column::Id.is_in(wanted.keys().copied()))
         .order_by_asc(project::Column::Id);
     if super::is_postgres(txn) {
         query = query.lock_exclusive();
     }
     let projects = query.all(txn).await?;
-    let mut scenes = scene::Entity::find()
-        .filter(scene::Column::ProjectId.is_in(ids.iter().copied()))
-        .order_by_asc(scene::Column::ProjectId)
-        .order_by_asc(scene::Column::Position)
-        .all(txn)
-        .await?
+    let whole: Vec<&str> = wanted
+        .iter()
+        .filter(|(_, w)| **w == ScenesWanted::All)
+        .map(|(id, _)| *id)
+        .collect();
+    let around: Vec<&str> = wanted
+        .values()
+        .filter_map(|w| match w {
+            ScenesWanted::Around(ids) => Some(ids.iter().copied()),
+            ScenesWanted::All => None,
+        })
+        .flatten()
+        .collect();
+    let mut scenes = Vec::new();
+    if !whole.is_empty() {
+        scenes = scene::Entity::find()
+            .filter(scene::Column::ProjectId.is_in(whole))
+            .all(txn)
+            .await?;
+    }
+    if !around.is_empty() {
+        scenes.extend(scenes_and_previous(txn, around).await?);
+    }
+    scenes.sort_by(|a, b| (&a.project_id, a.position).cmp(&(&b.project_id, b.position)));
+    // Two wanted scenes side by side both load the first of them.
+    scenes.dedup_by(|a, b| a.id == b.id);
+    let mut works: HashMap<String, Work> = projects
         .into_iter()
-        .peekable();
-    let mut works = HashMap::with_capacity(projects.len());
-    for project in projects {
-        let mut own = Vec::new();
-        while let Some(scene) = scenes.next_if(|s| s.project_id == project.id) {
-            own.push(scene);
+        .map(|p| (p.id.clone(), Work::new(p)))
+        .collect();
+    for scene in scenes {
+        // A scene named under another project's id belongs to neither's transition.
+        if let Some(work) = works.get_mut(&scene.project_id) {
+            work.push_scene(scene);
         }
-        works.insert(project.id.clone(), Work::new(project, own));
     }
     Ok(works)
+}
+
+/// The scenes `ids` and the scene before each, in one statement: a self-join over the
+/// scenes' (project, position) index.
+async fn scenes_and_previous(
+    txn: &DatabaseTransaction,
+    ids: Vec<&str>,
+) -> Result<Vec<scene::Model>, DbErr> {
+    use scene::Column as C;
+    use sea_orm::sea_query::ExprTrait;
+    let target = "target";
+    let mut query = scene::Entity::find();
+    QueryTrait::query(&mut query).join_as(
+        JoinType::InnerJoin,
+        scene::Entity,
+        target,
+        Condition::all()
+            .add(Expr::col((target, C::ProjectId)).equals((scene::Entity, C::ProjectId)))
+            .add(
+                Expr::col((scene::Entity, C::Position))
+                    .gte(Expr::col((target, C::Position)).sub(1)),
+            )
+            .add(Expr::col((scene::Entity, C::Position)).lte(Expr::col((target, C::Position)))),
+    );
+    query
+        .filter(Expr::col((target, C::Id)).is_in(ids))
+        .all(txn)
+        .await
 }
 
 fn scene_state(s: &scene::Model) -> SceneState {
@@ -429,7 +492,7 @@ pub async fn generate(
 ) -> Result<Effects, PipelineError> {
     let txn = db.begin().await?;
     let now = Utc::now();
-    let mut works = load(&txn, &[project_id]).await?;
+    let mut works = load(&txn, &BTreeMap::from([(project_id, ScenesWanted::All)])).await?;
     let work = works
         .get_mut(project_id)
         .ok_or(PipelineError::ProjectNotFound)?;

@@ -239,6 +239,24 @@ fn check_task(scene: &SceneState, task_id: &str) -> Result<(), TransitionError> 
     }
 }
 
+/// The scenes [`apply_callback`] reads for a callback. A caller may hand it a project holding
+/// only these scenes (in position order, as always) and gets the same result as with all of
+/// them: a video callback reads its own scene and the one before it (a retry chains from that
+/// one's last frame); the other callbacks decide on the whole project (which scene is next,
+/// every clip for stitching).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScenesRead<'a> {
+    SceneAndPrevious(&'a str),
+    All,
+}
+
+pub fn scenes_read(callback: &Callback) -> ScenesRead<'_> {
+    match callback {
+        Callback::Video { scene_id, .. } => ScenesRead::SceneAndPrevious(scene_id.as_str()),
+        Callback::LastFrame { .. } | Callback::Stitch { .. } => ScenesRead::All,
+    }
+}
+
 /// Applies a verified, deduplicated webhook callback.
 pub fn apply_callback(
     project: &mut ProjectState,
@@ -627,6 +645,94 @@ mod tests {
                 .iter()
                 .any(|r| r.level == ReportLevel::Success)
         );
+    }
+
+    /// `p` with only the scenes `scenes_read` names for `callback`.
+    fn only_scenes_read(p: &ProjectState, callback: &Callback) -> ProjectState {
+        let mut part = p.clone();
+        if let ScenesRead::SceneAndPrevious(id) = scenes_read(callback) {
+            let position = p.scenes.iter().find(|s| s.id == id).map(|s| s.position);
+            part.scenes
+                .retain(|s| Some(s.position) == position || Some(s.position + 1) == position);
+        }
+        part
+    }
+
+    #[test]
+    fn a_video_callback_decides_the_same_on_its_scene_and_the_previous_one_alone() {
+        let attempts_left = |p: &mut ProjectState, i: usize, attempts: i32| {
+            p.scenes[i].attempts = attempts;
+            p.clone()
+        };
+        // Scenes 0 and 1 verified, scene 2 generating (task t2), scene 3 pending.
+        let mut chained = project(4);
+        start_generation(&mut chained).unwrap();
+        for i in 0..2 {
+            let id = format!("s{i}");
+            let url = format!("http://v/{i}");
+            apply_callback(
+                &mut chained,
+                &video(&id, &format!("t{i}"), done(&url)),
+                &LIMITS,
+            )
+            .unwrap();
+            apply_callback(
+                &mut chained,
+                &frame(&id, done(&format!("http://f/{i}"))),
+                &LIMITS,
+            )
+            .unwrap();
+        }
+        apply_callback(&mut chained, &video("s2", "t2", failed()), &LIMITS).unwrap();
+        let mut first = project(4);
+        start_generation(&mut first).unwrap();
+        let cases = [
+            (chained.clone(), video("s2", "t2", done("http://v/2"))),
+            (chained.clone(), video("s2", "t2", failed())),
+            (
+                attempts_left(&mut chained.clone(), 2, LIMITS.max_scene_attempts),
+                video("s2", "t2", failed()),
+            ),
+            (chained.clone(), video("s2", "other", done("http://v/2"))),
+            (chained.clone(), video("s3", "t3", done("http://v/3"))),
+            (chained.clone(), video("s9", "t9", done("http://v/9"))),
+            (first.clone(), video("s0", "t0", done("http://v/0"))),
+            (first.clone(), video("s0", "t0", failed())),
+        ];
+        for (mut project, callback) in cases {
+            // As loaded from the database: nothing changed yet.
+            project.changed = false;
+            for scene in &mut project.scenes {
+                scene.changed = false;
+                scene.just_verified = false;
+            }
+            let mut whole = project.clone();
+            let mut part = only_scenes_read(&project, &callback);
+            assert!(part.scenes.len() <= 2);
+            let on_whole = apply_callback(&mut whole, &callback, &LIMITS);
+            let on_part = apply_callback(&mut part, &callback, &LIMITS);
+            assert_eq!(on_whole, on_part, "{callback:?}");
+            for scene in &part.scenes {
+                assert_eq!(Some(scene), whole.scenes.iter().find(|s| s.id == scene.id));
+            }
+            assert!(
+                whole
+                    .scenes
+                    .iter()
+                    .all(|s| !s.changed || part.scenes.iter().any(|p| p.id == s.id))
+            );
+            part.scenes = whole.scenes.clone();
+            assert_eq!(part, whole, "{callback:?}");
+        }
+    }
+
+    #[test]
+    fn callbacks_other_than_video_read_the_whole_project() {
+        assert_eq!(
+            scenes_read(&frame("s0", done("http://f/0"))),
+            ScenesRead::All
+        );
+        assert_eq!(scenes_read(&stitch(done("http://final"))), ScenesRead::All);
     }
 
     #[test]
