@@ -12,12 +12,12 @@ use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbB
 
 use crate::config::Config;
 
-/// Prepared statements kept per connection. Grouped ingestion's multi-row statements (7 of
+/// Prepared statements kept per connection. Grouped ingestion's multi-row statements (8 of
 /// them) take one shape per batch size, up to `ingest_batch_max` each, and re-preparing one
 /// after an eviction costs more than the rest of its batch: the cache holds all of them, plus
 /// room for every other statement (the drivers' default is 100 in all).
 fn statement_cache(config: &Config) -> usize {
-    7 * config.database.ingest_batch_max + 100
+    8 * config.database.ingest_batch_max + 100
 }
 
 /// Connects with a pool fit for the backend. SQLite gets WAL with `synchronous=NORMAL` (commits
