@@ -92,6 +92,17 @@ fn video_done(key: &str, project: &str, task: &str) -> Submission {
     )
 }
 
+/// The last frame of `{project}_s1`, at `https://cdn.test/{project}_s1.png`.
+fn last_frame_done(key: &str, project: &str) -> Submission {
+    submission(
+        WebhookKind::LastFrameComplete,
+        key,
+        json!({"task_id": format!("frame_{project}"), "status": "completed",
+               "scene_id": format!("{project}_s1"), "project_id": project,
+               "last_frame_url": format!("https://cdn.test/{project}_s1.png")}),
+    )
+}
+
 fn batch(submissions: Vec<Submission>) -> Batch {
     let mut batch = Batch::default();
     for s in submissions {
@@ -149,12 +160,7 @@ async fn one_transaction_applies_a_batch_as_if_one_by_one(backend: Backend) {
             video_done("k_a", "p_a", "task_p_a"),
             video_done("k_b", "p_b", "task_p_b"),
             // Two transitions of one scene in one batch: the second sees the first.
-            submission(
-                WebhookKind::LastFrameComplete,
-                "k_a_frame",
-                json!({"task_id": "frame_1", "status": "completed", "scene_id": "p_a_s1",
-                       "project_id": "p_a", "last_frame_url": "https://cdn.test/p_a_s1.png"}),
-            ),
+            last_frame_done("k_a_frame", "p_a"),
             // Rejected ones leave no trace, and do not disturb the others.
             video_done("k_stale", "p_b", "an_old_task"),
             video_done("k_unknown", "p_nope", "task_x"),
@@ -228,12 +234,7 @@ async fn a_video_callback_reads_only_its_scene_and_the_one_before(backend: Backe
     // p_c: scene 1 verified, scene 2 generating from scene 1's last frame, as task_p_c_2.
     let first = batch(vec![
         video_done("c_video", "p_c", "task_p_c"),
-        submission(
-            WebhookKind::LastFrameComplete,
-            "c_frame",
-            json!({"task_id": "frame_c", "status": "completed", "scene_id": "p_c_s1",
-                   "project_id": "p_c", "last_frame_url": "https://cdn.test/p_c_s1.png"}),
-        ),
+        last_frame_done("c_frame", "p_c"),
     ]);
     let outcomes = ingest_batch(db(&app), &first, &LIMITS).await.unwrap();
     assert_eq!(outcome_names(&outcomes), ["accepted:1", "accepted:1"]);

@@ -5,7 +5,13 @@
 
 use chrono::Utc;
 use entity::{project, scene};
-use sea_orm::{ActiveValue::Set, ConnectionTrait, DatabaseConnection, EntityTrait};
+use scenehook::{
+    db::pipeline::{new_project_row, new_scene_row},
+    domain::{ProjectStatus, SceneStatus},
+};
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ConnectionTrait, DatabaseConnection, EntityTrait,
+};
 
 const SCENES_PER_PROJECT: usize = 10;
 
@@ -30,53 +36,30 @@ pub async fn seed(db: &DatabaseConnection, count: usize) -> Seeded {
     let run = scenehook::domain::ids::random_token(6);
     let now = Utc::now();
     let projects = count.div_ceil(SCENES_PER_PROJECT);
-    for chunk in (0..projects).collect::<Vec<_>>().chunks(500) {
-        let rows: Vec<project::ActiveModel> = chunk
-            .iter()
-            .map(|p| project::ActiveModel {
-                id: Set(format!("lp_{run}_{p}")),
-                name: Set(format!("load {p}")),
-                status: Set("generating".into()),
-                final_video_url: Set(None),
-                stitch_attempts: Set(0),
-                last_error: Set(None),
-                created_at: Set(now),
-                updated_at: Set(now),
-                completed_at: Set(None),
-            })
-            .collect();
-        project::Entity::insert_many(rows)
-            .exec_without_returning(db)
-            .await
-            .expect("insert projects");
-    }
-    for chunk in (0..count).collect::<Vec<_>>().chunks(500) {
-        let rows: Vec<scene::ActiveModel> = chunk
-            .iter()
-            .map(|i| scene::ActiveModel {
-                id: Set(format!("ls_{run}_{i}")),
-                project_id: Set(format!("lp_{run}_{}", i % projects)),
-                position: Set((i / projects) as i32),
-                prompt: Set("load".into()),
-                status: Set("generating".into()),
-                video_task_id: Set(Some(format!("lt_{run}_{i}"))),
-                video_url: Set(None),
-                first_frame_url: Set(None),
-                last_frame_url: Set(None),
-                attempts: Set(1),
-                extract_attempts: Set(0),
-                last_error: Set(None),
-                verified_at: Set(None),
-                status_changed_at: Set(Some(now)),
-                created_at: Set(now),
-                updated_at: Set(now),
-            })
-            .collect();
-        scene::Entity::insert_many(rows)
-            .exec_without_returning(db)
-            .await
-            .expect("insert scenes");
-    }
+    insert_in_chunks(
+        db,
+        (0..projects).map(|p| project::ActiveModel {
+            status: Set(ProjectStatus::Generating.as_str().into()),
+            ..new_project_row(format!("lp_{run}_{p}"), format!("load {p}"), now)
+        }),
+    )
+    .await;
+    insert_in_chunks(
+        db,
+        (0..count).map(|i| scene::ActiveModel {
+            status: Set(SceneStatus::Generating.as_str().into()),
+            video_task_id: Set(Some(format!("lt_{run}_{i}"))),
+            attempts: Set(1),
+            ..new_scene_row(
+                format!("ls_{run}_{i}"),
+                format!("lp_{run}_{}", i % projects),
+                (i / projects) as i32,
+                "load".into(),
+                now,
+            )
+        }),
+    )
+    .await;
     // The state a long-running database is in (autovacuum would get there a minute later):
     // statistics, without which Postgres may plan the batch's `IN` lookups as sequential
     // scans, and on Postgres a vacuumed heap, so the run does not pay the first pass over the
@@ -89,4 +72,19 @@ pub async fn seed(db: &DatabaseConnection, count: usize) -> Seeded {
         .await
         .expect("settle the tables");
     Seeded { run, projects }
+}
+
+/// Inserts rows 500 at a time (a statement's bound values stay within every backend's limit).
+async fn insert_in_chunks<A: ActiveModelTrait>(
+    db: &DatabaseConnection,
+    rows: impl Iterator<Item = A>,
+) {
+    let mut rest = rows.peekable();
+    while rest.peek().is_some() {
+        let chunk: Vec<A> = rest.by_ref().take(500).collect();
+        <A::Entity as EntityTrait>::insert_many(chunk)
+            .exec_without_returning(db)
+            .await
+            .expect("insert seed rows");
+    }
 }

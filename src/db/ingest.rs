@@ -18,8 +18,9 @@ use chrono::Utc;
 use entity::webhook_delivery;
 use sea_orm::{
     ActiveValue::{NotSet, Set},
-    ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, RuntimeErr, TransactionTrait,
-    TryInsertResult,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait,
+    FromQueryResult, QueryFilter, QueryTrait, RuntimeErr, TransactionTrait,
+    sea_query::{OnConflict, Query},
 };
 use tokio::sync::{Mutex, mpsc, oneshot};
 
@@ -103,20 +104,10 @@ async fn transaction(
         outcome: Set("accepted".to_owned()),
         received_at: Set(now),
     });
-    let inserted = match webhook_delivery::Entity::insert_many(rows)
-        .on_conflict_do_nothing_on([
-            webhook_delivery::Column::Kind,
-            webhook_delivery::Column::DeliveryKey,
-        ])
-        .exec_with_returning_many(&txn)
-        .await?
-    {
-        TryInsertResult::Inserted(models) => models,
-        TryInsertResult::Empty | TryInsertResult::Conflicted => Vec::new(),
-    };
+    let inserted = claim_deliveries(&txn, rows).await?;
     let claimed: HashMap<(&str, &str), i64> = inserted
         .iter()
-        .map(|m| ((m.kind.as_str(), m.delivery_key.as_str()), m.id))
+        .map(|c| ((c.kind.as_str(), c.delivery_key.as_str()), c.id))
         .collect();
     let mut wanted: BTreeMap<&str, ScenesWanted> = BTreeMap::new();
     for submission in &batch.items {
@@ -182,6 +173,34 @@ async fn transaction(
     txn.commit().await?;
     record(observations);
     Ok(replies)
+}
+
+/// A delivery row this transaction inserted.
+#[derive(FromQueryResult)]
+struct Claimed {
+    id: i64,
+    kind: String,
+    delivery_key: String,
+}
+
+/// Inserts the delivery rows, skipping those already stored, and returns the ones inserted:
+/// only the three columns read back.
+async fn claim_deliveries(
+    txn: &DatabaseTransaction,
+    rows: impl IntoIterator<Item = webhook_delivery::ActiveModel>,
+) -> Result<Vec<Claimed>, DbErr> {
+    use webhook_delivery::Column as C;
+    let mut insert = webhook_delivery::Entity::insert_many(rows)
+        .on_conflict(
+            OnConflict::columns([C::Kind, C::DeliveryKey])
+                .do_nothing()
+                .to_owned(),
+        )
+        .into_query();
+    insert.returning(Query::returning().columns([C::Id, C::Kind, C::DeliveryKey]));
+    Claimed::find_by_statement(txn.get_database_backend().build(&insert))
+        .all(txn)
+        .await
 }
 
 struct Pending {

@@ -319,24 +319,21 @@ pub(super) async fn write<'a>(
         );
     }
     upsert_scenes(txn, scenes).await?;
-    if !projects.is_empty() {
-        use project::Column as C;
-        project::Entity::insert_many(projects.into_iter().map(as_new_row))
-            .on_conflict(
-                OnConflict::column(C::Id)
-                    .update_columns([
-                        C::Status,
-                        C::FinalVideoUrl,
-                        C::StitchAttempts,
-                        C::LastError,
-                        C::CompletedAt,
-                        C::UpdatedAt,
-                    ])
-                    .to_owned(),
-            )
-            .exec_without_returning(txn)
-            .await?;
-    }
+    use project::Column as C;
+    upsert(
+        txn,
+        projects,
+        C::Id,
+        [
+            C::Status,
+            C::FinalVideoUrl,
+            C::StitchAttempts,
+            C::LastError,
+            C::CompletedAt,
+            C::UpdatedAt,
+        ],
+    )
+    .await?;
     if !jobs.is_empty() {
         outbox_job::Entity::insert_many(jobs)
             .exec_without_returning(txn)
@@ -346,28 +343,45 @@ pub(super) async fn write<'a>(
 }
 
 async fn upsert_scenes(txn: &DatabaseTransaction, rows: Vec<scene::Model>) -> Result<(), DbErr> {
+    use scene::Column as C;
+    upsert(
+        txn,
+        rows,
+        C::Id,
+        [
+            C::Status,
+            C::VideoTaskId,
+            C::VideoUrl,
+            C::FirstFrameUrl,
+            C::LastFrameUrl,
+            C::Attempts,
+            C::ExtractAttempts,
+            C::LastError,
+            C::VerifiedAt,
+            C::StatusChangedAt,
+            C::UpdatedAt,
+        ],
+    )
+    .await
+}
+
+/// Writes rows back over the stored ones in one statement: an upsert of whole rows on `id`
+/// that updates `columns`.
+async fn upsert<M, A>(
+    txn: &DatabaseTransaction,
+    rows: Vec<M>,
+    id: <A::Entity as EntityTrait>::Column,
+    columns: impl IntoIterator<Item = <A::Entity as EntityTrait>::Column>,
+) -> Result<(), DbErr>
+where
+    M: IntoActiveModel<A>,
+    A: ActiveModelTrait + Send,
+{
     if rows.is_empty() {
         return Ok(());
     }
-    use scene::Column as C;
-    scene::Entity::insert_many(rows.into_iter().map(as_new_row))
-        .on_conflict(
-            OnConflict::column(C::Id)
-                .update_columns([
-                    C::Status,
-                    C::VideoTaskId,
-                    C::VideoUrl,
-                    C::FirstFrameUrl,
-                    C::LastFrameUrl,
-                    C::Attempts,
-                    C::ExtractAttempts,
-                    C::LastError,
-                    C::VerifiedAt,
-                    C::StatusChangedAt,
-                    C::UpdatedAt,
-                ])
-                .to_owned(),
-        )
+    <A::Entity as EntityTrait>::insert_many(rows.into_iter().map(as_new_row))
+        .on_conflict(OnConflict::column(id).update_columns(columns).to_owned())
         .exec_without_returning(txn)
         .await?;
     Ok(())
@@ -393,15 +407,11 @@ pub struct NewProject {
 /// A project and its scenes as stored.
 pub type ProjectWithScenes = (project::Model, Vec<scene::Model>);
 
-pub async fn create_project(
-    db: &DatabaseConnection,
-    new: NewProject,
-) -> Result<ProjectWithScenes, PipelineError> {
-    let now = Utc::now();
-    let txn = db.begin().await?;
-    let project = project::ActiveModel {
-        id: Set(new.id.clone()),
-        name: Set(new.name),
+/// A new project's row: a draft, nothing tried yet.
+pub fn new_project_row(id: String, name: String, now: DateTime<Utc>) -> project::ActiveModel {
+    project::ActiveModel {
+        id: Set(id),
+        name: Set(name),
         status: Set(ProjectStatus::Draft.as_str().to_owned()),
         final_video_url: Set(None),
         stitch_attempts: Set(0),
@@ -409,28 +419,50 @@ pub async fn create_project(
         created_at: Set(now),
         updated_at: Set(now),
         completed_at: Set(None),
-    };
+    }
+}
+
+/// A new scene's row: pending, nothing tried yet.
+pub fn new_scene_row(
+    id: String,
+    project_id: String,
+    position: i32,
+    prompt: String,
+    now: DateTime<Utc>,
+) -> scene::ActiveModel {
+    scene::ActiveModel {
+        id: Set(id),
+        project_id: Set(project_id),
+        position: Set(position),
+        prompt: Set(prompt),
+        status: Set(SceneStatus::Pending.as_str().to_owned()),
+        video_task_id: Set(None),
+        video_url: Set(None),
+        first_frame_url: Set(None),
+        last_frame_url: Set(None),
+        attempts: Set(0),
+        extract_attempts: Set(0),
+        last_error: Set(None),
+        verified_at: Set(None),
+        status_changed_at: Set(Some(now)),
+        created_at: Set(now),
+        updated_at: Set(now),
+    }
+}
+
+pub async fn create_project(
+    db: &DatabaseConnection,
+    new: NewProject,
+) -> Result<ProjectWithScenes, PipelineError> {
+    let now = Utc::now();
+    let txn = db.begin().await?;
+    let project = new_project_row(new.id.clone(), new.name, now);
     let scenes: Vec<scene::ActiveModel> = new
         .scenes
         .into_iter()
         .enumerate()
-        .map(|(position, (id, prompt))| scene::ActiveModel {
-            id: Set(id),
-            project_id: Set(new.id.clone()),
-            position: Set(position as i32),
-            prompt: Set(prompt),
-            status: Set(SceneStatus::Pending.as_str().to_owned()),
-            video_task_id: Set(None),
-            video_url: Set(None),
-            first_frame_url: Set(None),
-            last_frame_url: Set(None),
-            attempts: Set(0),
-            extract_attempts: Set(0),
-            last_error: Set(None),
-            verified_at: Set(None),
-            status_changed_at: Set(Some(now)),
-            created_at: Set(now),
-            updated_at: Set(now),
+        .map(|(position, (id, prompt))| {
+            new_scene_row(id, new.id.clone(), position as i32, prompt, now)
         })
         .collect();
     let result = async {
