@@ -167,13 +167,6 @@ impl Gateway {
         if run_outbox {
             tasks.spawn(outbox.run(stop.clone()));
         }
-        if let Some(interval) = db::background_checkpoints(&config) {
-            tasks.spawn(db::checkpoint::run(
-                config.database_url.clone(),
-                interval,
-                stop.clone(),
-            ));
-        }
         tasks.spawn(housekeeping(state.clone(), stop));
         let router = crate::http::router(state.clone());
         Ok(Self {

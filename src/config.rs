@@ -64,9 +64,6 @@ pub struct DatabaseConfig {
     pub ingest_writers: usize,
     /// The most webhook deliveries one ingestion transaction applies.
     pub ingest_batch_max: usize,
-    /// How often a background task checkpoints SQLite's WAL; 0 leaves checkpoints to the
-    /// commits (SQLite's default).
-    pub sqlite_checkpoint_interval_ms: u64,
     pub acquire_timeout_ms: u64,
     pub delivery_retention_hours: u64,
     pub done_job_retention_hours: u64,

@@ -95,18 +95,6 @@ fn describe_metrics() {
         "Webhook deliveries committed per ingestion transaction."
     );
     describe_counter!(
-        "scenehook_sqlite_checkpoints_total",
-        "Background WAL checkpoints of the embedded SQLite database."
-    );
-    describe_gauge!(
-        "scenehook_sqlite_wal_frames",
-        "Pages in SQLite's WAL at the last background checkpoint."
-    );
-    describe_gauge!(
-        "scenehook_sqlite_wal_frames_behind",
-        "Pages of SQLite's WAL the last background checkpoint could not copy yet."
-    );
-    describe_counter!(
         "scenehook_ingest_batch_splits_total",
         "Ingestion batches whose transaction failed and were applied delivery by delivery."
     );

@@ -19,7 +19,6 @@ use scenehook::{
 };
 use sea_orm::{ConnectionTrait, DatabaseConnection};
 use serde_json::json;
-use std::time::Duration;
 
 const LIMITS: Limits = Limits {
     max_scene_attempts: 3,
@@ -379,7 +378,7 @@ async fn a_late_task_id_does_not_overwrite_a_committed_callback(backend: Backend
         tokio::spawn(
             async move { db::pipeline::store_video_task(&connection, "p_a_s2", "t2").await },
         );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     callback.commit().await.unwrap();
     assert!(!store.await.unwrap().unwrap(), "nothing left to store");
     let row = scene(&app, "p_a_s2").await;
@@ -437,64 +436,13 @@ async fn concurrent_webhooks_share_commits(backend: Backend) {
 /// (`_count`, `_sum`) of the ingestion batch-size histogram.
 async fn batch_histogram(app: &TestApp) -> (f64, f64) {
     let text = app.scrape().await;
+    let value = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map_or(0.0, |v| v.trim().parse().unwrap())
+    };
     (
-        metric(&text, "scenehook_ingest_batch_size_count"),
-        metric(&text, "scenehook_ingest_batch_size_sum"),
+        value("scenehook_ingest_batch_size_count "),
+        value("scenehook_ingest_batch_size_sum "),
     )
-}
-
-/// The value of an unlabelled metric in a scrape; 0 when absent.
-fn metric(scrape: &str, name: &str) -> f64 {
-    scrape
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .map_or(0.0, |v| v.trim().parse().unwrap())
-}
-
-async fn wal_autocheckpoint(app: &TestApp) -> i64 {
-    count(app, "PRAGMA wal_autocheckpoint").await
-}
-
-/// Embedded: a task of its own checkpoints SQLite's WAL, so no commit waits for one; the
-/// writer's automatic checkpoint stays only as a backstop, and comes back when the task is
-/// turned off.
-#[tokio::test]
-async fn sqlite_checkpoints_run_in_the_background() {
-    let Some(mut cfg) = config(Backend::Embedded, "checkpoints").await else {
-        return;
-    };
-    cfg.database.sqlite_checkpoint_interval_ms = 50;
-    let app = TestApp::start_with(cfg, false).await;
-    assert_eq!(
-        wal_autocheckpoint(&app).await,
-        i64::from(db::checkpoint::BACKSTOP_PAGES)
-    );
-    for i in 0..5 {
-        let (status, _) = app
-            .post(
-                "/projects",
-                json!({"id": format!("ck_{i}"), "name": "checkpoints",
-                       "scenes": [{"id": format!("ck_{i}_s1"), "prompt": "one"}]}),
-            )
-            .await;
-        assert_eq!(status, 201);
-    }
-    eventually(
-        Duration::from_secs(10),
-        "a background checkpoint copies the WAL",
-        || async {
-            let text = app.scrape().await;
-            metric(&text, "scenehook_sqlite_checkpoints_total") >= 1.0
-                && metric(&text, "scenehook_sqlite_wal_frames") > 0.0
-                && metric(&text, "scenehook_sqlite_wal_frames_behind") == 0.0
-        },
-    )
-    .await;
-
-    let Some(mut cfg) = config(Backend::Embedded, "checkpoints_off").await else {
-        return;
-    };
-    cfg.database.sqlite_checkpoint_interval_ms = 0;
-    let app = TestApp::start_with(cfg, false).await;
-    assert_eq!(wal_autocheckpoint(&app).await, 1000);
 }

@@ -1,7 +1,6 @@
 //! Database access: connecting (SQLite or Postgres), migrating, and the transactions the
 //! pipeline and the outbox run. Each public function is one unit of work.
 
-pub mod checkpoint;
 pub mod ingest;
 pub mod outbox;
 pub mod pipeline;
@@ -34,11 +33,6 @@ pub async fn connect(config: &Config) -> Result<DatabaseConnection, DbErr> {
             .map_err(|e| DbErr::Custom(format!("cannot create {}: {e}", dir.display())))?;
     }
     let statement_cache = statement_cache(config);
-    let autocheckpoint = if background_checkpoints(config).is_some() {
-        checkpoint::BACKSTOP_PAGES
-    } else {
-        1000
-    };
     let mut options = ConnectOptions::new(url.clone());
     options
         .acquire_timeout(Duration::from_millis(config.database.acquire_timeout_ms))
@@ -57,8 +51,6 @@ pub async fn connect(config: &Config) -> Result<DatabaseConnection, DbErr> {
                     // A multi-row statement inside a transaction keeps a statement journal;
                     // in memory it is not written to a temporary file and read back.
                     .pragma("temp_store", "memory")
-                    // With checkpoints in the background, the commit path's own is a backstop.
-                    .pragma("wal_autocheckpoint", autocheckpoint.to_string())
             });
     } else {
         options
@@ -66,14 +58,6 @@ pub async fn connect(config: &Config) -> Result<DatabaseConnection, DbErr> {
             .map_sqlx_postgres_opts(move |o| o.statement_cache_capacity(statement_cache));
     }
     Database::connect(options).await
-}
-
-/// How often to checkpoint the WAL in the background ([`checkpoint`]): for a SQLite database
-/// file with a non-zero `database.sqlite_checkpoint_interval_ms`.
-pub fn background_checkpoints(config: &Config) -> Option<Duration> {
-    let interval = config.database.sqlite_checkpoint_interval_ms;
-    (interval > 0 && sqlite_file(&config.database_url).is_some())
-        .then(|| Duration::from_millis(interval))
 }
 
 fn sqlite_file(url: &str) -> Option<String> {
