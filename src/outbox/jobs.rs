@@ -5,7 +5,7 @@ use entity::outbox_job;
 use sea_orm::ActiveValue::Set;
 use serde_json::json;
 
-use crate::domain::{Job, ids::random_token};
+use crate::domain::{Job, ids::time_ordered_token};
 
 /// The downstream services, one circuit breaker and one worker lane each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -65,7 +65,8 @@ pub fn new_job_rows(
         .map(|job| {
             let (kind, service, payload) = request(project_id, job, ctx);
             outbox_job::ActiveModel {
-                id: Set(format!("job_{}", random_token(24))),
+                // Time-ordered: the outbox's primary key index grows at its end.
+                id: Set(format!("job_{}", time_ordered_token(16))),
                 kind: Set(kind.to_owned()),
                 service: Set(service.as_str().to_owned()),
                 payload: Set(payload),
