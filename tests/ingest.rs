@@ -27,6 +27,7 @@ const LIMITS: Limits = Limits {
 };
 
 on_databases!(
+    deliveries_are_indexed_by_age_and_the_migration_rolls_back,
     one_transaction_applies_a_batch_as_if_one_by_one,
     a_video_callback_reads_only_its_scene_and_the_one_before,
     a_failing_statement_costs_only_its_own_delivery,
@@ -295,6 +296,36 @@ async fn a_video_callback_reads_only_its_scene_and_the_one_before(backend: Backe
     assert_eq!(scene(&app, "p_c_s1").await.status, "verified");
     assert_eq!(scene(&app, "p_a_s1").await.status, "extracting");
     assert_eq!(scene(&app, "p_b_s2").await.status, "pending");
+}
+
+/// Retention deletes deliveries by age; nothing looks them up by project.
+async fn deliveries_are_indexed_by_age_and_the_migration_rolls_back(backend: Backend) {
+    use migration::{Migrator, MigratorTrait};
+    let Some(app) = started(backend, "ingest_indexes", &[]).await else {
+        return;
+    };
+    let index = |name: &str| match db(&app).get_database_backend() {
+        sea_orm::DbBackend::Postgres => {
+            format!("SELECT COUNT(*) FROM pg_indexes WHERE indexname = '{name}'")
+        }
+        _ => format!("SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND name = '{name}'"),
+    };
+    let by_age = index("idx_webhook_deliveries_received_at");
+    let by_project = index("idx_webhook_deliveries_project");
+    assert_eq!(
+        (count(&app, &by_age).await, count(&app, &by_project).await),
+        (1, 0)
+    );
+    Migrator::down(db(&app), Some(1)).await.unwrap();
+    assert_eq!(
+        (count(&app, &by_age).await, count(&app, &by_project).await),
+        (0, 1)
+    );
+    Migrator::up(db(&app), None).await.unwrap();
+    assert_eq!(
+        (count(&app, &by_age).await, count(&app, &by_project).await),
+        (1, 0)
+    );
 }
 
 async fn a_failing_statement_costs_only_its_own_delivery(backend: Backend) {

@@ -3,12 +3,16 @@
 pub use sea_orm_migration::prelude::*;
 
 mod m20261129_000001_initial_schema;
+mod m20261129_000002_deliveries_by_age;
 
 pub struct Migrator;
 
 #[sea_orm_migration::async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261129_000001_initial_schema::Migration)]
+        vec![
+            Box::new(m20261129_000001_initial_schema::Migration),
+            Box::new(m20261129_000002_deliveries_by_age::Migration),
+        ]
     }
 }
