@@ -321,10 +321,12 @@ async fn migrations_round_trip() {
         let db = sea_orm::Database::connect(&url).await.unwrap();
         Migrator::up(&db, None).await.unwrap();
         Migrator::down(&db, None).await.unwrap();
+        // Down all the way: every migration is pending again.
         assert_eq!(
             Migrator::get_pending_migrations(&db).await.unwrap().len(),
-            1
+            Migrator::migrations().len()
         );
+        assert_eq!(Migrator::migrations().len(), 2);
         Migrator::up(&db, None).await.unwrap();
         assert!(
             Migrator::get_pending_migrations(&db)
