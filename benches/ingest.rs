@@ -13,7 +13,7 @@ use scenehook::{
     config::Config,
     db::{
         self,
-        ingest::{Batch, Submission, ingest_batch},
+        ingest::{Batch, IngestDb, Submission, ingest_batch},
         pipeline::IngestOutcome,
     },
     domain::{
@@ -65,6 +65,7 @@ async fn main() {
     db::migrate(&db).await.expect("migrations apply");
     let needed = SIZES.iter().sum::<usize>() * BATCHES_PER_SIZE;
     let seeded = seed::seed(&db, needed).await;
+    let ingest_db = IngestDb::open(&db, &config.database_url).expect("the database opens");
     let backend = if postgres.is_some() {
         "postgres"
     } else {
@@ -77,9 +78,9 @@ async fn main() {
             .collect();
         next += size * BATCHES_PER_SIZE;
         let mut times: Vec<Duration> = Vec::with_capacity(batches.len());
-        for batch in &batches {
+        for batch in batches {
             let started = Instant::now();
-            let outcomes = ingest_batch(&db, batch, &LIMITS)
+            let outcomes = ingest_batch(&ingest_db, batch, &LIMITS)
                 .await
                 .expect("the batch commits");
             times.push(started.elapsed());

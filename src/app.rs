@@ -146,7 +146,7 @@ impl Gateway {
         ];
         let outbox = Arc::new(Outbox::new(db.clone(), config.clone(), reporter.clone()));
         let ingestor = db::ingest::Ingestor::start(
-            db.clone(),
+            db::ingest::IngestDb::open(&db, &config.database_url)?,
             limits(&config),
             config.database.ingest_writers,
             config.database.ingest_batch_max,

@@ -481,6 +481,14 @@ impl Config {
         {
             problems
                 .push("DATABASE_URL must start with sqlite:, postgres:// or postgresql://".into());
+        } else if self.database_url.starts_with("sqlite:")
+            && crate::db::sqlite_file(&self.database_url).is_none()
+        {
+            problems.push(
+                "DATABASE_URL names an in-memory SQLite database, which loses every \
+                 acknowledged webhook at restart: name a file"
+                    .into(),
+            );
         }
         if !self.redis_url.is_empty() && Url::parse(&self.redis_url).is_err() {
             problems.push("REDIS_URL is not a valid URL".to_owned());
@@ -656,6 +664,15 @@ mod tests {
         assert!(err.to_string().contains("services.last_frame.url"), "{err}");
         let err = with_env(&[("OPERATOR_API_KEYS", "a:b:admin")]).unwrap_err();
         assert!(err.to_string().contains("operator_api_keys"), "{err}");
+    }
+
+    #[test]
+    fn an_in_memory_sqlite_database_is_refused() {
+        for url in ["sqlite::memory:", "sqlite://:memory:", "sqlite://x.db?mode=memory"] {
+            let err = with_env(&[("DATABASE_URL", url)]).unwrap_err();
+            assert!(err.to_string().contains("in-memory"), "{url}: {err}");
+        }
+        assert!(with_env(&[("DATABASE_URL", "sqlite://data/x.db?mode=rwc")]).is_ok());
     }
 
     #[test]

@@ -8,7 +8,7 @@ use common::*;
 use scenehook::{
     db::{
         self,
-        ingest::{Batch, Submission, ingest_batch},
+        ingest::{Batch, IngestDb, Submission, ingest_batch},
         pipeline::{IngestOutcome, PipelineError},
     },
     domain::{
@@ -41,6 +41,14 @@ backend_tests!(
     a_late_task_id_does_not_overwrite_a_committed_callback
 );
 
+// SQLite's ingestion runs on a connection of its own (`db::ingest::SqliteWriter`).
+backend_tests!(
+    sqlite_only,
+    Embedded;
+    statistics_do_not_make_sqlite_reprepare_the_ingestion_statements,
+    sqlite_ingestion_stores_timestamps_as_the_other_connection_does
+);
+
 /// Projects `ids`, two scenes each, generation started and `scene_001` answered with task
 /// `task_<project>`.
 async fn started(backend: Backend, test: &str, ids: &[&str]) -> Option<TestApp> {
@@ -70,6 +78,10 @@ async fn started(backend: Backend, test: &str, ids: &[&str]) -> Option<TestApp> 
 
 fn db(app: &TestApp) -> &DatabaseConnection {
     &app.gateway.state.db
+}
+
+fn ingest_db(app: &TestApp) -> &IngestDb {
+    app.gateway.state.ingestor.db()
 }
 
 fn submission(kind: WebhookKind, key: &str, body: serde_json::Value) -> Submission {
@@ -167,7 +179,7 @@ async fn one_transaction_applies_a_batch_as_if_one_by_one(backend: Backend) {
             video_done("k_unknown", "p_nope", "task_x"),
         ]
     };
-    let outcomes = ingest_batch(db(&app), &batch(submissions()), &LIMITS)
+    let outcomes = ingest_batch(ingest_db(&app), batch(submissions()), &LIMITS)
         .await
         .unwrap();
     assert_eq!(
@@ -206,7 +218,7 @@ async fn one_transaction_applies_a_batch_as_if_one_by_one(backend: Backend) {
 
     // The same deliveries again: the committed ones are duplicates, the rejected ones are
     // judged again (nothing of them was kept).
-    let again = ingest_batch(db(&app), &batch(submissions()), &LIMITS)
+    let again = ingest_batch(ingest_db(&app), batch(submissions()), &LIMITS)
         .await
         .unwrap();
     assert_eq!(
@@ -237,7 +249,7 @@ async fn a_video_callback_reads_only_its_scene_and_the_one_before(backend: Backe
         video_done("c_video", "p_c", "task_p_c"),
         last_frame_done("c_frame", "p_c"),
     ]);
-    let outcomes = ingest_batch(db(&app), &first, &LIMITS).await.unwrap();
+    let outcomes = ingest_batch(ingest_db(&app), first, &LIMITS).await.unwrap();
     assert_eq!(outcome_names(&outcomes), ["accepted:1", "accepted:1"]);
     assert!(
         db::pipeline::store_video_task(db(&app), "p_c_s2", "task_p_c_2")
@@ -254,8 +266,8 @@ async fn a_video_callback_reads_only_its_scene_and_the_one_before(backend: Backe
         )
     };
     let outcomes = ingest_batch(
-        db(&app),
-        &batch(vec![
+        ingest_db(&app),
+        batch(vec![
             submission(
                 WebhookKind::VideoComplete,
                 "c2_failed",
@@ -351,7 +363,7 @@ async fn a_failing_statement_costs_only_its_own_delivery(backend: Backend) {
     }
     let splits_before = splits(&app).await;
     let outcomes = db::ingest::apply(
-        db(&app),
+        ingest_db(&app),
         batch(vec![
             video_done("k_a", "p_a", "task_p_a"),
             video_done("poison", "p_b", "task_p_b"),
@@ -476,4 +488,86 @@ async fn batch_histogram(app: &TestApp) -> (f64, f64) {
         value("scenehook_ingest_batch_size_count "),
         value("scenehook_ingest_batch_size_sum "),
     )
+}
+
+fn sqlite_writer(app: &TestApp) -> &db::ingest::SqliteWriter {
+    match ingest_db(app) {
+        IngestDb::Sqlite(writer) => writer,
+        IngestDb::Pooled(_) => panic!("SQLite ingests through its own connection"),
+    }
+}
+
+/// With STAT4 statistics (ANALYZE, `PRAGMA optimize`), SQLite re-prepares a statement whenever
+/// a bound value its plan may depend on changes: every webhook would parse and plan its
+/// lookups again, which once cost more than the rest of the write.
+async fn statistics_do_not_make_sqlite_reprepare_the_ingestion_statements(backend: Backend) {
+    let Some(app) = started(backend, "ingest_reprepare", &["p_a", "p_b", "p_c"]).await else {
+        return;
+    };
+    db(&app).execute_unprepared("ANALYZE").await.unwrap();
+    // Every statement, each batch with different values: accepted video and last-frame
+    // callbacks (scene and project updates, jobs, whole projects read) and a rejected one (its
+    // delivery deleted). The first batch prepares them (SQLite may re-prepare a statement
+    // once on its first run); after it, a re-prepare would be one per value bound.
+    let mut after_first = None;
+    for (project, key) in [("p_a", "a"), ("p_b", "b"), ("p_c", "c")] {
+        let outcomes = ingest_batch(
+            ingest_db(&app),
+            batch(vec![
+                video_done(&format!("{key}_video"), project, &format!("task_{project}")),
+                last_frame_done(&format!("{key}_frame"), project),
+                video_done(&format!("{key}_stale"), project, "an_old_task"),
+            ]),
+            &LIMITS,
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            outcome_names(&outcomes),
+            ["accepted:1", "accepted:1", "stale"]
+        );
+        let reprepared = sqlite_writer(&app).statements_reprepared().unwrap();
+        assert_eq!(*after_first.get_or_insert(reprepared), reprepared);
+    }
+}
+
+/// Both connections write timestamps as the same text, so that they sort and compare alike:
+/// retention deletes delivery rows by comparing `received_at` with a bound sqlx encodes.
+async fn sqlite_ingestion_stores_timestamps_as_the_other_connection_does(backend: Backend) {
+    let Some(app) = started(backend, "ingest_timestamps", &["p_a"]).await else {
+        return;
+    };
+    let outcomes = ingest_batch(
+        ingest_db(&app),
+        batch(vec![video_done("k_a", "p_a", "task_p_a")]),
+        &LIMITS,
+    )
+    .await
+    .unwrap();
+    assert_eq!(outcome_names(&outcomes), ["accepted:1"]);
+    let stored = text(
+        &app,
+        "SELECT received_at FROM webhook_deliveries WHERE delivery_key = 'k_a'",
+        vec![],
+    )
+    .await;
+    let parsed = chrono::DateTime::parse_from_rfc3339(&stored)
+        .unwrap_or_else(|e| panic!("{stored}: {e}"))
+        .with_timezone(&chrono::Utc);
+    let as_sqlx_writes_it = text(&app, "SELECT CAST(? AS TEXT)", vec![parsed.into()]).await;
+    assert_eq!(stored, as_sqlx_writes_it);
+}
+
+async fn text(app: &TestApp, sql: &str, values: Vec<sea_orm::Value>) -> String {
+    db(app)
+        .query_one_raw(sea_orm::Statement::from_sql_and_values(
+            db(app).get_database_backend(),
+            sql,
+            values,
+        ))
+        .await
+        .unwrap()
+        .unwrap()
+        .try_get_by_index::<String>(0)
+        .unwrap()
 }

@@ -8,7 +8,10 @@ pub mod pipeline;
 use std::time::Duration;
 
 use migration::{Migrator, MigratorTrait};
-use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
+    DbErr, SqliteTransactionMode, TransactionOptions, TransactionTrait,
+};
 
 use crate::config::Config;
 
@@ -21,8 +24,8 @@ fn statement_cache(config: &Config) -> usize {
 }
 
 /// Connects with a pool fit for the backend. SQLite gets WAL with `synchronous=NORMAL` (commits
-/// are not fsynced one by one) and a single connection: SQLite has one writer anyway, and one
-/// connection never meets `SQLITE_BUSY`.
+/// are not fsynced one by one) and a single connection: SQLite has one writer anyway.
+/// Ingestion has a connection of its own ([`ingest::IngestDb`]).
 pub async fn connect(config: &Config) -> Result<DatabaseConnection, DbErr> {
     let url = &config.database_url;
     if let Some(path) = sqlite_file(url)
@@ -60,12 +63,14 @@ pub async fn connect(config: &Config) -> Result<DatabaseConnection, DbErr> {
     Database::connect(options).await
 }
 
-fn sqlite_file(url: &str) -> Option<String> {
+/// The file a `sqlite:` URL names; `None` for an in-memory database.
+pub(crate) fn sqlite_file(url: &str) -> Option<String> {
     let rest = url
         .strip_prefix("sqlite://")
         .or_else(|| url.strip_prefix("sqlite:"))?;
     let path = rest.split('?').next()?;
-    (!path.is_empty() && path != ":memory:").then(|| path.to_owned())
+    let in_memory = path.is_empty() || path == ":memory:" || url.contains("mode=memory");
+    (!in_memory).then(|| path.to_owned())
 }
 
 pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
@@ -127,6 +132,18 @@ pub fn is_unavailable(err: &DbErr) -> bool {
         }
         _ => false,
     }
+}
+
+/// Begins a read-write transaction. On SQLite it takes the write lock at once (`IMMEDIATE`):
+/// ingestion writes through a connection of its own, and a transaction that read first and
+/// wrote second would fail outright, instead of waiting its turn, if that one committed in
+/// between.
+pub async fn begin(db: &DatabaseConnection) -> Result<DatabaseTransaction, DbErr> {
+    db.begin_with_options(TransactionOptions {
+        sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+        ..Default::default()
+    })
+    .await
 }
 
 pub fn is_postgres(db: &impl ConnectionTrait) -> bool {

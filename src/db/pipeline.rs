@@ -10,7 +10,7 @@ use sea_orm::{
     ActiveModelTrait,
     ActiveValue::Set,
     ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait,
-    IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, QueryTrait, SqlErr, TransactionTrait,
+    IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, QueryTrait, SqlErr,
     sea_query::{Condition, Expr, JoinType, OnConflict},
 };
 
@@ -235,6 +235,14 @@ pub(super) async fn load(
     if !around.is_empty() {
         scenes.extend(scenes_and_previous(txn, around).await?);
     }
+    Ok(assemble(projects, scenes))
+}
+
+/// Groups loaded rows into [`Work`]s, each with its scenes in position order, once each.
+pub(super) fn assemble(
+    projects: Vec<project::Model>,
+    mut scenes: Vec<scene::Model>,
+) -> HashMap<String, Work> {
     scenes.sort_by(|a, b| (&a.project_id, a.position).cmp(&(&b.project_id, b.position)));
     // Two wanted scenes side by side both load the first of them.
     scenes.dedup_by(|a, b| a.id == b.id);
@@ -248,7 +256,7 @@ pub(super) async fn load(
             work.push_scene(scene);
         }
     }
-    Ok(works)
+    works
 }
 
 /// The scenes `ids` and the scene before each, in one statement: a self-join over the
@@ -302,23 +310,11 @@ fn scene_state(s: &scene::Model) -> SceneState {
 pub(super) async fn write<'a>(
     txn: &DatabaseTransaction,
     works: impl Iterator<Item = &'a Work>,
-    jobs: Vec<outbox_job::ActiveModel>,
+    jobs: Vec<outbox_job::Model>,
 ) -> Result<(), DbErr> {
-    let mut projects = Vec::new();
-    let mut scenes = Vec::new();
-    for work in works {
-        if work.project_dirty {
-            projects.push(work.project.clone());
-        }
-        scenes.extend(
-            work.scenes
-                .iter()
-                .zip(&work.scene_dirty)
-                .filter(|(_, dirty)| **dirty)
-                .map(|(row, _)| row.clone()),
-        );
-    }
-    upsert_scenes(txn, scenes).await?;
+    let (projects, scenes) = changed_rows(works);
+    upsert_scenes(txn, scenes.into_iter().cloned().collect()).await?;
+    let projects: Vec<project::Model> = projects.into_iter().cloned().collect();
     use project::Column as C;
     upsert(
         txn,
@@ -335,11 +331,32 @@ pub(super) async fn write<'a>(
     )
     .await?;
     if !jobs.is_empty() {
-        outbox_job::Entity::insert_many(jobs)
+        outbox_job::Entity::insert_many(jobs.into_iter().map(as_new_row))
             .exec_without_returning(txn)
             .await?;
     }
     Ok(())
+}
+
+/// The rows of `works` that transitions changed.
+pub(super) fn changed_rows<'a>(
+    works: impl Iterator<Item = &'a Work>,
+) -> (Vec<&'a project::Model>, Vec<&'a scene::Model>) {
+    let mut projects = Vec::new();
+    let mut scenes = Vec::new();
+    for work in works {
+        if work.project_dirty {
+            projects.push(&work.project);
+        }
+        scenes.extend(
+            work.scenes
+                .iter()
+                .zip(&work.scene_dirty)
+                .filter(|(_, dirty)| **dirty)
+                .map(|(row, _)| row),
+        );
+    }
+    (projects, scenes)
 }
 
 async fn upsert_scenes(txn: &DatabaseTransaction, rows: Vec<scene::Model>) -> Result<(), DbErr> {
@@ -455,7 +472,7 @@ pub async fn create_project(
     new: NewProject,
 ) -> Result<ProjectWithScenes, PipelineError> {
     let now = Utc::now();
-    let txn = db.begin().await?;
+    let txn = super::begin(db).await?;
     let project = new_project_row(new.id.clone(), new.name, now);
     let scenes: Vec<scene::ActiveModel> = new
         .scenes
@@ -522,7 +539,7 @@ pub async fn generate(
     project_id: &str,
     jobs: &JobContext,
 ) -> Result<Effects, PipelineError> {
-    let txn = db.begin().await?;
+    let txn = super::begin(db).await?;
     let now = Utc::now();
     let mut works = load(&txn, &BTreeMap::from([(project_id, ScenesWanted::All)])).await?;
     let work = works
@@ -545,7 +562,7 @@ pub async fn store_video_task(
     scene_id: &str,
     task_id: &str,
 ) -> Result<bool, DbErr> {
-    let txn = db.begin().await?;
+    let txn = super::begin(db).await?;
     // Locked, so that a callback committing meanwhile is read rather than overwritten.
     let mut query = scene::Entity::find_by_id(scene_id.to_owned());
     if super::is_postgres(&txn) {

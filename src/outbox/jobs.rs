@@ -2,7 +2,6 @@
 
 use chrono::{DateTime, Utc};
 use entity::outbox_job;
-use sea_orm::ActiveValue::Set;
 use serde_json::json;
 
 use crate::domain::{Job, ids::time_ordered_token};
@@ -60,23 +59,23 @@ pub fn new_job_rows(
     jobs: &[Job],
     ctx: &JobContext,
     now: DateTime<Utc>,
-) -> Vec<outbox_job::ActiveModel> {
+) -> Vec<outbox_job::Model> {
     jobs.iter()
         .map(|job| {
             let (kind, service, payload) = request(project_id, job, ctx);
-            outbox_job::ActiveModel {
+            outbox_job::Model {
                 // Time-ordered: the outbox's primary key index grows at its end.
-                id: Set(format!("job_{}", time_ordered_token(16))),
-                kind: Set(kind.to_owned()),
-                service: Set(service.as_str().to_owned()),
-                payload: Set(payload),
-                status: Set("pending".to_owned()),
-                attempts: Set(0),
-                next_attempt_at: Set(now),
-                last_error: Set(None),
-                request_id: Set(ctx.request_id.clone()),
-                created_at: Set(now),
-                updated_at: Set(now),
+                id: format!("job_{}", time_ordered_token(16)),
+                kind: kind.to_owned(),
+                service: service.as_str().to_owned(),
+                payload,
+                status: "pending".to_owned(),
+                attempts: 0,
+                next_attempt_at: now,
+                last_error: None,
+                request_id: ctx.request_id.clone(),
+                created_at: now,
+                updated_at: now,
             }
         })
         .collect()

@@ -8,24 +8,33 @@
 //! form on their own from the requests that arrive while the previous batch commits. Every
 //! delivery keeps the guarantees of a transaction of its own: its delivery row, state change
 //! and outbox rows commit together or not at all, and a rejected delivery leaves no row.
+//!
+//! Postgres runs the transaction through sea-orm's pool; SQLite through a connection of its
+//! own driven directly ([`sqlite`]), where the per-statement and per-row hops of sqlx's SQLite
+//! worker thread cost several times what SQLite itself spends. The decisions are shared: both
+//! claim the deliveries, read [`scenes_wanted`], run [`apply_transitions`] and write what
+//! changed.
+
+mod sqlite;
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     sync::Arc,
 };
 
-use chrono::Utc;
-use entity::webhook_delivery;
+use chrono::{DateTime, Utc};
+use entity::{outbox_job, webhook_delivery};
 use sea_orm::{
     ActiveValue::{NotSet, Set},
     ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait,
-    FromQueryResult, QueryFilter, QueryTrait, RuntimeErr, TransactionTrait,
+    FromQueryResult, QueryFilter, QueryTrait, RuntimeErr,
     sea_query::{OnConflict, Query},
 };
+pub use sqlite::SqliteWriter;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::pipeline::{
-    IngestOutcome, Observation, PipelineError, ScenesWanted, load, record, write,
+    IngestOutcome, Observation, PipelineError, ScenesWanted, Work, load, record, write,
 };
 use crate::{
     domain::{Limits, ScenesRead, apply_callback, scenes_read, webhook::Callback},
@@ -73,25 +82,75 @@ impl Batch {
     }
 }
 
+/// Where a batch is written: Postgres through sea-orm's pool; SQLite through a connection of
+/// its own ([`sqlite::SqliteWriter`]), driven directly on a blocking thread.
+#[derive(Clone)]
+pub enum IngestDb {
+    Pooled(DatabaseConnection),
+    Sqlite(Arc<SqliteWriter>),
+}
+
+impl IngestDb {
+    /// The ingestion side of `db`, opened at `url` (the URL `db` was connected with).
+    pub fn open(db: &DatabaseConnection, url: &str) -> Result<Self, DbErr> {
+        if super::is_postgres(db) {
+            return Ok(Self::Pooled(db.clone()));
+        }
+        let path = super::sqlite_file(url).ok_or_else(|| {
+            DbErr::Custom("ingestion needs a SQLite database in a file, not in memory".into())
+        })?;
+        Ok(Self::Sqlite(Arc::new(SqliteWriter::open(&path)?)))
+    }
+
+    fn is_postgres(&self) -> bool {
+        matches!(self, Self::Pooled(db) if super::is_postgres(db))
+    }
+}
+
 /// Applies a batch in one transaction and returns each submission's outcome, in order.
 /// `Err` means the transaction as a whole failed and nothing was written.
 pub async fn ingest_batch(
-    db: &DatabaseConnection,
-    batch: &Batch,
+    db: &IngestDb,
+    batch: Batch,
     limits: &Limits,
 ) -> Result<Vec<Reply>, DbErr> {
-    transaction(db, batch, limits, || {}).await
+    transaction(db, batch, limits, || {}).await.1
 }
 
 /// [`ingest_batch`], calling `before_commit` once the batch's statements have run.
 async fn transaction(
+    db: &IngestDb,
+    batch: Batch,
+    limits: &Limits,
+    before_commit: impl FnOnce() + Send + 'static,
+) -> (Batch, Result<Vec<Reply>, DbErr>) {
+    match db {
+        IngestDb::Pooled(db) => {
+            let result = pooled_transaction(db, &batch, limits, before_commit).await;
+            (batch, result)
+        }
+        IngestDb::Sqlite(writer) => {
+            let (writer, limits) = (writer.clone(), *limits);
+            tokio::task::spawn_blocking(move || {
+                let result = writer.transaction(&batch, &limits, before_commit);
+                (batch, result)
+            })
+            .await
+            // A panic is the caller's to contain, as it would be on the async path.
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+        }
+    }
+}
+
+/// The transaction through sea-orm: a fixed number of multi-row statements per batch.
+async fn pooled_transaction(
     db: &DatabaseConnection,
     batch: &Batch,
     limits: &Limits,
     before_commit: impl FnOnce(),
 ) -> Result<Vec<Reply>, DbErr> {
     let now = Utc::now();
-    let txn = db.begin().await?;
+    let txn = super::begin(db).await?;
     // Inserting first claims each delivery: a concurrent transaction holding the same key
     // makes this insert wait for its outcome, then skip the row if it committed.
     let rows = batch.items.iter().map(|s| webhook_delivery::ActiveModel {
@@ -105,15 +164,42 @@ async fn transaction(
         received_at: Set(now),
     });
     let inserted = claim_deliveries(&txn, rows).await?;
-    let claimed: HashMap<(&str, &str), i64> = inserted
+    let inserted: HashMap<(&str, &str), i64> = inserted
         .iter()
         .map(|c| ((c.kind.as_str(), c.delivery_key.as_str()), c.id))
         .collect();
+    let claims: Claims = batch
+        .items
+        .iter()
+        .map(|s| inserted.get(&(s.kind, s.key.as_str())).copied())
+        .collect();
+    let mut works = load(&txn, &scenes_wanted(batch, &claims)).await?;
+    let applied = apply_transitions(batch, &claims, &mut works, limits, now);
+    if !applied.rejected.is_empty() {
+        // A rejected delivery is not recorded: once fixed, the sender's retry is applied.
+        webhook_delivery::Entity::delete_many()
+            .filter(webhook_delivery::Column::Id.is_in(applied.rejected))
+            .exec(&txn)
+            .await?;
+    }
+    write(&txn, works.values(), applied.jobs).await?;
+    before_commit();
+    txn.commit().await?;
+    record(applied.observations);
+    Ok(applied.replies)
+}
+
+/// Each submission's delivery row, as this transaction inserted it, in batch order; `None`
+/// for a delivery already stored (a duplicate).
+type Claims = Vec<Option<i64>>;
+
+/// The rows the claimed submissions' transitions read, by project.
+fn scenes_wanted<'b>(
+    batch: &'b Batch,
+    claims: &[Option<i64>],
+) -> BTreeMap<&'b str, ScenesWanted<'b>> {
     let mut wanted: BTreeMap<&str, ScenesWanted> = BTreeMap::new();
-    for submission in &batch.items {
-        if !claimed.contains_key(&(submission.kind, submission.key.as_str())) {
-            continue;
-        }
+    for (submission, _) in batch.items.iter().zip(claims).filter(|(_, c)| c.is_some()) {
         let project = wanted
             .entry(submission.callback.project_id().as_str())
             .or_insert(ScenesWanted::Around(Vec::new()));
@@ -123,56 +209,64 @@ async fn transaction(
             (ScenesRead::All, _) => *project = ScenesWanted::All,
         }
     }
-    let mut works = load(&txn, &wanted).await?;
+    wanted
+}
 
-    let mut replies = Vec::with_capacity(batch.len());
-    let mut rejected = Vec::new();
-    let mut jobs = Vec::new();
-    let mut observations: Vec<Observation> = Vec::new();
-    for submission in &batch.items {
-        let Some(&delivery_id) = claimed.get(&(submission.kind, submission.key.as_str())) else {
-            replies.push(Ok(IngestOutcome::Duplicate));
+/// A batch's transitions, applied in memory in order: what to answer, which delivery rows to
+/// take back, the jobs to queue and the metrics to record once committed.
+struct Applied {
+    replies: Vec<Reply>,
+    rejected: Vec<i64>,
+    jobs: Vec<outbox_job::Model>,
+    observations: Vec<Observation>,
+}
+
+fn apply_transitions(
+    batch: &Batch,
+    claims: &[Option<i64>],
+    works: &mut HashMap<String, Work>,
+    limits: &Limits,
+    now: DateTime<Utc>,
+) -> Applied {
+    let mut applied = Applied {
+        replies: Vec::with_capacity(batch.len()),
+        rejected: Vec::new(),
+        jobs: Vec::new(),
+        observations: Vec::new(),
+    };
+    for (submission, claim) in batch.items.iter().zip(claims) {
+        let Some(delivery_id) = *claim else {
+            applied.replies.push(Ok(IngestOutcome::Duplicate));
             continue;
         };
         let project_id = submission.callback.project_id().as_str();
-        let applied = match works.get_mut(project_id) {
+        let outcome = match works.get_mut(project_id) {
             None => Err(PipelineError::ProjectNotFound),
             Some(work) => work
                 .apply(
                     |state| apply_callback(state, &submission.callback, limits),
                     now,
-                    &mut observations,
+                    &mut applied.observations,
                 )
                 .map_err(PipelineError::Transition),
         };
-        match applied {
+        match outcome {
             Ok(effects) => {
-                jobs.extend(new_job_rows(
+                applied.jobs.extend(new_job_rows(
                     project_id,
                     &effects.jobs,
                     &submission.jobs,
                     now,
                 ));
-                replies.push(Ok(IngestOutcome::Accepted(effects)));
+                applied.replies.push(Ok(IngestOutcome::Accepted(effects)));
             }
             Err(e) => {
-                rejected.push(delivery_id);
-                replies.push(Err(e));
+                applied.rejected.push(delivery_id);
+                applied.replies.push(Err(e));
             }
         }
     }
-    if !rejected.is_empty() {
-        // A rejected delivery is not recorded: once fixed, the sender's retry is applied.
-        webhook_delivery::Entity::delete_many()
-            .filter(webhook_delivery::Column::Id.is_in(rejected))
-            .exec(&txn)
-            .await?;
-    }
-    write(&txn, works.values(), jobs).await?;
-    before_commit();
-    txn.commit().await?;
-    record(observations);
-    Ok(replies)
+    applied
 }
 
 /// A delivery row this transaction inserted.
@@ -213,16 +307,13 @@ struct Pending {
 #[derive(Clone)]
 pub struct Ingestor {
     queue: mpsc::Sender<Pending>,
+    db: IngestDb,
 }
 
 impl Ingestor {
-    /// Starts `writers` writer tasks (one on SQLite, which has a single connection).
-    pub fn start(db: DatabaseConnection, limits: Limits, writers: usize, batch_max: usize) -> Self {
-        let writers = if super::is_postgres(&db) {
-            writers.max(1)
-        } else {
-            1
-        };
+    /// Starts `writers` writer tasks (one on SQLite, which has a single writer).
+    pub fn start(db: IngestDb, limits: Limits, writers: usize, batch_max: usize) -> Self {
+        let writers = if db.is_postgres() { writers.max(1) } else { 1 };
         let batch_max = batch_max.max(1);
         let (queue, receiver) = mpsc::channel(batch_max * writers * 4);
         let receiver = Arc::new(Mutex::new(receiver));
@@ -235,7 +326,12 @@ impl Ingestor {
             };
             tokio::spawn(writer.run());
         }
-        Self { queue }
+        Self { queue, db }
+    }
+
+    /// Where this ingestor writes.
+    pub fn db(&self) -> &IngestDb {
+        &self.db
     }
 
     /// Applies one delivery and answers once it is committed (or rejected).
@@ -255,7 +351,7 @@ impl Ingestor {
 }
 
 struct Writer {
-    db: DatabaseConnection,
+    db: IngestDb,
     limits: Limits,
     batch_max: usize,
     receiver: Arc<Mutex<mpsc::Receiver<Pending>>>,
@@ -350,18 +446,19 @@ async fn contain_panic(
 
 /// Applies a batch: in one transaction ([`ingest_batch`]) or, if that transaction fails on a
 /// statement, one delivery at a time. Returns each submission's outcome, in order.
-pub async fn apply(db: &DatabaseConnection, batch: Batch, limits: &Limits) -> Vec<Reply> {
+pub async fn apply(db: &IngestDb, batch: Batch, limits: &Limits) -> Vec<Reply> {
     apply_batch(db, batch, limits, || {}).await
 }
 
 async fn apply_batch(
-    db: &DatabaseConnection,
+    db: &IngestDb,
     batch: Batch,
     limits: &Limits,
-    before_commit: impl FnOnce(),
+    before_commit: impl FnOnce() + Send + 'static,
 ) -> Vec<Reply> {
     metrics::histogram!("scenehook_ingest_batch_size").record(batch.len() as f64);
-    match transaction(db, &batch, limits, before_commit).await {
+    let (batch, result) = transaction(db, batch, limits, before_commit).await;
+    match result {
         Ok(outcomes) => outcomes,
         // The database is unreachable: every delivery gets the same answer (retry later),
         // without waiting out the connection timeout once per delivery.
@@ -377,7 +474,7 @@ async fn apply_batch(
             for submission in batch.items {
                 let mut single = Batch::default();
                 let _ = single.push(submission);
-                outcomes.push(match ingest_batch(db, &single, limits).await {
+                outcomes.push(match ingest_batch(db, single, limits).await {
                     Ok(mut outcome) => outcome.remove(0),
                     Err(e) => Err(PipelineError::Db(e)),
                 });

@@ -1,0 +1,402 @@
+//! SQLite's ingestion transaction, on a connection of its own driven directly (rusqlite) on a
+//! blocking thread: cached prepared statements, one row at a time, values bound and read by
+//! position. SQLite runs in-process, so a statement per row costs a few microseconds; through
+//! sqlx's SQLite worker each statement and each row cross a thread and are copied, several
+//! times what SQLite spends on them (docs/PERFORMANCE.md).
+//!
+//! The rest of the gateway reaches the same file through sea-orm's connection, so this one
+//! begins `IMMEDIATE`: it takes the write lock up front and waits for it (busy timeout)
+//! instead of failing when another connection wrote first.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use entity::{outbox_job, project, scene};
+use parking_lot::Mutex;
+use rusqlite::{
+    Connection, OpenFlags, OptionalExtension, Row, StatementStatus, TransactionBehavior, params,
+    types::ValueRef,
+};
+use sea_orm::{DbErr, RuntimeErr};
+
+use super::{Batch, Claims, Reply, apply_transitions, scenes_wanted};
+use crate::{
+    db::pipeline::{ScenesWanted, Work, assemble, changed_rows, record},
+    domain::Limits,
+};
+
+const CLAIM_DELIVERY: &str = "INSERT INTO webhook_deliveries \
+     (kind, delivery_key, task_id, scene_id, project_id, outcome, received_at) \
+     VALUES (?1, ?2, ?3, ?4, ?5, 'accepted', ?6) \
+     ON CONFLICT (kind, delivery_key) DO NOTHING RETURNING id";
+const DELETE_DELIVERY: &str = "DELETE FROM webhook_deliveries WHERE id = ?1";
+// Ids are compared with `(SELECT ?1)` rather than `?1`: with SQLite's STAT4 statistics (after
+// an ANALYZE or `PRAGMA optimize`), a statement whose plan may depend on a bound value is
+// re-prepared, parsed and planned again, whenever that value changes, which is every time
+// here. A subquery's value is not known to the planner, and the unique index serves it alike.
+const PROJECT: &str = "SELECT id, name, status, final_video_url, stitch_attempts, last_error, \
+     created_at, updated_at, completed_at FROM projects WHERE id = (SELECT ?1)";
+macro_rules! scene_columns {
+    () => {
+        "s.id, s.project_id, s.position, s.prompt, s.status, s.video_task_id, s.video_url, \
+         s.first_frame_url, s.last_frame_url, s.attempts, s.extract_attempts, s.last_error, \
+         s.verified_at, s.status_changed_at, s.created_at, s.updated_at"
+    };
+}
+const SCENES_OF: &str = concat!(
+    "SELECT ",
+    scene_columns!(),
+    " FROM scenes s WHERE s.project_id = (SELECT ?1)"
+);
+const SCENE_AND_PREVIOUS: &str = concat!(
+    "SELECT ",
+    scene_columns!(),
+    " FROM scenes target JOIN scenes s ON s.project_id = target.project_id \
+     AND s.position BETWEEN target.position - 1 AND target.position \
+     WHERE target.id = (SELECT ?1)"
+);
+const UPDATE_SCENE: &str = "UPDATE scenes SET status = ?2, video_task_id = ?3, video_url = ?4, \
+     first_frame_url = ?5, last_frame_url = ?6, attempts = ?7, extract_attempts = ?8, \
+     last_error = ?9, verified_at = ?10, status_changed_at = ?11, updated_at = ?12 WHERE id = (SELECT ?1)";
+const UPDATE_PROJECT: &str = "UPDATE projects SET status = ?2, final_video_url = ?3, \
+     stitch_attempts = ?4, last_error = ?5, completed_at = ?6, updated_at = ?7 WHERE id = (SELECT ?1)";
+const INSERT_JOB: &str = "INSERT INTO outbox_jobs (id, kind, service, payload, status, attempts, \
+     next_attempt_at, last_error, request_id, created_at, updated_at) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
+
+/// The ingestion connection. One writer task uses it, a batch at a time.
+pub struct SqliteWriter {
+    connection: Mutex<Connection>,
+}
+
+impl SqliteWriter {
+    /// Opens the database file the gateway migrated, with the settings of its other
+    /// connection (WAL, `synchronous=NORMAL`, foreign keys, statement journals in memory).
+    pub fn open(path: &str) -> Result<Self, DbErr> {
+        let connection = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(db_err)?;
+        connection
+            .busy_timeout(Duration::from_secs(5))
+            .map_err(db_err)?;
+        connection
+            .pragma_update_and_check(None, "journal_mode", "WAL", |_| Ok(()))
+            .map_err(db_err)?;
+        for (pragma, value) in [
+            ("synchronous", "NORMAL"),
+            ("foreign_keys", "ON"),
+            ("temp_store", "MEMORY"),
+        ] {
+            connection
+                .pragma_update(None, pragma, value)
+                .map_err(db_err)?;
+        }
+        connection.set_prepared_statement_cache_capacity(16);
+        Ok(Self {
+            connection: Mutex::new(connection),
+        })
+    }
+
+    /// How many times SQLite has re-prepared the ingestion statements since they were cached.
+    /// It does not grow with use while their plans do not depend on the values bound (see
+    /// `PROJECT`). For tests and diagnostics.
+    pub fn statements_reprepared(&self) -> Result<i32, DbErr> {
+        let connection = self.connection.lock();
+        let mut total = 0;
+        for sql in [
+            CLAIM_DELIVERY,
+            DELETE_DELIVERY,
+            PROJECT,
+            SCENES_OF,
+            SCENE_AND_PREVIOUS,
+            UPDATE_SCENE,
+            UPDATE_PROJECT,
+            INSERT_JOB,
+        ] {
+            total += connection
+                .prepare_cached(sql)
+                .map_err(db_err)?
+                .get_status(StatementStatus::RePrepare);
+        }
+        Ok(total)
+    }
+
+    /// Applies `batch` in one transaction, as the pooled path does; blocks.
+    pub(super) fn transaction(
+        &self,
+        batch: &Batch,
+        limits: &Limits,
+        before_commit: impl FnOnce(),
+    ) -> Result<Vec<Reply>, DbErr> {
+        let now = Utc::now();
+        let mut connection = self.connection.lock();
+        let txn = connection
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db_err)?;
+        let claims = claim_deliveries(&txn, batch, now).map_err(db_err)?;
+        let mut works = load(&txn, &scenes_wanted(batch, &claims)).map_err(db_err)?;
+        let applied = apply_transitions(batch, &claims, &mut works, limits, now);
+        write(&txn, &applied.rejected, &works, &applied.jobs).map_err(db_err)?;
+        before_commit();
+        txn.commit().map_err(db_err)?;
+        record(applied.observations);
+        Ok(applied.replies)
+    }
+}
+
+fn claim_deliveries(
+    txn: &Connection,
+    batch: &Batch,
+    now: DateTime<Utc>,
+) -> rusqlite::Result<Claims> {
+    let mut claim = txn.prepare_cached(CLAIM_DELIVERY)?;
+    let received_at = timestamp(&now);
+    batch
+        .items
+        .iter()
+        .map(|s| {
+            claim
+                .query_row(
+                    params![
+                        s.kind,
+                        s.key,
+                        s.callback.task_id(),
+                        s.callback.scene_id().map(|id| id.as_str()),
+                        s.callback.project_id().as_str(),
+                        received_at,
+                    ],
+                    |row| row.get(0),
+                )
+                .optional()
+        })
+        .collect()
+}
+
+fn load(
+    txn: &Connection,
+    wanted: &BTreeMap<&str, ScenesWanted<'_>>,
+) -> rusqlite::Result<std::collections::HashMap<String, Work>> {
+    let mut project_by_id = txn.prepare_cached(PROJECT)?;
+    let mut scenes_of = txn.prepare_cached(SCENES_OF)?;
+    let mut scene_and_previous = txn.prepare_cached(SCENE_AND_PREVIOUS)?;
+    let mut projects = Vec::with_capacity(wanted.len());
+    let mut scenes = Vec::new();
+    for (&id, want) in wanted {
+        let Some(project) = project_by_id.query_row([id], project_row).optional()? else {
+            continue;
+        };
+        projects.push(project);
+        match want {
+            ScenesWanted::All => {
+                for scene in scenes_of.query_map([id], scene_row)? {
+                    scenes.push(scene?);
+                }
+            }
+            ScenesWanted::Around(ids) => {
+                for scene_id in ids {
+                    for scene in scene_and_previous.query_map([scene_id], scene_row)? {
+                        scenes.push(scene?);
+                    }
+                }
+            }
+        }
+    }
+    Ok(assemble(projects, scenes))
+}
+
+fn write(
+    txn: &Connection,
+    rejected: &[i64],
+    works: &std::collections::HashMap<String, Work>,
+    jobs: &[outbox_job::Model],
+) -> rusqlite::Result<()> {
+    if !rejected.is_empty() {
+        // A rejected delivery is not recorded: once fixed, the sender's retry is applied.
+        let mut delete = txn.prepare_cached(DELETE_DELIVERY)?;
+        for id in rejected {
+            delete.execute([id])?;
+        }
+    }
+    let (projects, scenes) = changed_rows(works.values());
+    if !scenes.is_empty() {
+        let mut update = txn.prepare_cached(UPDATE_SCENE)?;
+        for s in scenes {
+            update.execute(params![
+                s.id,
+                s.status,
+                s.video_task_id,
+                s.video_url,
+                s.first_frame_url,
+                s.last_frame_url,
+                s.attempts,
+                s.extract_attempts,
+                s.last_error,
+                s.verified_at.as_ref().map(timestamp),
+                s.status_changed_at.as_ref().map(timestamp),
+                timestamp(&s.updated_at),
+            ])?;
+        }
+    }
+    if !projects.is_empty() {
+        let mut update = txn.prepare_cached(UPDATE_PROJECT)?;
+        for p in projects {
+            update.execute(params![
+                p.id,
+                p.status,
+                p.final_video_url,
+                p.stitch_attempts,
+                p.last_error,
+                p.completed_at.as_ref().map(timestamp),
+                timestamp(&p.updated_at),
+            ])?;
+        }
+    }
+    if !jobs.is_empty() {
+        let mut insert = txn.prepare_cached(INSERT_JOB)?;
+        for j in jobs {
+            insert.execute(params![
+                j.id,
+                j.kind,
+                j.service,
+                j.payload.to_string(),
+                j.status,
+                j.attempts,
+                timestamp(&j.next_attempt_at),
+                j.last_error,
+                j.request_id,
+                timestamp(&j.created_at),
+                timestamp(&j.updated_at),
+            ])?;
+        }
+    }
+    Ok(())
+}
+
+fn project_row(row: &Row) -> rusqlite::Result<project::Model> {
+    Ok(project::Model {
+        id: row.get(0)?,
+        name: row.get(1)?,
+        status: row.get(2)?,
+        final_video_url: row.get(3)?,
+        stitch_attempts: row.get(4)?,
+        last_error: row.get(5)?,
+        created_at: at(row, 6)?,
+        updated_at: at(row, 7)?,
+        completed_at: optional_at(row, 8)?,
+    })
+}
+
+fn scene_row(row: &Row) -> rusqlite::Result<scene::Model> {
+    Ok(scene::Model {
+        id: row.get(0)?,
+        project_id: row.get(1)?,
+        position: row.get(2)?,
+        prompt: row.get(3)?,
+        status: row.get(4)?,
+        video_task_id: row.get(5)?,
+        video_url: row.get(6)?,
+        first_frame_url: row.get(7)?,
+        last_frame_url: row.get(8)?,
+        attempts: row.get(9)?,
+        extract_attempts: row.get(10)?,
+        last_error: row.get(11)?,
+        verified_at: optional_at(row, 12)?,
+        status_changed_at: optional_at(row, 13)?,
+        created_at: at(row, 14)?,
+        updated_at: at(row, 15)?,
+    })
+}
+
+/// A stored timestamp: RFC 3339 by chrono's dedicated parser (several times faster than the
+/// format-string parse rusqlite's own conversion uses), anything else as rusqlite reads it.
+fn at(row: &Row, index: usize) -> rusqlite::Result<DateTime<Utc>> {
+    if let Ok(text) = row.get_ref(index)?.as_str()
+        && let Ok(at) = DateTime::parse_from_rfc3339(text)
+    {
+        return Ok(at.with_timezone(&Utc));
+    }
+    row.get(index)
+}
+
+fn optional_at(row: &Row, index: usize) -> rusqlite::Result<Option<DateTime<Utc>>> {
+    match row.get_ref(index)? {
+        ValueRef::Null => Ok(None),
+        _ => at(row, index).map(Some),
+    }
+}
+
+/// A timestamp as the gateway's other connection (sqlx) stores it: RFC 3339 text, so that
+/// both sort and compare alike (retention deletes by comparing them).
+fn timestamp(at: &DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::AutoSi, false)
+}
+
+/// A failure as the pooled path reports it: a busy or unreachable database is unavailable
+/// (the sender retries later); anything else failed a statement.
+fn db_err(e: rusqlite::Error) -> DbErr {
+    use rusqlite::ErrorCode;
+    let unavailable = matches!(
+        e.sqlite_error_code(),
+        Some(
+            ErrorCode::DatabaseBusy
+                | ErrorCode::DatabaseLocked
+                | ErrorCode::SystemIoFailure
+                | ErrorCode::CannotOpen
+                | ErrorCode::DiskFull
+        )
+    );
+    let error = RuntimeErr::Internal(e.to_string());
+    if unavailable {
+        DbErr::Conn(error)
+    } else {
+        DbErr::Exec(error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `(SELECT ?1)` keeps the planner from re-preparing per value; it must not cost the
+    /// lookups their index either.
+    #[tokio::test]
+    async fn every_lookup_searches_an_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = crate::config::Config::defaults();
+        config.database_url = format!("sqlite://{}/plans.db?mode=rwc", dir.path().display());
+        let db = crate::db::connect(&config).await.unwrap();
+        crate::db::migrate(&db).await.unwrap();
+        let writer =
+            SqliteWriter::open(&crate::db::sqlite_file(&config.database_url).unwrap()).unwrap();
+        let connection = writer.connection.lock();
+        for sql in [
+            PROJECT,
+            SCENES_OF,
+            SCENE_AND_PREVIOUS,
+            UPDATE_SCENE,
+            UPDATE_PROJECT,
+        ] {
+            let mut explain = connection
+                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .unwrap();
+            // Unbound parameters are NULL: the plan is what matters.
+            let mut rows = explain.raw_query();
+            let mut steps = Vec::new();
+            while let Some(row) = rows.next().unwrap() {
+                let step: String = row.get(3).unwrap();
+                // `(SELECT ?1)` itself is one constant row.
+                if (step.starts_with("SCAN") || step.starts_with("SEARCH"))
+                    && step != "SCAN CONSTANT ROW"
+                {
+                    steps.push(step);
+                }
+            }
+            assert!(
+                !steps.is_empty() && steps.iter().all(|step| step.starts_with("SEARCH")),
+                "{sql}: {steps:?}"
+            );
+        }
+    }
+}
