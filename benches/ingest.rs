@@ -65,7 +65,9 @@ async fn main() {
     db::migrate(&db).await.expect("migrations apply");
     let needed = SIZES.iter().sum::<usize>() * BATCHES_PER_SIZE;
     let seeded = seed::seed(&db, needed).await;
-    let ingest_db = IngestDb::open(&db, &config.database_url).expect("the database opens");
+    let ingest_db = IngestDb::open(&db, &config)
+        .await
+        .expect("the database opens");
     let backend = if postgres.is_some() {
         "postgres"
     } else {

@@ -8,9 +8,7 @@
 #[path = "support/seed.rs"]
 mod seed;
 
-use migration::{Migrator, MigratorTrait};
-use scenehook::signature::sign_hex;
-use sea_orm::Database;
+use scenehook::{config::Config, db, signature::sign_hex};
 
 #[tokio::main]
 async fn main() {
@@ -37,8 +35,10 @@ async fn main() {
     let parts: usize = flag("--parts")
         .map(|p| p.parse().expect("--parts is a number"))
         .unwrap_or(1);
-    let db = Database::connect(&url).await.expect("the database answers");
-    Migrator::up(&db, None).await.expect("migrations apply");
+    let mut config = Config::defaults();
+    config.database_url = url;
+    let db = db::connect(&config).await.expect("the database answers");
+    db::migrate(&db).await.expect("migrations apply");
     let seeded = seed::seed(&db, count).await;
     let mut files: Vec<String> = vec![String::new(); parts];
     for i in 0..count {

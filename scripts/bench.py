@@ -130,7 +130,7 @@ def wrk(port, connections, deliveries, duration):
     out = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--timeout", "5s",
          "-s", WRK_LUA, f"http://127.0.0.1:{port}", "--", deliveries],
-        check=True, capture_output=True, text=True).stdout
+        check=True, capture_output=True, text=True, timeout=duration + 60).stdout
     result = json.loads(out.strip().splitlines()[-1])
     result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
     return result
@@ -140,7 +140,8 @@ def prepare(db_url, count, parts):
     out = os.path.join(SCRATCH, f"deliveries-{time.time_ns()}")
     subprocess.run([EXE["loadprep"], "--database-url", db_url, "--count", str(count),
                     "--secret", SECRET, "--out", out, "--parts", str(parts)],
-                   check=True, capture_output=True)
+                   # A hung step fails the run instead of holding CI until its budget ends.
+                   check=True, capture_output=True, timeout=600)
     return [f"{out}.{k}" for k in range(parts)] if parts > 1 else [out]
 
 

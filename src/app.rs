@@ -145,12 +145,7 @@ impl Gateway {
             Verifier::new(&config.webhooks.stitch_secrets, tolerance),
         ];
         let outbox = Arc::new(Outbox::new(db.clone(), config.clone(), reporter.clone()));
-        let ingestor = db::ingest::Ingestor::start(
-            db::ingest::IngestDb::open(&db, &config.database_url)?,
-            limits(&config),
-            config.database.ingest_writers,
-            config.database.ingest_batch_max,
-        );
+        let ingestor = db::ingest::Ingestor::start(&db, &config, limits(&config)).await?;
         let state = AppState(Arc::new(App {
             config: config.clone(),
             db,

@@ -668,7 +668,11 @@ mod tests {
 
     #[test]
     fn an_in_memory_sqlite_database_is_refused() {
-        for url in ["sqlite::memory:", "sqlite://:memory:", "sqlite://x.db?mode=memory"] {
+        for url in [
+            "sqlite::memory:",
+            "sqlite://:memory:",
+            "sqlite://x.db?mode=memory",
+        ] {
             let err = with_env(&[("DATABASE_URL", url)]).unwrap_err();
             assert!(err.to_string().contains("in-memory"), "{url}: {err}");
         }

@@ -37,6 +37,7 @@ use super::pipeline::{
     IngestOutcome, Observation, PipelineError, ScenesWanted, Work, load, record, write,
 };
 use crate::{
+    config::Config,
     domain::{Limits, ScenesRead, apply_callback, scenes_read, webhook::Callback},
     outbox::jobs::{JobContext, new_job_rows},
 };
@@ -82,8 +83,8 @@ impl Batch {
     }
 }
 
-/// Where a batch is written: Postgres through sea-orm's pool; SQLite through a connection of
-/// its own ([`sqlite::SqliteWriter`]), driven directly on a blocking thread.
+/// Where a batch is written: on Postgres, a pool of the writers' own; on SQLite, a connection
+/// of its own driven directly ([`sqlite::SqliteWriter`]).
 #[derive(Clone)]
 pub enum IngestDb {
     Pooled(DatabaseConnection),
@@ -91,19 +92,27 @@ pub enum IngestDb {
 }
 
 impl IngestDb {
-    /// The ingestion side of `db`, opened at `url` (the URL `db` was connected with).
-    pub fn open(db: &DatabaseConnection, url: &str) -> Result<Self, DbErr> {
+    /// Opens ingestion's connections to the database `db` is connected to: as many as there
+    /// are writers, so that the API and the outbox never make a webhook wait for one.
+    pub async fn open(db: &DatabaseConnection, config: &Config) -> Result<Self, DbErr> {
         if super::is_postgres(db) {
-            return Ok(Self::Pooled(db.clone()));
+            let mut own = config.clone();
+            own.database.max_connections = writers(db, config) as u32;
+            return Ok(Self::Pooled(super::connect(&own).await?));
         }
-        let path = super::sqlite_file(url).ok_or_else(|| {
+        let path = super::sqlite_file(&config.database_url).ok_or_else(|| {
             DbErr::Custom("ingestion needs a SQLite database in a file, not in memory".into())
         })?;
         Ok(Self::Sqlite(Arc::new(SqliteWriter::open(&path)?)))
     }
+}
 
-    fn is_postgres(&self) -> bool {
-        matches!(self, Self::Pooled(db) if super::is_postgres(db))
+/// Writer tasks: `database.ingest_writers` on Postgres; one on SQLite, which has one writer.
+fn writers(db: &DatabaseConnection, config: &Config) -> usize {
+    if super::is_postgres(db) {
+        config.database.ingest_writers.max(1)
+    } else {
+        1
     }
 }
 
@@ -124,22 +133,12 @@ async fn transaction(
     limits: &Limits,
     before_commit: impl FnOnce() + Send + 'static,
 ) -> (Batch, Result<Vec<Reply>, DbErr>) {
-    match db {
-        IngestDb::Pooled(db) => {
-            let result = pooled_transaction(db, &batch, limits, before_commit).await;
-            (batch, result)
-        }
-        IngestDb::Sqlite(writer) => {
-            let (writer, limits) = (writer.clone(), *limits);
-            tokio::task::spawn_blocking(move || {
-                let result = writer.transaction(&batch, &limits, before_commit);
-                (batch, result)
-            })
-            .await
-            // A panic is the caller's to contain, as it would be on the async path.
-            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
-        }
-    }
+    let result = match db {
+        IngestDb::Pooled(db) => pooled_transaction(db, &batch, limits, before_commit).await,
+        // Blocks for the transaction: the writers have a thread of their own.
+        IngestDb::Sqlite(writer) => writer.transaction(&batch, limits, before_commit),
+    };
+    (batch, result)
 }
 
 /// The transaction through sea-orm: a fixed number of multi-row statements per batch.
@@ -311,22 +310,55 @@ pub struct Ingestor {
 }
 
 impl Ingestor {
-    /// Starts `writers` writer tasks (one on SQLite, which has a single writer).
-    pub fn start(db: IngestDb, limits: Limits, writers: usize, batch_max: usize) -> Self {
-        let writers = if db.is_postgres() { writers.max(1) } else { 1 };
-        let batch_max = batch_max.max(1);
+    /// Opens ingestion's connections ([`IngestDb::open`]) and starts the writer tasks on a
+    /// thread and runtime of their own. A writer's every step (collecting a batch, each
+    /// statement's answer, the replies) then runs when it is ready, instead of waiting its turn
+    /// behind the request tasks that keep the gateway's workers busy under load; on SQLite the
+    /// transaction simply blocks that thread. The thread ends once every handle is dropped and
+    /// the queue is drained.
+    pub async fn start(
+        db: &DatabaseConnection,
+        config: &Config,
+        limits: Limits,
+    ) -> Result<Self, DbErr> {
+        let writers = writers(db, config);
+        let batch_max = config.database.ingest_batch_max.max(1);
         let (queue, receiver) = mpsc::channel(batch_max * writers * 4);
         let receiver = Arc::new(Mutex::new(receiver));
-        for _ in 0..writers {
-            let writer = Writer {
-                db: db.clone(),
-                limits,
-                batch_max,
-                receiver: receiver.clone(),
-            };
-            tokio::spawn(writer.run());
-        }
-        Self { queue, db }
+        let (opened, ready) = oneshot::channel();
+        let (main_db, config) = (db.clone(), config.clone());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| DbErr::Custom(format!("cannot start the ingestion runtime: {e}")))?;
+        std::thread::Builder::new()
+            .name("scenehook-ingest".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    // Opened here, so that the connections' I/O is driven by this runtime.
+                    let db = match IngestDb::open(&main_db, &config).await {
+                        Ok(db) => db,
+                        Err(e) => return drop(opened.send(Err(e))),
+                    };
+                    let _ = opened.send(Ok(db.clone()));
+                    let mut tasks = tokio::task::JoinSet::new();
+                    for _ in 0..writers {
+                        let writer = Writer {
+                            db: db.clone(),
+                            limits,
+                            batch_max,
+                            receiver: receiver.clone(),
+                        };
+                        tasks.spawn(writer.run());
+                    }
+                    while tasks.join_next().await.is_some() {}
+                })
+            })
+            .map_err(|e| DbErr::Custom(format!("cannot start the ingestion thread: {e}")))?;
+        let db = ready
+            .await
+            .map_err(|_| DbErr::Custom("the ingestion thread stopped while starting".into()))??;
+        Ok(Self { queue, db })
     }
 
     /// Where this ingestor writes.
