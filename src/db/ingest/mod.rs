@@ -9,8 +9,9 @@
 //! delivery keeps the guarantees of a transaction of its own: its delivery row, state change
 //! and outbox rows commit together or not at all, and a rejected delivery leaves no row.
 //!
-//! Postgres runs the transaction through sea-orm's pool; SQLite through a connection of its
-//! own driven directly ([`sqlite`]), where the per-statement and per-row hops of sqlx's SQLite
+//! The writers run on a thread and runtime of their own ([`Ingestor::start`]). Postgres runs
+//! the transaction through a sea-orm pool of theirs; SQLite through a connection of its own
+//! driven directly ([`sqlite`]), where the per-statement and per-row hops of sqlx's SQLite
 //! worker thread cost several times what SQLite itself spends. The decisions are shared: both
 //! claim the deliveries, read [`scenes_wanted`], run [`apply_transitions`] and write what
 //! changed.

@@ -1,6 +1,6 @@
-//! SQLite's ingestion transaction, on a connection of its own driven directly (rusqlite) on a
-//! blocking thread: cached prepared statements, one row at a time, values bound and read by
-//! position. SQLite runs in-process, so a statement per row costs a few microseconds; through
+//! SQLite's ingestion transaction, on a connection of its own driven directly (rusqlite) on the
+//! ingestion writers' thread: cached prepared statements, one row at a time, values bound and
+//! read by position. SQLite runs in-process, so a statement per row costs a few microseconds; through
 //! sqlx's SQLite worker each statement and each row cross a thread and are copied, several
 //! times what SQLite spends on them (docs/PERFORMANCE.md).
 //!
