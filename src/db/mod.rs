@@ -15,10 +15,10 @@ use sea_orm::{
 
 use crate::config::Config;
 
-/// Prepared statements kept per connection. Grouped ingestion's multi-row statements (8 of
-/// them) take one shape per batch size, up to `ingest_batch_max` each, and re-preparing one
-/// after an eviction costs more than the rest of its batch: the cache holds all of them, plus
-/// room for every other statement (the drivers' default is 100 in all).
+/// Prepared statements kept per connection. Grouped ingestion's multi-row statements on
+/// Postgres (8 of them) take one shape per batch size, up to `ingest_batch_max` each, and
+/// re-preparing one after an eviction costs more than the rest of its batch: the cache holds
+/// all of them, plus room for every other statement (the drivers' default is 100 in all).
 fn statement_cache(config: &Config) -> usize {
     8 * config.database.ingest_batch_max + 100
 }

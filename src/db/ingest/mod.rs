@@ -1,9 +1,9 @@
 //! Webhook ingestion with grouped commits.
 //!
 //! Each instance runs a few writer tasks. A writer takes every delivery waiting at that moment
-//! (up to `ingest_batch_max`) and applies them in **one** transaction with a fixed number of
-//! statements — insert the delivery rows, lock and load their projects, apply each transition
-//! in memory, write the changed rows and the outbox jobs, commit — and only then answers each
+//! (up to `ingest_batch_max`) and applies them in **one** transaction — insert the delivery
+//! rows, lock and load their projects, apply each transition in memory, write the changed rows
+//! and the outbox jobs, commit — and only then answers each
 //! request. An idle gateway answers a lone webhook with a batch of one; under load, batches
 //! form on their own from the requests that arrive while the previous batch commits. Every
 //! delivery keeps the guarantees of a transaction of its own: its delivery row, state change
@@ -142,7 +142,8 @@ async fn transaction(
     (batch, result)
 }
 
-/// The transaction through sea-orm: a fixed number of multi-row statements per batch.
+/// The transaction through sea-orm: a fixed number of multi-row statements per batch, so that
+/// a batch costs Postgres the same few round trips whatever its size.
 async fn pooled_transaction(
     db: &DatabaseConnection,
     batch: &Batch,
