@@ -212,64 +212,67 @@ fn write(
     works: &std::collections::HashMap<String, Work>,
     jobs: &[outbox_job::Model],
 ) -> rusqlite::Result<()> {
-    if !rejected.is_empty() {
-        // A rejected delivery is not recorded: once fixed, the sender's retry is applied.
-        let mut delete = txn.prepare_cached(DELETE_DELIVERY)?;
-        for id in rejected {
-            delete.execute([id])?;
-        }
-    }
+    // A rejected delivery is not recorded: once fixed, the sender's retry is applied.
+    execute_each(txn, DELETE_DELIVERY, rejected, |id| [id])?;
     let (projects, scenes) = changed_rows(works.values());
-    if !scenes.is_empty() {
-        let mut update = txn.prepare_cached(UPDATE_SCENE)?;
-        for s in scenes {
-            update.execute(params![
-                s.id,
-                s.status,
-                s.video_task_id,
-                s.video_url,
-                s.first_frame_url,
-                s.last_frame_url,
-                s.attempts,
-                s.extract_attempts,
-                s.last_error,
-                s.verified_at.as_ref().map(timestamp),
-                s.status_changed_at.as_ref().map(timestamp),
-                timestamp(&s.updated_at),
-            ])?;
-        }
+    execute_each(txn, UPDATE_SCENE, scenes, |s| {
+        (
+            &s.id,
+            &s.status,
+            &s.video_task_id,
+            &s.video_url,
+            &s.first_frame_url,
+            &s.last_frame_url,
+            s.attempts,
+            s.extract_attempts,
+            &s.last_error,
+            s.verified_at.as_ref().map(timestamp),
+            s.status_changed_at.as_ref().map(timestamp),
+            timestamp(&s.updated_at),
+        )
+    })?;
+    execute_each(txn, UPDATE_PROJECT, projects, |p| {
+        (
+            &p.id,
+            &p.status,
+            &p.final_video_url,
+            p.stitch_attempts,
+            &p.last_error,
+            p.completed_at.as_ref().map(timestamp),
+            timestamp(&p.updated_at),
+        )
+    })?;
+    execute_each(txn, INSERT_JOB, jobs, |j| {
+        (
+            &j.id,
+            &j.kind,
+            &j.service,
+            j.payload.to_string(),
+            &j.status,
+            j.attempts,
+            timestamp(&j.next_attempt_at),
+            &j.last_error,
+            &j.request_id,
+            timestamp(&j.created_at),
+            timestamp(&j.updated_at),
+        )
+    })
+}
+
+/// Runs `sql` once for each row, with the values `bind` gives it; prepares nothing for no rows.
+fn execute_each<R, P: rusqlite::Params>(
+    txn: &Connection,
+    sql: &str,
+    rows: impl IntoIterator<Item = R>,
+    bind: impl Fn(R) -> P,
+) -> rusqlite::Result<()> {
+    let mut rows = rows.into_iter().peekable();
+    if rows.peek().is_none() {
+        return Ok(());
     }
-    if !projects.is_empty() {
-        let mut update = txn.prepare_cached(UPDATE_PROJECT)?;
-        for p in projects {
-            update.execute(params![
-                p.id,
-                p.status,
-                p.final_video_url,
-                p.stitch_attempts,
-                p.last_error,
-                p.completed_at.as_ref().map(timestamp),
-                timestamp(&p.updated_at),
-            ])?;
-        }
-    }
-    if !jobs.is_empty() {
-        let mut insert = txn.prepare_cached(INSERT_JOB)?;
-        for j in jobs {
-            insert.execute(params![
-                j.id,
-                j.kind,
-                j.service,
-                j.payload.to_string(),
-                j.status,
-                j.attempts,
-                timestamp(&j.next_attempt_at),
-                j.last_error,
-                j.request_id,
-                timestamp(&j.created_at),
-                timestamp(&j.updated_at),
-            ])?;
-        }
+    let mut statement = txn.prepare_cached(sql)?;
+    for row in rows {
+        statement.execute(bind(row))?;
     }
     Ok(())
 }
