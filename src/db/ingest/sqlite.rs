@@ -88,6 +88,10 @@ impl SqliteWriter {
             ("synchronous", "NORMAL"),
             ("foreign_keys", "ON"),
             ("temp_store", "MEMORY"),
+            // The commit that crosses this many WAL pages copies them into the database file
+            // while every queued webhook waits: a quarter of SQLite's default 1,000 halves the
+            // p99 for 0-15 % of throughput (docs/PERFORMANCE.md, "Checkpoints").
+            ("wal_autocheckpoint", "250"),
         ] {
             connection
                 .pragma_update(None, pragma, value)
