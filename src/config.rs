@@ -455,11 +455,9 @@ impl Config {
             problems.push("SCENEHOOK_OUTBOX__MAX_ATTEMPTS must be at least 1".to_owned());
         }
         let d = &self.database;
-        if d.ingest_writers == 0 || d.ingest_writers as u64 > u64::from(d.max_connections) {
-            problems.push(
-                "SCENEHOOK_DATABASE__INGEST_WRITERS must be between 1 and SCENEHOOK_DATABASE__MAX_CONNECTIONS"
-                    .to_owned(),
-            );
+        // Each writer holds a connection of its own (a pool beside the main one).
+        if !(1..=64).contains(&d.ingest_writers) {
+            problems.push("SCENEHOOK_DATABASE__INGEST_WRITERS must be between 1 and 64".to_owned());
         }
         // Bounded so that a batch's multi-row statements stay under the drivers' bind limits.
         if !(1..=1000).contains(&d.ingest_batch_max) {
@@ -664,6 +662,22 @@ mod tests {
         assert!(err.to_string().contains("services.last_frame.url"), "{err}");
         let err = with_env(&[("OPERATOR_API_KEYS", "a:b:admin")]).unwrap_err();
         assert!(err.to_string().contains("operator_api_keys"), "{err}");
+    }
+
+    #[test]
+    fn ingestion_writers_are_bounded_on_their_own() {
+        for writers in ["0", "65"] {
+            let err = with_env(&[("SCENEHOOK_DATABASE__INGEST_WRITERS", writers)]).unwrap_err();
+            assert!(err.to_string().contains("INGEST_WRITERS"), "{writers}: {err}");
+        }
+        // Their connections are a pool of their own, not taken from the main one.
+        assert!(
+            with_env(&[
+                ("SCENEHOOK_DATABASE__INGEST_WRITERS", "12"),
+                ("SCENEHOOK_DATABASE__MAX_CONNECTIONS", "4"),
+            ])
+            .is_ok()
+        );
     }
 
     #[test]

@@ -13,48 +13,50 @@ const BY_AGE: &str = "idx_webhook_deliveries_received_at";
 #[sea_orm_migration::async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager
-            .drop_index(
-                Index::drop()
-                    .name(BY_PROJECT)
-                    .table(WebhookDeliveries::Table)
-                    .to_owned(),
-            )
-            .await?;
-        manager
-            .create_index(
-                Index::create()
-                    .name(BY_AGE)
-                    .table(WebhookDeliveries::Table)
-                    .col(WebhookDeliveries::ReceivedAt)
-                    .to_owned(),
-            )
-            .await
+        replace_index(
+            manager,
+            BY_PROJECT,
+            BY_AGE,
+            &[WebhookDeliveries::ReceivedAt],
+        )
+        .await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager
-            .drop_index(
-                Index::drop()
-                    .name(BY_AGE)
-                    .table(WebhookDeliveries::Table)
-                    .to_owned(),
-            )
-            .await?;
-        manager
-            .create_index(
-                Index::create()
-                    .name(BY_PROJECT)
-                    .table(WebhookDeliveries::Table)
-                    .col(WebhookDeliveries::ProjectId)
-                    .col(WebhookDeliveries::ReceivedAt)
-                    .to_owned(),
-            )
-            .await
+        replace_index(
+            manager,
+            BY_AGE,
+            BY_PROJECT,
+            &[WebhookDeliveries::ProjectId, WebhookDeliveries::ReceivedAt],
+        )
+        .await
     }
 }
 
-#[derive(DeriveIden)]
+/// Drops the deliveries' index `old` and creates `new` on `columns`.
+async fn replace_index(
+    manager: &SchemaManager<'_>,
+    old: &str,
+    new: &str,
+    columns: &[WebhookDeliveries],
+) -> Result<(), DbErr> {
+    manager
+        .drop_index(
+            Index::drop()
+                .name(old)
+                .table(WebhookDeliveries::Table)
+                .to_owned(),
+        )
+        .await?;
+    let mut index = Index::create();
+    index.name(new).table(WebhookDeliveries::Table);
+    for column in columns {
+        index.col(*column);
+    }
+    manager.create_index(index.to_owned()).await
+}
+
+#[derive(DeriveIden, Clone, Copy)]
 enum WebhookDeliveries {
     Table,
     ProjectId,
