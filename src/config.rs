@@ -668,7 +668,10 @@ mod tests {
     fn ingestion_writers_are_bounded_on_their_own() {
         for writers in ["0", "65"] {
             let err = with_env(&[("SCENEHOOK_DATABASE__INGEST_WRITERS", writers)]).unwrap_err();
-            assert!(err.to_string().contains("INGEST_WRITERS"), "{writers}: {err}");
+            assert!(
+                err.to_string().contains("INGEST_WRITERS"),
+                "{writers}: {err}"
+            );
         }
         // Their connections are a pool of their own, not taken from the main one.
         assert!(
