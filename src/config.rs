@@ -65,6 +65,8 @@ pub struct DatabaseConfig {
     /// The most webhook deliveries one ingestion transaction applies.
     pub ingest_batch_max: usize,
     pub acquire_timeout_ms: u64,
+    /// SQLite: the WAL's size at which the checkpointer starts it over (MiB).
+    pub sqlite_wal_max_mib: u64,
     pub delivery_retention_hours: u64,
     pub done_job_retention_hours: u64,
 }
@@ -464,6 +466,11 @@ impl Config {
             problems
                 .push("SCENEHOOK_DATABASE__INGEST_BATCH_MAX must be between 1 and 1000".to_owned());
         }
+        if !(1..=4096).contains(&d.sqlite_wal_max_mib) {
+            problems.push(
+                "SCENEHOOK_DATABASE__SQLITE_WAL_MAX_MIB must be between 1 and 4096".to_owned(),
+            );
+        }
         if self.rate_limit.window_secs == 0 {
             problems.push("SCENEHOOK_RATE_LIMIT__WINDOW_SECS must be at least 1".to_owned());
         }
@@ -681,6 +688,19 @@ mod tests {
             ])
             .is_ok()
         );
+    }
+
+    #[test]
+    fn the_sqlite_wal_bound_is_checked() {
+        for mib in ["0", "4097"] {
+            let err = with_env(&[("SCENEHOOK_DATABASE__SQLITE_WAL_MAX_MIB", mib)]).unwrap_err();
+            assert!(
+                err.to_string().contains("SQLITE_WAL_MAX_MIB"),
+                "{mib}: {err}"
+            );
+        }
+        let config = with_env(&[("SCENEHOOK_DATABASE__SQLITE_WAL_MAX_MIB", "16")]).unwrap();
+        assert_eq!(config.database.sqlite_wal_max_mib, 16);
     }
 
     #[test]

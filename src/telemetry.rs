@@ -94,6 +94,25 @@ fn describe_metrics() {
         "scenehook_ingest_batch_size",
         "Webhook deliveries committed per ingestion transaction."
     );
+    describe_gauge!(
+        "scenehook_sqlite_wal_bytes",
+        Unit::Bytes,
+        "SQLite: the write-ahead log's content at the last checkpoint."
+    );
+    describe_gauge!(
+        "scenehook_sqlite_wal_limit_bytes",
+        Unit::Bytes,
+        "SQLite: the WAL size at which the checkpointer starts it over (sqlite_wal_max_mib)."
+    );
+    describe_histogram!(
+        "scenehook_sqlite_wal_restart_seconds",
+        Unit::Seconds,
+        "SQLite: time the checkpoint that starts the WAL over held new transactions back."
+    );
+    describe_counter!(
+        "scenehook_sqlite_wal_restart_busy_total",
+        "SQLite: WAL restarts given up because a reader or writer held the log."
+    );
     describe_counter!(
         "scenehook_ingest_batch_splits_total",
         "Ingestion batches whose transaction failed and were applied delivery by delivery."

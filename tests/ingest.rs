@@ -46,7 +46,8 @@ backend_tests!(
     sqlite_only,
     Embedded;
     statistics_do_not_make_sqlite_reprepare_the_ingestion_statements,
-    sqlite_ingestion_stores_timestamps_as_the_other_connection_does
+    sqlite_ingestion_stores_timestamps_as_the_other_connection_does,
+    the_checkpointer_bounds_the_wal_and_a_long_reader_does_not_stall_ingestion
 );
 
 /// Projects `ids`, two scenes each, generation started and `scene_001` answered with task
@@ -570,4 +571,81 @@ async fn text(app: &TestApp, sql: &str, values: Vec<sea_orm::Value>) -> String {
         .unwrap()
         .try_get_by_index::<String>(0)
         .unwrap()
+}
+
+/// Checkpoints run beside ingestion (`db::checkpointer`): the WAL starts over once it reaches
+/// `sqlite_wal_max_mib`, and a reader that keeps it from starting over delays that, not the
+/// webhooks.
+async fn the_checkpointer_bounds_the_wal_and_a_long_reader_does_not_stall_ingestion(
+    backend: Backend,
+) {
+    let Some(mut config) = config(backend, "ingest_checkpoints").await else {
+        return;
+    };
+    config.database.sqlite_wal_max_mib = 1;
+    let path = db::sqlite_file(&config.database_url).unwrap();
+    let app = TestApp::start_with(config, false).await;
+    // Each batch inserts a delivery for an unknown project and deletes it again: a few pages
+    // per commit, about 16 KiB of WAL. 600 of them would leave a WAL of several MiB.
+    let mut sent = 0;
+    let mut write = |n: usize| {
+        let batches: Vec<_> = (sent..sent + n)
+            .map(|i| batch(vec![video_done(&format!("k{i}"), "no_such_project", "t")]))
+            .collect();
+        sent += n;
+        let app = &app;
+        async move {
+            for b in batches {
+                let outcomes = ingest_batch(ingest_db(app), b, &LIMITS).await.unwrap();
+                assert_eq!(outcome_names(&outcomes), ["project_not_found"]);
+            }
+        }
+    };
+    let wal_bytes = || std::fs::metadata(format!("{path}-wal")).unwrap().len();
+    write(600).await;
+    assert!(wal_bytes() <= 3 << 20, "WAL grew to {} bytes", wal_bytes());
+
+    // A reader's snapshot keeps the WAL from starting over: ingestion goes on regardless
+    // (a restart that waited for the reader would hold every writer back).
+    let reader = rusqlite::Connection::open(&path).unwrap();
+    reader
+        .busy_timeout(std::time::Duration::from_secs(5))
+        .unwrap();
+    reader.execute_batch("BEGIN").unwrap();
+    let _: i64 = reader
+        .query_row("SELECT count(*) FROM webhook_deliveries", [], |r| r.get(0))
+        .unwrap();
+    write(300).await;
+    // The WAL's frame count, as a checkpoint from another connection reports it (-1 while
+    // the checkpointer's own pass holds the checkpoint lock).
+    let probe = rusqlite::Connection::open(&path).unwrap();
+    let frames = || -> i64 {
+        loop {
+            let frames = probe
+                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(1))
+                .unwrap();
+            if frames >= 0 {
+                return frames;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    };
+    let restart_frames = (1 << 20) / (4096 + 24);
+    let held = frames();
+    assert!(
+        held > restart_frames,
+        "the reader held the WAL back: {held} frames"
+    );
+    reader.execute_batch("COMMIT").unwrap();
+    // Once the reader is gone, the next restart succeeds and the next commit starts over.
+    let mut restarted = false;
+    for _ in 0..500 {
+        write(1).await;
+        if frames() < restart_frames {
+            restarted = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(restarted, "the WAL never started over: {} frames", frames());
 }

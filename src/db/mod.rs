@@ -1,6 +1,7 @@
 //! Database access: connecting (SQLite or Postgres), migrating, and the transactions the
 //! pipeline and the outbox run. Each public function is one unit of work.
 
+mod checkpointer;
 pub mod ingest;
 pub mod outbox;
 pub mod pipeline;
@@ -63,6 +64,10 @@ pub async fn connect(config: &Config) -> Result<DatabaseConnection, DbErr> {
                     // A multi-row statement inside a transaction keeps a statement journal;
                     // in memory it is not written to a temporary file and read back.
                     .pragma("temp_store", "memory")
+                    // Checkpoints are the checkpointer thread's, which the gateway starts with
+                    // ingestion ([`checkpointer`]); a process that opens the file without it
+                    // (the benchmark's seeding) leaves them to SQLite's checkpoint on close.
+                    .pragma("wal_autocheckpoint", "0")
             });
     } else {
         options
@@ -73,7 +78,7 @@ pub async fn connect(config: &Config) -> Result<DatabaseConnection, DbErr> {
 }
 
 /// The file a `sqlite:` URL names; `None` for an in-memory database.
-pub(crate) fn sqlite_file(url: &str) -> Option<String> {
+pub fn sqlite_file(url: &str) -> Option<String> {
     let rest = url
         .strip_prefix("sqlite://")
         .or_else(|| url.strip_prefix("sqlite:"))?;

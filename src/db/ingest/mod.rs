@@ -104,7 +104,11 @@ impl IngestDb {
         let path = super::sqlite_file(&config.database_url).ok_or_else(|| {
             DbErr::Custom("ingestion needs a SQLite database in a file, not in memory".into())
         })?;
-        Ok(Self::Sqlite(Arc::new(SqliteWriter::open(&path)?)))
+        let wal_max_bytes = config.database.sqlite_wal_max_mib << 20;
+        Ok(Self::Sqlite(Arc::new(SqliteWriter::open(
+            &path,
+            wal_max_bytes,
+        )?)))
     }
 }
 

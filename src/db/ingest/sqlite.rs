@@ -8,7 +8,7 @@
 //! begins `IMMEDIATE`: it takes the write lock up front and waits for it (busy timeout)
 //! instead of failing when another connection wrote first.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::collections::BTreeMap;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use entity::{outbox_job, project, scene};
@@ -21,6 +21,7 @@ use sea_orm::{DbErr, RuntimeErr};
 
 use super::{Batch, Claims, Reply, apply_transitions, scenes_wanted};
 use crate::{
+    db::checkpointer::{self, Checkpointer},
     db::pipeline::{ScenesWanted, Work, assemble, changed_rows, record},
     domain::Limits,
 };
@@ -67,19 +68,22 @@ const INSERT_JOB: &str = "INSERT INTO outbox_jobs (id, kind, service, payload, s
 /// The ingestion connection. One writer task uses it, a batch at a time.
 pub struct SqliteWriter {
     connection: Mutex<Connection>,
+    checkpointer: Checkpointer,
 }
 
 impl SqliteWriter {
     /// Opens the database file the gateway migrated, with the settings of its other
-    /// connection (WAL, `synchronous=NORMAL`, foreign keys, statement journals in memory).
-    pub fn open(path: &str) -> Result<Self, DbErr> {
+    /// connection (WAL, `synchronous=NORMAL`, foreign keys, statement journals in memory,
+    /// no automatic checkpoints), and starts the checkpointer, which restarts the WAL once it
+    /// reaches `wal_max_bytes`.
+    pub fn open(path: &str, wal_max_bytes: u64) -> Result<Self, DbErr> {
         let connection = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(db_err)?;
         connection
-            .busy_timeout(Duration::from_secs(5))
+            .busy_handler(Some(checkpointer::writer_may_wait))
             .map_err(db_err)?;
         connection
             .pragma_update_and_check(None, "journal_mode", "WAL", |_| Ok(()))
@@ -88,10 +92,9 @@ impl SqliteWriter {
             ("synchronous", "NORMAL"),
             ("foreign_keys", "ON"),
             ("temp_store", "MEMORY"),
-            // The commit that crosses this many WAL pages copies them into the database file
-            // while every queued webhook waits: a quarter of SQLite's default 1,000 halves the
-            // p99 for 0-15 % of throughput (docs/PERFORMANCE.md, "Checkpoints").
-            ("wal_autocheckpoint", "250"),
+            // Left to SQLite, the commit crossing 1,000 WAL pages would copy them into the
+            // database file while every queued webhook waits; the checkpointer does it beside.
+            ("wal_autocheckpoint", "0"),
         ] {
             connection
                 .pragma_update(None, pragma, value)
@@ -100,6 +103,7 @@ impl SqliteWriter {
         connection.set_prepared_statement_cache_capacity(16);
         Ok(Self {
             connection: Mutex::new(connection),
+            checkpointer: Checkpointer::start(path, wal_max_bytes)?,
         })
     }
 
@@ -145,6 +149,7 @@ impl SqliteWriter {
         write(&txn, &applied.rejected, &works, &applied.jobs).map_err(db_err)?;
         before_commit();
         txn.commit().map_err(db_err)?;
+        self.checkpointer.committed();
         record(applied.observations);
         Ok(applied.replies)
     }
@@ -375,8 +380,11 @@ mod tests {
         config.database_url = format!("sqlite://{}/plans.db?mode=rwc", dir.path().display());
         let db = crate::db::connect(&config).await.unwrap();
         crate::db::migrate(&db).await.unwrap();
-        let writer =
-            SqliteWriter::open(&crate::db::sqlite_file(&config.database_url).unwrap()).unwrap();
+        let writer = SqliteWriter::open(
+            &crate::db::sqlite_file(&config.database_url).unwrap(),
+            1 << 20,
+        )
+        .unwrap();
         let connection = writer.connection.lock();
         for sql in [
             PROJECT,

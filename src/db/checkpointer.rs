@@ -1,0 +1,191 @@
+//! SQLite's WAL checkpoints, on a thread and connection of their own.
+//!
+//! Left to SQLite, the commit that crosses `wal_autocheckpoint` pages copies the WAL into the
+//! database file and fsyncs both before it returns, and with one writer every queued webhook
+//! waits for that copy. Here every gateway connection has automatic checkpoints off, and this
+//! thread copies whatever has been committed while the writer goes on (PASSIVE checkpoints
+//! take no lock a writer needs). A passive checkpoint never lets the WAL start over while
+//! writes keep coming, so once it holds `restart_frames` frames a RESTART checkpoint copies
+//! the few frames committed since the last pass and makes the next transaction write from the
+//! start of the file again: the writer waits only for that tail (docs/PERFORMANCE.md,
+//! "Checkpoints").
+
+use std::{
+    sync::Arc,
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use parking_lot::{Condvar, Mutex};
+use rusqlite::Connection;
+use sea_orm::DbErr;
+
+/// How long a RESTART checkpoint may wait for the writer's transaction and for readers to
+/// leave the WAL. New write transactions wait while it does, so it gives up early and tries
+/// again after the next commit.
+const RESTART_PATIENCE: Duration = Duration::from_millis(20);
+
+/// At most one pass per this long: each pass that copies anything fsyncs the WAL and the
+/// database file, so passes after every commit would spend the disk on syncs (3 ms measured
+/// 3-5 % more webhooks per second than none, with the same p99).
+const PASS_GAP: Duration = Duration::from_millis(3);
+
+/// Checkpoints at least this often, to cover the commits of connections that do not report
+/// to it (the outbox and the API).
+const IDLE_PASS: Duration = Duration::from_secs(1);
+
+/// Owns the checkpoint thread; dropping it stops the thread.
+pub struct Checkpointer {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct Shared {
+    state: Mutex<State>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct State {
+    committed: bool,
+    stop: bool,
+}
+
+/// What one checkpoint call reported.
+#[derive(Debug, Clone, Copy)]
+struct Pass {
+    busy: bool,
+    wal_frames: i64,
+}
+
+impl Checkpointer {
+    /// Opens its connection to the database file at `path` and starts checkpointing it,
+    /// restarting the WAL once it reaches `wal_max_bytes`.
+    pub fn start(path: &str, wal_max_bytes: u64) -> Result<Self, DbErr> {
+        let failed = |e: &dyn std::fmt::Display| DbErr::Custom(format!("SQLite checkpointer: {e}"));
+        let connection = Connection::open(path).map_err(|e| failed(&e))?;
+        let page_size: i64 = connection
+            .pragma_update(None, "wal_autocheckpoint", 0)
+            .and_then(|()| connection.busy_handler(Some(restart_may_wait)))
+            .and_then(|()| connection.pragma_query_value(None, "page_size", |row| row.get(0)))
+            .map_err(|e| failed(&e))?;
+        // A WAL frame is a page and its 24-byte header.
+        let frame_bytes = page_size + 24;
+        let restart_frames = (wal_max_bytes as i64 / frame_bytes).max(1);
+        metrics::gauge!("scenehook_sqlite_wal_limit_bytes").set(wal_max_bytes as f64);
+        let shared = Arc::new(Shared::default());
+        let thread = std::thread::Builder::new()
+            .name("scenehook-checkpoint".into())
+            .spawn({
+                let shared = shared.clone();
+                move || run(&connection, &shared, restart_frames, frame_bytes)
+            })
+            .map_err(|e| failed(&e))?;
+        Ok(Self {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    /// Tells the thread that a transaction committed frames to copy.
+    pub fn committed(&self) {
+        self.shared.state.lock().committed = true;
+        self.shared.wake.notify_one();
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.shared.state.lock().stop = true;
+        self.shared.wake.notify_one();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn run(connection: &Connection, shared: &Shared, restart_frames: i64, frame_bytes: i64) {
+    let mut failing = false;
+    let mut last_pass = Instant::now();
+    loop {
+        if let Some(wait) = PASS_GAP.checked_sub(last_pass.elapsed()) {
+            std::thread::sleep(wait);
+        }
+        last_pass = Instant::now();
+        {
+            let mut state = shared.state.lock();
+            if !state.committed && !state.stop {
+                shared.wake.wait_for(&mut state, IDLE_PASS);
+            }
+            if state.stop {
+                // The connection's close checkpoints what is left if it is the last one.
+                return;
+            }
+            state.committed = false;
+        }
+        let result = checkpoint(connection, "PASSIVE").and_then(|pass| {
+            if pass.wal_frames >= restart_frames {
+                let started = Instant::now();
+                let restart = checkpoint(connection, "RESTART")?;
+                metrics::histogram!("scenehook_sqlite_wal_restart_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                if restart.busy {
+                    metrics::counter!("scenehook_sqlite_wal_restart_busy_total").increment(1);
+                }
+            }
+            Ok(pass)
+        });
+        match result {
+            Ok(pass) => {
+                // -1: another connection's checkpoint held the lock (none in the gateway).
+                if pass.wal_frames >= 0 {
+                    metrics::gauge!("scenehook_sqlite_wal_bytes")
+                        .set((pass.wal_frames * frame_bytes) as f64);
+                }
+                if failing {
+                    tracing::info!("SQLite checkpoints work again");
+                    failing = false;
+                }
+            }
+            Err(e) => {
+                if !failing {
+                    tracing::error!(error = %e, "SQLite checkpoint failed; retrying");
+                    failing = true;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+fn checkpoint(connection: &Connection, mode: &str) -> rusqlite::Result<Pass> {
+    connection.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |row| {
+        Ok(Pass {
+            busy: row.get::<_, i64>(0)? != 0,
+            wal_frames: row.get(1)?,
+        })
+    })
+}
+
+/// The checkpoint connection's busy handler (only RESTART waits): polls every 50 µs, up to
+/// [`RESTART_PATIENCE`].
+fn restart_may_wait(attempts: i32) -> bool {
+    const POLL: Duration = Duration::from_micros(50);
+    std::thread::sleep(POLL);
+    (attempts as u128) < RESTART_PATIENCE.as_micros() / POLL.as_micros()
+}
+
+/// A busy handler for writers that may wait behind a RESTART checkpoint: polls every 50 µs
+/// for the first 10 ms (a restart's usual length), then every millisecond, up to about 5 s in
+/// all. SQLite's own busy timeout backs off to sleeps of up to 100 ms, which a queue of
+/// webhooks then waits out whole.
+pub fn writer_may_wait(attempts: i32) -> bool {
+    const FINE: i32 = 200;
+    if attempts < FINE {
+        std::thread::sleep(Duration::from_micros(50));
+    } else {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    attempts < FINE + 4_990
+}
