@@ -114,7 +114,7 @@ impl Gateway {
         drop(rustls::crypto::ring::default_provider().install_default());
         let config = Arc::new(config);
         let metrics = telemetry::metrics_handle();
-        let db = db::connect(&config).await?;
+        let db = db::connect_gateway(&config).await?;
         if config.run_migrations {
             db::migrate(&db).await?;
         }

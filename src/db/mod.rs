@@ -26,8 +26,22 @@ fn statement_cache(config: &Config) -> usize {
 
 /// Connects with a pool fit for the backend. SQLite gets WAL with `synchronous=NORMAL` (commits
 /// are not fsynced one by one) and a single connection: SQLite has one writer anyway.
-/// Ingestion has a connection of its own ([`ingest::IngestDb`]).
+/// Ingestion has a connection of its own ([`ingest::IngestDb`]). SQLite checkpoints
+/// automatically, as fits a process that opens the file alone (the benchmark's seeding).
 pub async fn connect(config: &Config) -> Result<DatabaseConnection, DbErr> {
+    open_pool(config, true).await
+}
+
+/// [`connect`] for the gateway, whose SQLite checkpoints are the checkpointer thread's
+/// (started with ingestion, [`checkpointer`]): the pool's connection never checkpoints itself.
+pub async fn connect_gateway(config: &Config) -> Result<DatabaseConnection, DbErr> {
+    open_pool(config, false).await
+}
+
+async fn open_pool(
+    config: &Config,
+    automatic_checkpoints: bool,
+) -> Result<DatabaseConnection, DbErr> {
     let url = &config.database_url;
     if let Some(path) = sqlite_file(url)
         && let Some(dir) = std::path::Path::new(&path).parent()
@@ -64,10 +78,10 @@ pub async fn connect(config: &Config) -> Result<DatabaseConnection, DbErr> {
                     // A multi-row statement inside a transaction keeps a statement journal;
                     // in memory it is not written to a temporary file and read back.
                     .pragma("temp_store", "memory")
-                    // Checkpoints are the checkpointer thread's, which the gateway starts with
-                    // ingestion ([`checkpointer`]); a process that opens the file without it
-                    // (the benchmark's seeding) leaves them to SQLite's checkpoint on close.
-                    .pragma("wal_autocheckpoint", "0")
+                    .pragma(
+                        "wal_autocheckpoint",
+                        if automatic_checkpoints { "1000" } else { "0" },
+                    )
             });
     } else {
         options
