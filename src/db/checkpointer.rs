@@ -75,7 +75,7 @@ impl Checkpointer {
         let restart_frames = (wal_max_bytes as i64 / frame_bytes).max(1);
         metrics::gauge!("scenehook_sqlite_wal_limit_bytes").set(wal_max_bytes as f64);
         // Registered now, so that dashboards and alerts see them before the first restart.
-        metrics::histogram!("scenehook_sqlite_wal_restart_seconds");
+        drop(metrics::histogram!("scenehook_sqlite_wal_restart_seconds"));
         metrics::counter!("scenehook_sqlite_wal_restart_busy_total").increment(0);
         let shared = Arc::new(Shared::default());
         let thread = std::thread::Builder::new()

@@ -107,19 +107,23 @@ pub fn router(state: AppState) -> Router {
         .layer(cors(&state.config.cors_allowed_origins))
         .layer(
             ServiceBuilder::new()
-                .layer(middleware::map_request(drop_unfit_request_id))
+                .map_request(drop_unfit_request_id)
                 .layer(SetRequestIdLayer::new(
                     X_REQUEST_ID.clone(),
                     MakeRequestUuid,
                 ))
                 .layer(
+                    // The fields are only computed when the span is enabled.
                     TraceLayer::new_for_http().make_span_with(|request: &Request| {
-                        let request_id = request_id(request).unwrap_or_default();
                         tracing::info_span!(
                             "request",
                             method = %request.method(),
                             path = %request.uri().path(),
-                            request_id,
+                            request_id = request
+                                .extensions()
+                                .get::<RequestId>()
+                                .and_then(|id| id.header_value().to_str().ok())
+                                .unwrap_or_default(),
                         )
                     }),
                 )
@@ -153,23 +157,55 @@ async fn track_http(request: Request, next: middleware::Next) -> Response {
     let route = request
         .extensions()
         .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
-    let method = request.method().as_str().to_owned();
+        .map_or("unmatched", |p| interned(p.as_str()));
+    let method = method_label(request.method());
     let response = next.run(request).await;
-    let status = response.status().as_u16().to_string();
+    let status = interned(response.status().as_str());
     metrics::counter!("scenehook_http_requests_total",
-        "route" => route.clone(), "method" => method.clone(), "status" => status)
+        "route" => route, "method" => method, "status" => status)
     .increment(1);
     metrics::histogram!("scenehook_http_request_duration_seconds", "route" => route, "method" => method)
         .record(started.elapsed().as_secs_f64());
     response
 }
 
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+/// A label value as `&'static str`, so that recording a request allocates nothing. Only route
+/// templates and status codes are interned: a bounded set, each leaked once.
+fn interned(value: &str) -> &'static str {
+    static SEEN: std::sync::OnceLock<parking_lot::RwLock<std::collections::HashSet<&'static str>>> =
+        std::sync::OnceLock::new();
+    let seen = SEEN.get_or_init(Default::default);
+    if let Some(known) = seen.read().get(value) {
+        return known;
+    }
+    let mut seen = seen.write();
+    match seen.get(value) {
+        Some(known) => known,
+        None => {
+            let leaked: &'static str = Box::leak(value.into());
+            seen.insert(leaked);
+            leaked
+        }
+    }
+}
+
 /// An incoming `X-Request-Id` is honoured only when it is 1 to 64 of `[A-Za-z0-9._-]`;
 /// otherwise it is dropped and a fresh one is made. The id reaches logs, response headers and
 /// stored outbox rows, so a client must not be able to put anything there.
-async fn drop_unfit_request_id(mut request: Request) -> Request {
+fn drop_unfit_request_id(mut request: Request) -> Request {
     let fit = request.headers().get(&X_REQUEST_ID).is_none_or(|v| {
         let b = v.as_bytes();
         (1..=64).contains(&b.len())
