@@ -5,8 +5,8 @@
 //! times what SQLite spends on them (docs/PERFORMANCE.md).
 //!
 //! The rest of the gateway reaches the same file through sea-orm's connection, so this one
-//! begins `IMMEDIATE`: it takes the write lock up front and waits for it (busy timeout)
-//! instead of failing when another connection wrote first.
+//! begins `IMMEDIATE`: it takes the write lock up front and waits for it (polling, see
+//! [`checkpointer::writer_may_wait`]) instead of failing when another connection wrote first.
 
 use std::collections::BTreeMap;
 
