@@ -103,8 +103,8 @@ pub fn router(state: AppState) -> Router {
         )
         .fallback(|| async { AppError::not_found("route_not_found", "no such route") })
         .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
-        .layer(middleware::from_fn(track_http))
-        .layer(cors(&state.config.cors_allowed_origins))
+        // One `layer` call: each wraps every route in a boxed service of its own, so separate
+        // calls would cost a request one boxed future per call.
         .layer(
             ServiceBuilder::new()
                 .map_request(drop_unfit_request_id)
@@ -130,7 +130,9 @@ pub fn router(state: AppState) -> Router {
                 .layer(PropagateRequestIdLayer::new(X_REQUEST_ID.clone()))
                 .layer(CatchPanicLayer::custom(|_| {
                     AppError::Internal("handler panicked".into()).into_response()
-                })),
+                }))
+                .layer(cors(&state.config.cors_allowed_origins))
+                .layer(middleware::from_fn(track_http)),
         )
         .with_state(state)
 }
