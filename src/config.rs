@@ -671,15 +671,17 @@ mod tests {
         assert!(err.to_string().contains("operator_api_keys"), "{err}");
     }
 
+    /// Each of `values` for the environment variable `var` is refused, naming `var`.
+    fn refused(var: &str, values: &[&str]) {
+        for value in values {
+            let err = with_env(&[(var, value)]).unwrap_err();
+            assert!(err.to_string().contains(var), "{var}={value}: {err}");
+        }
+    }
+
     #[test]
     fn ingestion_writers_are_bounded_on_their_own() {
-        for writers in ["0", "65"] {
-            let err = with_env(&[("SCENEHOOK_DATABASE__INGEST_WRITERS", writers)]).unwrap_err();
-            assert!(
-                err.to_string().contains("INGEST_WRITERS"),
-                "{writers}: {err}"
-            );
-        }
+        refused("SCENEHOOK_DATABASE__INGEST_WRITERS", &["0", "65"]);
         // Their connections are a pool of their own, not taken from the main one.
         assert!(
             with_env(&[
@@ -692,13 +694,7 @@ mod tests {
 
     #[test]
     fn the_sqlite_wal_bound_is_checked() {
-        for mib in ["0", "4097"] {
-            let err = with_env(&[("SCENEHOOK_DATABASE__SQLITE_WAL_MAX_MIB", mib)]).unwrap_err();
-            assert!(
-                err.to_string().contains("SQLITE_WAL_MAX_MIB"),
-                "{mib}: {err}"
-            );
-        }
+        refused("SCENEHOOK_DATABASE__SQLITE_WAL_MAX_MIB", &["0", "4097"]);
         let config = with_env(&[("SCENEHOOK_DATABASE__SQLITE_WAL_MAX_MIB", "16")]).unwrap();
         assert_eq!(config.database.sqlite_wal_max_mib, 16);
     }
