@@ -119,11 +119,7 @@ pub fn router(state: AppState) -> Router {
                             "request",
                             method = %request.method(),
                             path = %request.uri().path(),
-                            request_id = request
-                                .extensions()
-                                .get::<RequestId>()
-                                .and_then(|id| id.header_value().to_str().ok())
-                                .unwrap_or_default(),
+                            request_id = request_id(request).unwrap_or_default(),
                         )
                     }),
                 )
@@ -221,12 +217,11 @@ fn drop_unfit_request_id(mut request: Request) -> Request {
 }
 
 /// The request id set by the request-id layer (or sent by the client).
-pub fn request_id(request: &Request) -> Option<String> {
+pub fn request_id(request: &Request) -> Option<&str> {
     request
         .extensions()
         .get::<RequestId>()
         .and_then(|id| id.header_value().to_str().ok())
-        .map(str::to_owned)
 }
 
 /// The socket peer, when the server was started with connect info.

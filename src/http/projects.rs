@@ -254,7 +254,7 @@ async fn generate(
     Path(id): Path<String>,
     request: Request,
 ) -> AppResult<(StatusCode, Json<GenerateOut>)> {
-    let ctx = app.job_context(request_id(&request));
+    let ctx = app.job_context(request_id(&request).map(str::to_owned));
     match pipeline::generate(&app.db, &id, &ctx).await {
         Ok(effects) => {
             app.wake_outbox(&effects.jobs);

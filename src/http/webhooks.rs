@@ -247,7 +247,7 @@ async fn process(
     if !is_json {
         return Err(AppError::UnsupportedMediaType);
     }
-    let request_id = request_id(&request);
+    let request_id = request_id(&request).map(str::to_owned);
     let (parts, body) = request.into_parts();
     let body = to_bytes(body, app.config.max_body_bytes)
         .await
