@@ -27,7 +27,7 @@ const LIMITS: Limits = Limits {
 };
 
 on_databases!(
-    deliveries_are_indexed_by_age_and_the_migration_rolls_back,
+    the_later_migrations_apply_and_roll_back,
     one_transaction_applies_a_batch_as_if_one_by_one,
     a_video_callback_reads_only_its_scene_and_the_one_before,
     a_failing_statement_costs_only_its_own_delivery,
@@ -38,7 +38,8 @@ on_databases!(
 backend_tests!(
     postgres_only,
     Shared;
-    a_late_task_id_does_not_overwrite_a_committed_callback
+    a_late_task_id_does_not_overwrite_a_committed_callback,
+    postgres_ingestion_reaches_every_row_through_an_index
 );
 
 // SQLite's ingestion runs on a connection of its own (`db::ingest::SqliteWriter`).
@@ -311,34 +312,98 @@ async fn a_video_callback_reads_only_its_scene_and_the_one_before(backend: Backe
     assert_eq!(scene(&app, "p_b_s2").await.status, "pending");
 }
 
-/// Retention deletes deliveries by age; nothing looks them up by project.
-async fn deliveries_are_indexed_by_age_and_the_migration_rolls_back(backend: Backend) {
+/// Retention deletes deliveries by age; nothing looks them up by project. On Postgres the
+/// scenes' pages keep room for their updates.
+async fn the_later_migrations_apply_and_roll_back(backend: Backend) {
     use migration::{Migrator, MigratorTrait};
     let Some(app) = started(backend, "ingest_indexes", &[]).await else {
         return;
     };
-    let index = |name: &str| match db(&app).get_database_backend() {
-        sea_orm::DbBackend::Postgres => {
+    let postgres = db::is_postgres(db(&app));
+    let index = |name: &str| {
+        if postgres {
             format!("SELECT COUNT(*) FROM pg_indexes WHERE indexname = '{name}'")
+        } else {
+            format!("SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND name = '{name}'")
         }
-        _ => format!("SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND name = '{name}'"),
     };
     let by_age = index("idx_webhook_deliveries_received_at");
     let by_project = index("idx_webhook_deliveries_project");
-    assert_eq!(
-        (count(&app, &by_age).await, count(&app, &by_project).await),
-        (1, 0)
-    );
+    let fillfactor = "SELECT COUNT(*) FROM pg_class \
+        WHERE relname = 'scenes' AND 'fillfactor=70' = ANY(reloptions)";
+    let schema = async || {
+        (
+            count(&app, &by_age).await,
+            count(&app, &by_project).await,
+            if postgres {
+                count(&app, fillfactor).await
+            } else {
+                1
+            },
+        )
+    };
+    // SQLite has no fillfactor: nothing to undo there.
+    let no_fillfactor = if postgres { 0 } else { 1 };
+    assert_eq!(schema().await, (1, 0, 1));
     Migrator::down(db(&app), Some(1)).await.unwrap();
-    assert_eq!(
-        (count(&app, &by_age).await, count(&app, &by_project).await),
-        (0, 1)
-    );
+    assert_eq!(schema().await, (1, 0, no_fillfactor));
+    Migrator::down(db(&app), Some(1)).await.unwrap();
+    assert_eq!(schema().await, (0, 1, no_fillfactor));
     Migrator::up(db(&app), None).await.unwrap();
-    assert_eq!(
-        (count(&app, &by_age).await, count(&app, &by_project).await),
-        (1, 0)
-    );
+    assert_eq!(schema().await, (1, 0, 1));
+}
+
+/// The ingestion statements run prepared, with the plan Postgres makes for any values (a
+/// generic plan, which the writers' connections are set to use): each table they read or
+/// write must be reached through a condition on an index. With sequential scans disabled, one
+/// the planner cannot avoid still shows.
+async fn postgres_ingestion_reaches_every_row_through_an_index(backend: Backend) {
+    use sea_orm::sqlx::AssertSqlSafe;
+    let Some(app) = started(backend, "ingest_pg_plans", &[]).await else {
+        return;
+    };
+    let IngestDb::Postgres(writer) = ingest_db(&app) else {
+        panic!("Postgres ingests through its writers' pool");
+    };
+    // One of the writers' own connections, taken out of their pool for good: it plans as
+    // they do, and what this test changes on it goes with it.
+    let mut connection = writer.pool().acquire().await.unwrap().detach();
+    let mode: String = sea_orm::sqlx::query_scalar("SHOW plan_cache_mode")
+        .fetch_one(&mut connection)
+        .await
+        .unwrap();
+    assert_eq!(mode, "force_generic_plan");
+    sea_orm::sqlx::query("SET enable_seqscan = off")
+        .execute(&mut connection)
+        .await
+        .unwrap();
+    for (n, sql) in db::ingest::POSTGRES_STATEMENTS.iter().enumerate() {
+        let parameters = (1..)
+            .take_while(|i| sql.contains(&format!("${i}:")) || sql.contains(&format!("${i} ")))
+            .count();
+        assert!(parameters > 0, "{sql}");
+        let name = format!("ingest_{n}");
+        sea_orm::sqlx::raw_sql(AssertSqlSafe(format!("PREPARE {name} AS {sql}")))
+            .execute(&mut connection)
+            .await
+            .unwrap();
+        let nulls = vec!["NULL"; parameters].join(", ");
+        let plan: Vec<String> =
+            sea_orm::sqlx::query_scalar(AssertSqlSafe(format!("EXPLAIN EXECUTE {name}({nulls})")))
+                .fetch_all(&mut connection)
+                .await
+                .unwrap();
+        // Every index scan has a condition on the index: a filter over a whole index (which
+        // `ORDER BY id` makes the planner prefer to a disabled sequential scan) would not.
+        let scans = plan
+            .iter()
+            .filter(|l| l.contains("Scan using") || l.contains("Bitmap Index Scan"))
+            .count();
+        let conditions = plan.iter().filter(|l| l.contains("Index Cond:")).count();
+        let plan = plan.join("\n");
+        assert!(!plan.contains("Seq Scan"), "{sql}\n{plan}");
+        assert_eq!(scans, conditions, "{sql}\n{plan}");
+    }
 }
 
 async fn a_failing_statement_costs_only_its_own_delivery(backend: Backend) {
@@ -494,7 +559,7 @@ async fn batch_histogram(app: &TestApp) -> (f64, f64) {
 fn sqlite_writer(app: &TestApp) -> &db::ingest::SqliteWriter {
     match ingest_db(app) {
         IngestDb::Sqlite(writer) => writer,
-        IngestDb::Pooled(_) => panic!("SQLite ingests through its own connection"),
+        IngestDb::Postgres(_) => panic!("SQLite ingests through its own connection"),
     }
 }
 

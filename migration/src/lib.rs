@@ -1,9 +1,11 @@
-//! Schema migrations of the scenehook database; the same migrations run on SQLite and Postgres.
+//! Schema migrations of the scenehook database; the same migrations run on SQLite and
+//! Postgres (a storage setting only Postgres has is skipped on SQLite).
 
 pub use sea_orm_migration::prelude::*;
 
 mod m20261129_000001_initial_schema;
 mod m20261129_000002_deliveries_by_age;
+mod m20261129_000003_scenes_fillfactor;
 
 pub struct Migrator;
 
@@ -13,6 +15,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261129_000001_initial_schema::Migration),
             Box::new(m20261129_000002_deliveries_by_age::Migration),
+            Box::new(m20261129_000003_scenes_fillfactor::Migration),
         ]
     }
 }

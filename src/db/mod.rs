@@ -16,32 +16,45 @@ use sea_orm::{
 
 use crate::config::Config;
 
-/// Prepared statements kept per connection. Grouped ingestion's multi-row statements on
-/// Postgres (8 of them) take one shape per batch size, up to `ingest_batch_max` each, and
-/// re-preparing one after an eviction costs more than the rest of its batch: the cache holds
-/// all of them, plus room for every other statement (the drivers' default is 100 in all).
-fn statement_cache(config: &Config) -> usize {
-    8 * config.database.ingest_batch_max + 100
-}
-
 /// Connects with a pool fit for the backend. SQLite gets WAL with `synchronous=NORMAL` (commits
 /// are not fsynced one by one) and a single connection: SQLite has one writer anyway.
 /// Ingestion has a connection of its own ([`ingest::IngestDb`]). SQLite checkpoints
 /// automatically, as fits a process that opens the file alone (the benchmark's seeding).
 pub async fn connect(config: &Config) -> Result<DatabaseConnection, DbErr> {
-    open_pool(config, true).await
+    open_pool(config, PoolRole::Tool).await
 }
 
 /// [`connect`] for the gateway, whose SQLite checkpoints are the checkpointer thread's
 /// (started with ingestion, [`checkpointer`]): the pool's connection never checkpoints itself.
 pub async fn connect_gateway(config: &Config) -> Result<DatabaseConnection, DbErr> {
-    open_pool(config, false).await
+    open_pool(config, PoolRole::Gateway).await
 }
 
-async fn open_pool(
+/// [`connect_gateway`] for the Postgres ingestion writers: `connections` of them, which plan
+/// their statements once. Postgres plans a prepared statement again at every execution while
+/// it estimates that plans made for the values bound come out cheaper than one made for any,
+/// and with arrays bound they always do (it knows their length): planning then cost the
+/// ingestion statements more than running them. Their generic plans reach every row through
+/// an index (a test checks each), whatever the batch size.
+pub(crate) async fn connect_ingestion_writers(
     config: &Config,
-    automatic_checkpoints: bool,
+    connections: u32,
 ) -> Result<DatabaseConnection, DbErr> {
+    let mut own = config.clone();
+    own.database.max_connections = connections;
+    open_pool(&own, PoolRole::PostgresWriters).await
+}
+
+/// What a pool is for, where that changes its connections' settings.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum PoolRole {
+    /// A process that opens the database on its own (migrations, the benchmark's seeding).
+    Tool,
+    Gateway,
+    PostgresWriters,
+}
+
+async fn open_pool(config: &Config, role: PoolRole) -> Result<DatabaseConnection, DbErr> {
     let url = &config.database_url;
     if let Some(path) = sqlite_file(url)
         && let Some(dir) = std::path::Path::new(&path).parent()
@@ -50,7 +63,6 @@ async fn open_pool(
         std::fs::create_dir_all(dir)
             .map_err(|e| DbErr::Custom(format!("cannot create {}: {e}", dir.display())))?;
     }
-    let statement_cache = statement_cache(config);
     let mut options = ConnectOptions::new(url.clone());
     options
         .acquire_timeout(Duration::from_millis(config.database.acquire_timeout_ms))
@@ -74,19 +86,21 @@ async fn open_pool(
                     .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
                     .busy_timeout(Duration::from_secs(5))
                     .foreign_keys(true)
-                    .statement_cache_capacity(statement_cache)
                     // A multi-row statement inside a transaction keeps a statement journal;
                     // in memory it is not written to a temporary file and read back.
                     .pragma("temp_store", "memory")
                     .pragma(
                         "wal_autocheckpoint",
-                        if automatic_checkpoints { "1000" } else { "0" },
+                        if role == PoolRole::Tool { "1000" } else { "0" },
                     )
             });
     } else {
         options
             .max_connections(config.database.max_connections)
-            .map_sqlx_postgres_opts(move |o| o.statement_cache_capacity(statement_cache));
+            .map_sqlx_postgres_opts(move |o| match role {
+                PoolRole::PostgresWriters => o.options([("plan_cache_mode", "force_generic_plan")]),
+                PoolRole::Tool | PoolRole::Gateway => o,
+            });
     }
     Database::connect(options).await
 }

@@ -9,13 +9,15 @@
 //! delivery keeps the guarantees of a transaction of its own: its delivery row, state change
 //! and outbox rows commit together or not at all, and a rejected delivery leaves no row.
 //!
-//! The writers run on a thread and runtime of their own ([`Ingestor::start`]). Postgres runs
-//! the transaction through a sea-orm pool of theirs; SQLite through a connection of its own
-//! driven directly ([`sqlite`]), where the per-statement and per-row hops of sqlx's SQLite
-//! worker thread cost several times what SQLite itself spends. The decisions are shared: both
-//! claim the deliveries, read [`scenes_wanted`], run [`apply_transitions`] and write what
-//! changed.
+//! The writers run on a thread and runtime of their own ([`Ingestor::start`]). Each backend
+//! has statements written for it: Postgres runs five of one shape each, rows bound as arrays,
+//! on a pool of the writers' own ([`postgres`]); SQLite runs cached statements a row at a time
+//! on a connection of its own driven directly ([`sqlite`]), where the per-statement and
+//! per-row hops of sqlx's SQLite worker thread cost several times what SQLite itself spends.
+//! The decisions are shared: both claim the deliveries, read [`scenes_wanted`], run
+//! [`apply_transitions`] and write what changed.
 
+mod postgres;
 mod sqlite;
 
 use std::{
@@ -24,19 +26,13 @@ use std::{
 };
 
 use chrono::{DateTime, Utc};
-use entity::{outbox_job, webhook_delivery};
-use sea_orm::{
-    ActiveValue::{NotSet, Set},
-    ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait,
-    FromQueryResult, QueryFilter, QueryTrait, RuntimeErr,
-    sea_query::{OnConflict, Query},
-};
+use entity::outbox_job;
+pub use postgres::{PgWriter, STATEMENTS as POSTGRES_STATEMENTS};
+use sea_orm::{DatabaseConnection, DbErr, RuntimeErr};
 pub use sqlite::SqliteWriter;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
-use super::pipeline::{
-    IngestOutcome, Observation, PipelineError, ScenesWanted, Work, load, record, write,
-};
+use super::pipeline::{IngestOutcome, Observation, PipelineError, ScenesWanted, Work};
 use crate::{
     config::Config,
     domain::{Limits, ScenesRead, apply_callback, scenes_read, webhook::Callback},
@@ -84,11 +80,11 @@ impl Batch {
     }
 }
 
-/// Where a batch is written: on Postgres, a pool of the writers' own; on SQLite, a connection
-/// of its own driven directly ([`sqlite::SqliteWriter`]).
+/// Where a batch is written: on Postgres, a pool of the writers' own
+/// ([`postgres::PgWriter`]); on SQLite, a connection of its own ([`sqlite::SqliteWriter`]).
 #[derive(Clone)]
 pub enum IngestDb {
-    Pooled(DatabaseConnection),
+    Postgres(PgWriter),
     Sqlite(Arc<SqliteWriter>),
 }
 
@@ -97,9 +93,9 @@ impl IngestDb {
     /// are writers, so that the API and the outbox never make a webhook wait for one.
     pub async fn open(db: &DatabaseConnection, config: &Config) -> Result<Self, DbErr> {
         if super::is_postgres(db) {
-            let mut own = config.clone();
-            own.database.max_connections = writers(db, config) as u32;
-            return Ok(Self::Pooled(super::connect(&own).await?));
+            let writers = writers(db, config) as u32;
+            let pool = super::connect_ingestion_writers(config, writers).await?;
+            return Ok(Self::Postgres(PgWriter::new(pool)));
         }
         let path = super::sqlite_file(&config.database_url).ok_or_else(|| {
             DbErr::Custom("ingestion needs a SQLite database in a file, not in memory".into())
@@ -139,59 +135,11 @@ async fn transaction(
     before_commit: impl FnOnce() + Send + 'static,
 ) -> (Batch, Result<Vec<Reply>, DbErr>) {
     let result = match db {
-        IngestDb::Pooled(db) => pooled_transaction(db, &batch, limits, before_commit).await,
+        IngestDb::Postgres(writer) => writer.transaction(&batch, limits, before_commit).await,
         // Blocks for the transaction: the writers have a thread of their own.
         IngestDb::Sqlite(writer) => writer.transaction(&batch, limits, before_commit),
     };
     (batch, result)
-}
-
-/// The transaction through sea-orm: a fixed number of multi-row statements per batch, so that
-/// a batch costs Postgres the same few round trips whatever its size.
-async fn pooled_transaction(
-    db: &DatabaseConnection,
-    batch: &Batch,
-    limits: &Limits,
-    before_commit: impl FnOnce(),
-) -> Result<Vec<Reply>, DbErr> {
-    let now = Utc::now();
-    let txn = super::begin(db).await?;
-    // Inserting first claims each delivery: a concurrent transaction holding the same key
-    // makes this insert wait for its outcome, then skip the row if it committed.
-    let rows = batch.items.iter().map(|s| webhook_delivery::ActiveModel {
-        id: NotSet,
-        kind: Set(s.kind.to_owned()),
-        delivery_key: Set(s.key.clone()),
-        task_id: Set(Some(s.callback.task_id().to_owned())),
-        scene_id: Set(s.callback.scene_id().map(|id| id.to_string())),
-        project_id: Set(Some(s.callback.project_id().to_string())),
-        outcome: Set("accepted".to_owned()),
-        received_at: Set(now),
-    });
-    let inserted = claim_deliveries(&txn, rows).await?;
-    let inserted: HashMap<(&str, &str), i64> = inserted
-        .iter()
-        .map(|c| ((c.kind.as_str(), c.delivery_key.as_str()), c.id))
-        .collect();
-    let claims: Claims = batch
-        .items
-        .iter()
-        .map(|s| inserted.get(&(s.kind, s.key.as_str())).copied())
-        .collect();
-    let mut works = load(&txn, &scenes_wanted(batch, &claims)).await?;
-    let applied = apply_transitions(batch, &claims, &mut works, limits, now);
-    if !applied.rejected.is_empty() {
-        // A rejected delivery is not recorded: once fixed, the sender's retry is applied.
-        webhook_delivery::Entity::delete_many()
-            .filter(webhook_delivery::Column::Id.is_in(applied.rejected))
-            .exec(&txn)
-            .await?;
-    }
-    write(&txn, works.values(), applied.jobs).await?;
-    before_commit();
-    txn.commit().await?;
-    record(applied.observations);
-    Ok(applied.replies)
 }
 
 /// Each submission's delivery row, as this transaction inserted it, in batch order; `None`
@@ -272,34 +220,6 @@ fn apply_transitions(
         }
     }
     applied
-}
-
-/// A delivery row this transaction inserted.
-#[derive(FromQueryResult)]
-struct Claimed {
-    id: i64,
-    kind: String,
-    delivery_key: String,
-}
-
-/// Inserts the delivery rows, skipping those already stored, and returns the ones inserted:
-/// only the three columns read back.
-async fn claim_deliveries(
-    txn: &DatabaseTransaction,
-    rows: impl IntoIterator<Item = webhook_delivery::ActiveModel>,
-) -> Result<Vec<Claimed>, DbErr> {
-    use webhook_delivery::Column as C;
-    let mut insert = webhook_delivery::Entity::insert_many(rows)
-        .on_conflict(
-            OnConflict::columns([C::Kind, C::DeliveryKey])
-                .do_nothing()
-                .to_owned(),
-        )
-        .into_query();
-    insert.returning(Query::returning().columns([C::Id, C::Kind, C::DeliveryKey]));
-    Claimed::find_by_statement(txn.get_database_backend().build(&insert))
-        .all(txn)
-        .await
 }
 
 struct Pending {
