@@ -10,7 +10,10 @@
 //! ([`crate::db::connect_ingestion_writers`]), and the writes of a batch (scenes, projects,
 //! outbox jobs) go in one statement of data-modifying CTEs.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
 
 use chrono::{DateTime, Utc};
 use entity::{outbox_job, project, scene};
@@ -162,24 +165,29 @@ async fn claim_deliveries(
         .fetch_all(&mut **txn)
         .await
         .map_err(db_err)?;
-    let mut inserted = HashMap::with_capacity(rows.len());
-    for row in &rows {
-        let key: (String, String) = (
-            row.try_get(1).map_err(db_err)?,
-            row.try_get(2).map_err(db_err)?,
-        );
-        inserted.insert(key, row.try_get::<i64, _>(0).map_err(db_err)?);
-    }
+    let mut inserted = rows
+        .iter()
+        .map(|row| Ok((row.try_get(1)?, row.try_get(2)?, row.try_get(0)?)))
+        .collect::<Result<Vec<(String, String, i64)>, sqlx::Error>>()
+        .map_err(db_err)?;
+    inserted.sort_unstable();
     Ok(batch
         .items
         .iter()
-        .map(|s| inserted.get(&(s.kind.to_owned(), s.key.clone())).copied())
+        .map(|s| {
+            inserted
+                .binary_search_by(|(kind, key, _)| {
+                    (kind.as_str(), key.as_str()).cmp(&(s.kind, s.key.as_str()))
+                })
+                .ok()
+                .map(|at| inserted[at].2)
+        })
         .collect())
 }
 
 async fn load(
     txn: &mut Txn,
-    wanted: &std::collections::BTreeMap<&str, ScenesWanted<'_>>,
+    wanted: &BTreeMap<&str, ScenesWanted<'_>>,
 ) -> Result<HashMap<String, Work>, DbErr> {
     if wanted.is_empty() {
         return Ok(HashMap::new());
