@@ -17,6 +17,16 @@
 //! The decisions are shared: both claim the deliveries, read [`scenes_wanted`], run
 //! [`apply_transitions`] and write what changed.
 
+/// The scene columns both backends' ingestion reads, in the order their decoders expect, for
+/// a table aliased `s`.
+macro_rules! scene_columns {
+    () => {
+        "s.id, s.project_id, s.position, s.prompt, s.status, s.video_task_id, s.video_url, \
+         s.first_frame_url, s.last_frame_url, s.attempts, s.extract_attempts, s.last_error, \
+         s.verified_at, s.status_changed_at, s.created_at, s.updated_at"
+    };
+}
+
 mod postgres;
 mod sqlite;
 

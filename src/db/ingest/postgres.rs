@@ -43,13 +43,6 @@ const CLAIM_DELIVERIES: &str = "INSERT INTO webhook_deliveries \
 const LOCK_PROJECTS: &str = "SELECT id, name, status, final_video_url, stitch_attempts, \
      last_error, created_at, updated_at, completed_at \
      FROM projects WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE";
-macro_rules! scene_columns {
-    () => {
-        "s.id, s.project_id, s.position, s.prompt, s.status, s.video_task_id, s.video_url, \
-         s.first_frame_url, s.last_frame_url, s.attempts, s.extract_attempts, s.last_error, \
-         s.verified_at, s.status_changed_at, s.created_at, s.updated_at"
-    };
-}
 /// Whole projects' scenes ($1), then scenes each with the one before it ($2).
 const SCENES: &str = concat!(
     "SELECT ",

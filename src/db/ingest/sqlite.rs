@@ -37,13 +37,6 @@ const DELETE_DELIVERY: &str = "DELETE FROM webhook_deliveries WHERE id = ?1";
 // here. A subquery's value is not known to the planner, and the unique index serves it alike.
 const PROJECT: &str = "SELECT id, name, status, final_video_url, stitch_attempts, last_error, \
      created_at, updated_at, completed_at FROM projects WHERE id = (SELECT ?1)";
-macro_rules! scene_columns {
-    () => {
-        "s.id, s.project_id, s.position, s.prompt, s.status, s.video_task_id, s.video_url, \
-         s.first_frame_url, s.last_frame_url, s.attempts, s.extract_attempts, s.last_error, \
-         s.verified_at, s.status_changed_at, s.created_at, s.updated_at"
-    };
-}
 const SCENES_OF: &str = concat!(
     "SELECT ",
     scene_columns!(),
