@@ -100,16 +100,16 @@ pub const STATEMENTS: [&str; 5] = [
     WRITE,
 ];
 
-/// The writers' pool. Each writer task runs a batch at a time on a connection of it.
+/// The writers' pool (sea-orm's, opened with the gateway's settings and generic plans). Each
+/// writer task runs a batch at a time on a connection of it.
 #[derive(Clone)]
 pub struct PgWriter {
-    /// Kept whole: the pool is sea-orm's, opened with the gateway's settings.
-    db: Arc<DatabaseConnection>,
+    db: DatabaseConnection,
 }
 
 impl PgWriter {
     pub fn new(db: DatabaseConnection) -> Self {
-        Self { db: Arc::new(db) }
+        Self { db }
     }
 
     /// The writers' connections (for tests and diagnostics).
