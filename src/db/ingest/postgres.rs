@@ -19,7 +19,11 @@ use chrono::{DateTime, Utc};
 use entity::{outbox_job, project, scene};
 use sea_orm::{
     DatabaseConnection, DbErr, RuntimeErr,
-    sqlx::{self, PgPool, Postgres, Row, postgres::PgRow},
+    sqlx::{
+        self, PgPool, Postgres, Row,
+        postgres::{PgArguments, PgRow},
+        query::Query,
+    },
 };
 
 use super::{Batch, Claims, Reply, apply_transitions, scenes_wanted};
@@ -186,15 +190,7 @@ async fn load(
         return Ok(HashMap::new());
     }
     let ids: Vec<&str> = wanted.keys().copied().collect();
-    let projects = sqlx::query(LOCK_PROJECTS)
-        .bind(ids)
-        .fetch_all(&mut **txn)
-        .await
-        .map_err(db_err)?
-        .iter()
-        .map(project_row)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(db_err)?;
+    let projects = fetch(txn, sqlx::query(LOCK_PROJECTS).bind(ids), project_row).await?;
     let mut whole = Vec::new();
     let mut around = Vec::new();
     for (&id, want) in wanted {
@@ -203,17 +199,21 @@ async fn load(
             ScenesWanted::Around(ids) => around.extend(ids.iter().copied()),
         }
     }
-    let scenes = sqlx::query(SCENES)
-        .bind(whole)
-        .bind(around)
-        .fetch_all(&mut **txn)
-        .await
-        .map_err(db_err)?
-        .iter()
-        .map(scene_row)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(db_err)?;
+    let scenes = fetch(txn, sqlx::query(SCENES).bind(whole).bind(around), scene_row).await?;
     Ok(assemble(projects, scenes))
+}
+
+/// Runs `query` and decodes every row it returns.
+async fn fetch<T>(
+    txn: &mut Txn,
+    query: Query<'_, Postgres, PgArguments>,
+    decode: fn(&PgRow) -> Result<T, sqlx::Error>,
+) -> Result<Vec<T>, DbErr> {
+    let rows = query.fetch_all(&mut **txn).await.map_err(db_err)?;
+    rows.iter()
+        .map(decode)
+        .collect::<Result<_, _>>()
+        .map_err(db_err)
 }
 
 async fn write(

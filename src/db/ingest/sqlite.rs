@@ -124,7 +124,7 @@ impl SqliteWriter {
         Ok(total)
     }
 
-    /// Applies `batch` in one transaction, as the pooled path does; blocks.
+    /// Applies `batch` in one transaction, as the Postgres writer does; blocks.
     pub(super) fn transaction(
         &self,
         batch: &Batch,
