@@ -181,8 +181,8 @@ fn restart_may_wait(attempts: i32) -> bool {
 
 /// A busy handler for writers that may wait behind a RESTART checkpoint: polls every 50 µs
 /// for the first 10 ms (longer than most restarts take: 2-9 ms on average under load), then
-/// every millisecond, up to about 5 s in all. SQLite's own busy timeout backs off to sleeps of up to 100 ms, which a queue of
-/// webhooks then waits out whole.
+/// every millisecond, up to about 5 s in all. SQLite's own busy timeout backs off to sleeps of
+/// up to 100 ms, which a queue of webhooks then waits out whole.
 pub fn writer_may_wait(attempts: i32) -> bool {
     const FINE: i32 = 200;
     if attempts < FINE {
