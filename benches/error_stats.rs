@@ -1,6 +1,7 @@
 //! Measures the error store's `stats` against Redis with 100 and with 1,000,000 stored
 //! entries: it reads counters, so the latency must not grow with the store.
-//! `cargo bench --bench error_stats -- redis://127.0.0.1:PORT`
+//! `cargo bench --bench error_stats -- redis://127.0.0.1:PORT` (or with the URL in
+//! `SCENEHOOK_BENCH_REDIS_URL`, as `scripts/bench --micro` runs it).
 
 use std::time::{Duration, Instant};
 
@@ -48,13 +49,17 @@ async fn median_stats_latency(store: &RedisErrorStore) -> Duration {
 
 #[tokio::main]
 async fn main() {
-    let url = std::env::args()
+    let Some(url) = std::env::args()
         .skip(1)
         .find(|a| a.starts_with("redis"))
-        .unwrap_or_else(|| {
-            eprintln!("usage: error_stats redis://HOST:PORT");
-            std::process::exit(2);
-        });
+        .or_else(|| std::env::var("SCENEHOOK_BENCH_REDIS_URL").ok())
+    else {
+        // Not a failure: a plain `cargo bench` runs every bench target, this one included.
+        eprintln!(
+            "error_stats needs Redis: pass redis://HOST:PORT or set SCENEHOOK_BENCH_REDIS_URL; skipped"
+        );
+        return;
+    };
     let client = connect(&url, Duration::from_secs(5))
         .await
         .expect("Redis answers");

@@ -1,17 +1,33 @@
 //! Micro-benchmarks of the webhook hot path: signature verification (both schemes, 1 KiB and
-//! 64 KiB), payload parsing, the in-process rate-limit decision and error-store grouping.
+//! 64 KiB), payload parsing, the rate-limit decision and error-store grouping, in process and,
+//! given `SCENEHOOK_BENCH_REDIS_URL`, on Redis.
 
 use std::{hint::black_box, time::Duration};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use scenehook::{
     config::Secret,
-    domain::webhook::{WebhookKind, parse_callback},
+    domain::{
+        ids::random_token,
+        webhook::{WebhookKind, parse_callback},
+    },
     signature::{SignatureHeaders, Verifier, sign_hex, sign_standard},
     store::{
         ErrorPolicy, ErrorStore, ErrorType, NewError, RateLimitStore, Severity,
         memory::{MemoryErrorStore, MemoryRateLimiter},
+        redis::{self, RedisErrorStore, RedisRateLimiter},
     },
+};
+
+/// Where the Redis backends are measured; unset, only the in-process ones are.
+const REDIS_URL_VAR: &str = "SCENEHOOK_BENCH_REDIS_URL";
+
+const POLICY: ErrorPolicy = ErrorPolicy {
+    success_ttl_ms: 5_000,
+    info_ttl_ms: 60_000,
+    warning_ttl_ms: 600_000,
+    retention_ms: 86_400_000,
+    max_entries: 10_000,
 };
 
 const SEED: &str = r#"{"task_id":"test_123","status":"completed","scene_id":"scene_001","project_id":"proj_test","video_url":"https://example.com/test.mp4","timestamp":"2025-10-04T10:30:00.000Z"}"#;
@@ -50,36 +66,65 @@ fn parsing(c: &mut Criterion) {
     });
 }
 
-fn stores(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
-    let limiter = MemoryRateLimiter::new();
+/// The same measurements for every backend: the rate-limit decision (one client address of
+/// 65,536 per call) and an error recorded into an existing group.
+fn store_benches(
+    c: &mut Criterion,
+    rt: &tokio::runtime::Runtime,
+    backend: &str,
+    limiter: &dyn RateLimitStore,
+    errors: &dyn ErrorStore,
+) {
     let mut n = 0u64;
-    c.bench_function("rate_limit_memory", |b| {
+    c.bench_function(&format!("rate_limit_{backend}"), |b| {
         b.iter(|| {
             n += 1;
             let key = format!("video-complete:10.0.{}.{}", (n >> 8) & 255, n & 255);
             rt.block_on(limiter.hit(&key, 100, Duration::from_secs(60)))
         })
     });
-    let store = MemoryErrorStore::new(ErrorPolicy {
-        success_ttl_ms: 5_000,
-        info_ttl_ms: 60_000,
-        warning_ttl_ms: 600_000,
-        retention_ms: 86_400_000,
-        max_entries: 10_000,
-    });
     let mut t = 0i64;
-    c.bench_function("error_store_memory_add_grouped", |b| {
+    c.bench_function(&format!("error_store_{backend}_add_grouped"), |b| {
         b.iter(|| {
             t += 1;
-            rt.block_on(store.record(
+            rt.block_on(errors.record(
                 NewError::new(Severity::Error, ErrorType::Automation, "stitch down"),
-                t,
+                1_764_400_000_000 + t,
             ))
         })
     });
+}
+
+fn stores(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    store_benches(
+        c,
+        &rt,
+        "memory",
+        &MemoryRateLimiter::new(),
+        &MemoryErrorStore::new(POLICY),
+    );
+    // Redis's backends against a server of the caller's (`scripts/bench --micro` starts one).
+    match std::env::var(REDIS_URL_VAR) {
+        Ok(url) => {
+            let client = rt
+                .block_on(redis::connect(&url, Duration::from_secs(5)))
+                .expect("Redis answers");
+            // A prefix of this run's own, so that earlier runs' keys do not count.
+            let prefix = format!("bench{}", random_token(6));
+            store_benches(
+                c,
+                &rt,
+                "redis",
+                &RedisRateLimiter::new(client.clone(), &prefix),
+                &RedisErrorStore::new(client, &prefix, POLICY),
+            );
+        }
+        Err(_) => eprintln!("{REDIS_URL_VAR} is not set: the Redis backends are not measured"),
+    }
 }
 
 criterion_group!(benches, signatures, parsing, stores);

@@ -22,6 +22,11 @@ async fn main() {
             .and_then(|i| args.get(i + 1))
             .cloned()
     };
+    if args.is_empty() {
+        // A plain `cargo bench` runs every bench target; this one is scripts/bench's tool.
+        eprintln!("loadprep seeds the load benchmark (scripts/bench runs it): nothing to measure");
+        return;
+    }
     let (Some(url), Some(count), Some(secret), Some(out)) = (
         flag("--database-url"),
         flag("--count"),
