@@ -329,28 +329,57 @@ async fn the_later_migrations_apply_and_roll_back(backend: Backend) {
     };
     let by_age = index("idx_webhook_deliveries_received_at");
     let by_project = index("idx_webhook_deliveries_project");
+    let by_key = index("uq_webhook_deliveries_kind_key");
     let fillfactor = "SELECT COUNT(*) FROM pg_class \
         WHERE relname = 'scenes' AND 'fillfactor=70' = ANY(reloptions)";
+    let autoincrement = "SELECT COUNT(*) FROM sqlite_master \
+        WHERE name = 'webhook_deliveries' AND sql LIKE '%AUTOINCREMENT%'";
+    // A delivery recorded before, which SQLite's rebuilds must carry over with its id.
+    let kept = "SELECT COUNT(*) FROM webhook_deliveries \
+        WHERE id = 7 AND delivery_key = 'kept' AND received_at = '2026-11-30T00:00:00+00:00'";
+    db(&app)
+        .execute_unprepared(
+            "INSERT INTO webhook_deliveries (id, kind, delivery_key, outcome, received_at) \
+             VALUES (7, 'video-complete', 'kept', 'accepted', '2026-11-30T00:00:00+00:00')",
+        )
+        .await
+        .unwrap();
+    // (age index, project index, key index, fillfactor, AUTOINCREMENT, the delivery kept);
+    // SQLite has no fillfactor and Postgres no AUTOINCREMENT: their columns stay put there.
     let schema = async || {
         (
             count(&app, &by_age).await,
             count(&app, &by_project).await,
+            count(&app, &by_key).await,
             if postgres {
                 count(&app, fillfactor).await
             } else {
                 1
             },
+            if postgres {
+                0
+            } else {
+                count(&app, autoincrement).await
+            },
+            count(&app, kept).await,
         )
     };
-    // SQLite has no fillfactor: nothing to undo there.
-    let no_fillfactor = if postgres { 0 } else { 1 };
-    assert_eq!(schema().await, (1, 0, 1));
+    let (no_fillfactor, with_autoincrement) = if postgres { (0, 0) } else { (1, 1) };
+    assert_eq!(schema().await, (1, 0, 1, 1, 0, 1));
     Migrator::down(db(&app), Some(1)).await.unwrap();
-    assert_eq!(schema().await, (1, 0, no_fillfactor));
+    assert_eq!(schema().await, (1, 0, 1, 1, with_autoincrement, 1));
     Migrator::down(db(&app), Some(1)).await.unwrap();
-    assert_eq!(schema().await, (0, 1, no_fillfactor));
+    assert_eq!(
+        schema().await,
+        (1, 0, 1, no_fillfactor, with_autoincrement, 1)
+    );
+    Migrator::down(db(&app), Some(1)).await.unwrap();
+    assert_eq!(
+        schema().await,
+        (0, 1, 1, no_fillfactor, with_autoincrement, 1)
+    );
     Migrator::up(db(&app), None).await.unwrap();
-    assert_eq!(schema().await, (1, 0, 1));
+    assert_eq!(schema().await, (1, 0, 1, 1, 0, 1));
 }
 
 /// The ingestion statements run prepared, with the plan Postgres makes for any values (a

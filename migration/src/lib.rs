@@ -1,11 +1,13 @@
 //! Schema migrations of the scenehook database; the same migrations run on SQLite and
-//! Postgres (a storage setting only Postgres has is skipped on SQLite).
+//! Postgres (a storage setting only Postgres has is skipped on SQLite, a table rebuild only
+//! SQLite needs is skipped on Postgres).
 
 pub use sea_orm_migration::prelude::*;
 
 mod m20261129_000001_initial_schema;
 mod m20261129_000002_deliveries_by_age;
 mod m20261129_000003_scenes_fillfactor;
+mod m20261130_000004_deliveries_without_autoincrement;
 
 pub struct Migrator;
 
@@ -16,6 +18,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261129_000001_initial_schema::Migration),
             Box::new(m20261129_000002_deliveries_by_age::Migration),
             Box::new(m20261129_000003_scenes_fillfactor::Migration),
+            Box::new(m20261130_000004_deliveries_without_autoincrement::Migration),
         ]
     }
 }
