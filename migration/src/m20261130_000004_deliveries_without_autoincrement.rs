@@ -2,9 +2,10 @@
 //! rewrites the `sqlite_sequence` row, one more B-tree write per webhook, so that an id is
 //! never used twice even after the newest row was deleted. Nothing needs that here: delivery
 //! ids stay inside the database (the claims of a batch, the delete of a rejected delivery), and
-//! a plain `INTEGER PRIMARY KEY` still numbers rows in insertion order. Measured: ~6 % more
-//! webhooks per second embedded (docs/PERFORMANCE.md). SQLite cannot alter a column's key, so
-//! the table is rebuilt, in one transaction; Postgres's identity column stays as it is.
+//! a plain `INTEGER PRIMARY KEY` still numbers rows in insertion order. Measured: 1-8 % more
+//! webhooks per second embedded, in six paired runs (docs/PERFORMANCE.md). SQLite cannot alter
+//! a column's key, so the table is rebuilt, in one transaction; Postgres's identity column
+//! stays as it is.
 
 use sea_orm_migration::prelude::*;
 
