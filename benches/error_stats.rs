@@ -1,5 +1,6 @@
 //! Measures the error store's `stats` against Redis with 100 and with 1,000,000 stored
-//! entries: it reads counters, so the latency must not grow with the store.
+//! entries (two stores, their calls alternating): it reads counters, so the latency must not
+//! grow with the store.
 //! `cargo bench --bench error_stats -- redis://127.0.0.1:PORT` (or with the URL in
 //! `SCENEHOOK_BENCH_REDIS_URL`, as `scripts/bench --micro` runs it).
 
@@ -9,6 +10,9 @@ use scenehook::store::{
     ErrorPolicy, ErrorStore, ErrorType, NewError, Severity,
     redis::{RedisErrorStore, connect},
 };
+
+/// The time the entries are recorded at and the stats asked for.
+const NOW_MS: i64 = 1_764_400_000_000;
 
 const POLICY: ErrorPolicy = ErrorPolicy {
     success_ttl_ms: 5_000,
@@ -25,7 +29,7 @@ async fn fill(store: &RedisErrorStore, from: usize, to: usize) {
             .map(|i| {
                 store.record(
                     NewError::new(Severity::Error, ErrorType::Processing, format!("entry {i}")),
-                    1_764_400_000_000 + i as i64,
+                    NOW_MS + i as i64,
                 )
             })
             .collect();
@@ -36,15 +40,21 @@ async fn fill(store: &RedisErrorStore, from: usize, to: usize) {
     }
 }
 
-async fn median_stats_latency(store: &RedisErrorStore) -> Duration {
-    let mut samples = Vec::with_capacity(2000);
+/// Median `stats` latency of each store, their calls alternating, so that whatever else the
+/// machine is doing meanwhile weighs on both alike.
+async fn median_stats_latencies(stores: [&RedisErrorStore; 2]) -> [Duration; 2] {
+    let mut samples = [Vec::with_capacity(2000), Vec::with_capacity(2000)];
     for _ in 0..2000 {
-        let started = Instant::now();
-        store.stats(1_764_400_000_000).await.expect("stats");
-        samples.push(started.elapsed());
+        for (store, samples) in stores.iter().zip(samples.iter_mut()) {
+            let started = Instant::now();
+            store.stats(NOW_MS).await.expect("stats");
+            samples.push(started.elapsed());
+        }
     }
-    samples.sort();
-    samples[samples.len() / 2]
+    samples.map(|mut s| {
+        s.sort();
+        s[s.len() / 2]
+    })
 }
 
 #[tokio::main]
@@ -63,19 +73,18 @@ async fn main() {
     let client = connect(&url, Duration::from_secs(5))
         .await
         .expect("Redis answers");
-    let store = RedisErrorStore::new(
-        client,
-        &format!("bench{}", scenehook::domain::ids::random_token(6)),
-        POLICY,
-    );
-    fill(&store, 0, 100).await;
-    let small = median_stats_latency(&store).await;
+    let run = scenehook::domain::ids::random_token(6);
+    let small = RedisErrorStore::new(client.clone(), &format!("bench{run}small"), POLICY);
+    let large = RedisErrorStore::new(client, &format!("bench{run}large"), POLICY);
+    fill(&small, 0, 100).await;
     let started = Instant::now();
-    fill(&store, 100, 1_000_000).await;
+    fill(&large, 0, 1_000_000).await;
     let filled = started.elapsed();
-    let large = median_stats_latency(&store).await;
-    let total = store.stats(1_764_400_000_000).await.expect("stats").total;
+    let [small_latency, large_latency] = median_stats_latencies([&small, &large]).await;
+    let small_total = small.stats(NOW_MS).await.expect("stats").total;
+    let large_total = large.stats(NOW_MS).await.expect("stats").total;
     println!(
-        "stats median latency: {small:?} with 100 entries, {large:?} with {total} entries (filled in {filled:?})"
+        "stats median latency: {small_latency:?} with {small_total} entries, \
+         {large_latency:?} with {large_total} entries (calls alternating; filled in {filled:?})"
     );
 }
