@@ -313,7 +313,8 @@ async fn a_video_callback_reads_only_its_scene_and_the_one_before(backend: Backe
 }
 
 /// Retention deletes deliveries by age; nothing looks them up by project. On Postgres the
-/// scenes' pages keep room for their updates.
+/// scenes' pages keep room for their updates. On SQLite delivery ids do without
+/// `AUTOINCREMENT`, and the table's rebuilds, both ways, keep every delivery with its id.
 async fn the_later_migrations_apply_and_roll_back(backend: Backend) {
     use migration::{Migrator, MigratorTrait};
     let Some(app) = started(backend, "ingest_indexes", &[]).await else {
