@@ -34,6 +34,13 @@ const PASS_GAP: Duration = Duration::from_millis(3);
 /// to it (the outbox and the API).
 const IDLE_PASS: Duration = Duration::from_secs(1);
 
+/// The checkpoint thread's nice value (0 is the default, 19 the lowest priority). Copying the
+/// WAL has no deadline but the WAL's bound, while the writer it runs beside holds every queued
+/// webhook: on cores that are busy, the writer and the request threads go first. 10 rather
+/// than 19 or `SCHED_IDLE`, so that passes still keep up under sustained load; measured in
+/// docs/PERFORMANCE.md ("Checkpoints").
+const NICE: i32 = 10;
+
 /// Owns the checkpoint thread; dropping it stops the thread.
 pub struct Checkpointer {
     shared: Arc<Shared>,
@@ -82,7 +89,10 @@ impl Checkpointer {
             .name("scenehook-checkpoint".into())
             .spawn({
                 let shared = shared.clone();
-                move || run(&connection, &shared, restart_frames, frame_bytes)
+                move || {
+                    lower_priority();
+                    run(&connection, &shared, restart_frames, frame_bytes)
+                }
             })
             .map_err(|e| failed(&e))?;
         Ok(Self {
@@ -162,6 +172,23 @@ fn run(connection: &Connection, shared: &Shared, restart_frames: i64, frame_byte
     }
 }
 
+/// Gives the calling thread the nice value [`NICE`]; where that is not possible, the thread
+/// keeps the default priority and only loses what the lower one gains.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        use rustix::process::{getpriority_process, setpriority_process};
+        // Linux keeps a nice value per thread; a thread's id addresses that thread alone. A
+        // gateway started with a lower priority still is not raised.
+        let thread = Some(rustix::thread::gettid());
+        if let Err(e) =
+            getpriority_process(thread).and_then(|nice| setpriority_process(thread, nice.max(NICE)))
+        {
+            tracing::debug!(error = %e, "the SQLite checkpointer keeps its priority");
+        }
+    }
+}
+
 fn checkpoint(connection: &Connection, mode: &str) -> rusqlite::Result<Pass> {
     connection.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |row| {
         Ok(Pass {
@@ -191,4 +218,56 @@ pub fn writer_may_wait(attempts: i32) -> bool {
         std::thread::sleep(Duration::from_millis(1));
     }
     attempts < FINE + 4_990
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    /// The nice value of every thread of this process named as the checkpointer is
+    /// (`comm` keeps 15 bytes of a thread's name).
+    fn checkpointer_nice_values() -> Vec<i32> {
+        let mut values = Vec::new();
+        for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+            let name = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            if name.trim_end() != "scenehook-check" {
+                continue;
+            }
+            if let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) {
+                values.push(nice_of(&stat));
+            }
+        }
+        values
+    }
+
+    /// A thread's nice value from its `stat`: field 19, counting from the pid, after the name,
+    /// which ends at the last ')'.
+    fn nice_of(stat: &str) -> i32 {
+        let (_, fields) = stat.rsplit_once(')').unwrap();
+        fields.split_whitespace().nth(16).unwrap().parse().unwrap()
+    }
+
+    #[test]
+    fn the_checkpointer_runs_below_the_writers_priority() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nice.db");
+        let path = path.to_str().unwrap();
+        Connection::open(path)
+            .unwrap()
+            .pragma_update(None, "journal_mode", "WAL")
+            .unwrap();
+        let expected = NICE.max(nice_of(
+            &std::fs::read_to_string("/proc/thread-self/stat").unwrap(),
+        ));
+        let _checkpointer = Checkpointer::start(path, 1 << 20).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let values = checkpointer_nice_values();
+            if !values.is_empty() && values.iter().all(|&nice| nice == expected) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "nice values: {values:?}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
 }
