@@ -172,8 +172,8 @@ fn run(connection: &Connection, shared: &Shared, restart_frames: i64, frame_byte
     }
 }
 
-/// Gives the calling thread the nice value [`NICE`]; where that is not possible, the thread
-/// keeps the default priority and only loses what the lower one gains.
+/// Gives the calling thread the nice value [`NICE`]. Where that fails, the thread keeps its
+/// priority: only throughput depends on it, not correctness.
 fn lower_priority() {
     #[cfg(target_os = "linux")]
     {
