@@ -24,6 +24,8 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 if MODE == "quick":
     CONCURRENCY, DURATION, PER_RUN = [32], 1, 3000
+elif MODE == "ab":
+    CONCURRENCY, DURATION, PER_RUN = [32], 8, 100000
 elif MODE == "soak":
     CONCURRENCY, DURATION, PER_RUN = [32], 300, 200000
 else:
@@ -145,7 +147,7 @@ def prepare(db_url, count, parts):
     return [f"{out}.{k}" for k in range(parts)] if parts > 1 else [out]
 
 
-def start_gateway(db_url, redis_url, port):
+def start_gateway(db_url, redis_url, port, exe=None):
     env = dict(os.environ)
     for key in list(env):
         if key.startswith("SCENEHOOK_") or key in ("DATABASE_URL", "REDIS_URL"):
@@ -160,7 +162,7 @@ def start_gateway(db_url, redis_url, port):
         "SCENEHOOK_OUTBOX__ENABLED": "false",
         "SCENEHOOK_DATABASE__MAX_CONNECTIONS": "8",
     })
-    proc = subprocess.Popen([EXE["scenehook"]], env=env, cwd=SCRATCH,
+    proc = subprocess.Popen([exe or EXE["scenehook"]], env=env, cwd=SCRATCH,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_http(f"http://127.0.0.1:{port}/healthz")
     return proc
@@ -217,11 +219,11 @@ def run_ceiling(name, extra):
     return rows
 
 
-def run_gateway(name, db_url, redis_url, instances):
+def run_gateway(name, db_url, redis_url, instances, exe=None):
     runs = len(CONCURRENCY)
     files = prepare(db_url, PER_RUN * runs * instances, runs * instances)
     ports = [free_port() for _ in range(instances)]
-    procs = [start_gateway(db_url, redis_url, p) for p in ports]
+    procs = [start_gateway(db_url, redis_url, p, exe) for p in ports]
     rows = []
     for k, c in enumerate(CONCURRENCY):
         before = [accepted(p) for p in ports]
@@ -293,8 +295,56 @@ def soak():
     return {"samples": samples, "wrk": result}
 
 
+def sqlite_url():
+    return f"sqlite://{SCRATCH}/bench-{time.time_ns()}.db?mode=rwc"
+
+
+def remove_sqlite(db_url):
+    path = db_url.removeprefix("sqlite://").split("?")[0]
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(path + suffix):
+            os.remove(path + suffix)
+
+
+def ab(baseline, rounds):
+    """One build against another where this machine's drift allows it: alternating 8 s runs
+    at 32 connections, each on a freshly seeded database, baseline first in every pair."""
+    only = set(filter(None, os.environ.get("BENCH_ONLY", "embedded").split(",")))
+    configs = [("embedded", "embedded (SQLite + in-process)"), ("pg", "Postgres + Redis")]
+    for key, name in configs:
+        if key not in only:
+            continue
+        pairs = []
+        for round_ in range(rounds):
+            pair = []
+            for exe in (baseline, EXE["scenehook"]):
+                db_url = sqlite_url() if key == "embedded" else fresh_database()
+                row = run_gateway(name, db_url, REDIS if key == "pg" else "", 1, exe)[0]
+                if db_url.startswith("sqlite"):
+                    remove_sqlite(db_url)
+                if row["non_2xx"] or row["requests"] == 0:
+                    sys.exit(f"bench ab: a failed run: {row}")
+                pair.append(row)
+            pairs.append(pair)
+            old, new = pair
+            print(f"{name}, pair {round_ + 1}: baseline {old['requests']:8,} requests "
+                  f"(p99 {old['p99_us'] / 1000:5.2f} ms), this build {new['requests']:8,} "
+                  f"(p99 {new['p99_us'] / 1000:5.2f} ms): {new['requests'] / old['requests'] - 1:+.1%}",
+                  flush=True)
+        ratios = [new["requests"] / old["requests"] for old, new in pairs]
+        ahead = sum(r > 1.01 for r in ratios)
+        behind = sum(r < 0.99 for r in ratios)
+        mean = sum(new["requests"] for _, new in pairs) / sum(old["requests"] for old, _ in pairs)
+        print(f"{name}: this build {mean - 1:+.1%} over {rounds} pairs "
+              f"(ahead by more than 1 % in {ahead}, behind in {behind})")
+
+
 def main():
     os.makedirs("docs/bench", exist_ok=True)
+    if MODE == "ab":
+        baseline = os.environ["BENCH_AB_BASELINE"]
+        ab(os.path.abspath(baseline), int(os.environ.get("BENCH_AB_ROUNDS", "5")))
+        return
     if MODE == "soak":
         result = soak()
         json.dump(result, open("docs/bench/soak.json", "w"), indent=1)
@@ -312,8 +362,7 @@ def main():
     if wanted("evalsha"):
         rows += run_ceiling("ceiling + EVALSHA", ["--redis", REDIS])
     if wanted("embedded"):
-        rows += run_gateway("embedded (SQLite + in-process)",
-                            f"sqlite://{SCRATCH}/bench-{time.time_ns()}.db?mode=rwc", "", 1)
+        rows += run_gateway("embedded (SQLite + in-process)", sqlite_url(), "", 1)
     if wanted("pg"):
         rows += run_gateway("Postgres + Redis", fresh_database(), REDIS, 1)
     if wanted("pg2"):
