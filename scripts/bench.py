@@ -336,7 +336,7 @@ def ab(baseline, rounds):
         behind = sum(r < 0.99 for r in ratios)
         mean = sum(new["requests"] for _, new in pairs) / sum(old["requests"] for old, _ in pairs)
         print(f"{name}: this build {mean - 1:+.1%} over {rounds} pairs "
-              f"(ahead by more than 1 % in {ahead}, behind in {behind})")
+              f"(ahead by more than 1 % in {ahead}, behind by more than 1 % in {behind})")
 
 
 def main():
