@@ -39,7 +39,11 @@ const IDLE_PASS: Duration = Duration::from_secs(1);
 /// webhook: on cores that are busy, the writer and the request threads go first. 10 rather
 /// than 19 or `SCHED_IDLE`, so that passes still keep up under sustained load; measured in
 /// docs/PERFORMANCE.md ("Checkpoints").
+#[cfg(target_os = "linux")]
 const NICE: i32 = 10;
+
+/// The thread's name (`top -H`, `/proc/PID/task/*/comm`, which keep its first 15 bytes).
+const THREAD_NAME: &str = "scenehook-checkpoint";
 
 /// Owns the checkpoint thread; dropping it stops the thread.
 pub struct Checkpointer {
@@ -86,7 +90,7 @@ impl Checkpointer {
         metrics::counter!("scenehook_sqlite_wal_restart_busy_total").increment(0);
         let shared = Arc::new(Shared::default());
         let thread = std::thread::Builder::new()
-            .name("scenehook-checkpoint".into())
+            .name(THREAD_NAME.into())
             .spawn({
                 let shared = shared.clone();
                 move || {
@@ -174,20 +178,22 @@ fn run(connection: &Connection, shared: &Shared, restart_frames: i64, frame_byte
 
 /// Gives the calling thread the nice value [`NICE`]. Where that fails, the thread keeps its
 /// priority: only throughput depends on it, not correctness.
+#[cfg(target_os = "linux")]
 fn lower_priority() {
-    #[cfg(target_os = "linux")]
+    use rustix::process::{getpriority_process, setpriority_process};
+    // Linux keeps a nice value per thread; a thread's id addresses that thread alone. A
+    // gateway started with a lower priority still is not raised.
+    let thread = Some(rustix::thread::gettid());
+    if let Err(e) =
+        getpriority_process(thread).and_then(|nice| setpriority_process(thread, nice.max(NICE)))
     {
-        use rustix::process::{getpriority_process, setpriority_process};
-        // Linux keeps a nice value per thread; a thread's id addresses that thread alone. A
-        // gateway started with a lower priority still is not raised.
-        let thread = Some(rustix::thread::gettid());
-        if let Err(e) =
-            getpriority_process(thread).and_then(|nice| setpriority_process(thread, nice.max(NICE)))
-        {
-            tracing::debug!(error = %e, "the SQLite checkpointer keeps its priority");
-        }
+        tracing::debug!(error = %e, "the SQLite checkpointer keeps its priority");
     }
 }
+
+/// Elsewhere the thread keeps the default priority.
+#[cfg(not(target_os = "linux"))]
+fn lower_priority() {}
 
 fn checkpoint(connection: &Connection, mode: &str) -> rusqlite::Result<Pass> {
     connection.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |row| {
@@ -224,13 +230,12 @@ pub fn writer_may_wait(attempts: i32) -> bool {
 mod tests {
     use super::*;
 
-    /// The nice value of every thread of this process named as the checkpointer is
-    /// (`comm` keeps 15 bytes of a thread's name).
+    /// The nice value of every thread of this process named as the checkpointer is.
     fn checkpointer_nice_values() -> Vec<i32> {
         let mut values = Vec::new();
         for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
             let name = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-            if name.trim_end() != "scenehook-check" {
+            if name.trim_end() != &THREAD_NAME[..15] {
                 continue;
             }
             if let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) {
