@@ -34,6 +34,7 @@ pub struct App {
     pub outbox: Arc<Outbox>,
     pub ingestor: db::ingest::Ingestor,
     pub metrics: PrometheusHandle,
+    pub webhook_metrics: crate::http::WebhookMetrics,
     verifiers: [Verifier; 3],
 }
 
@@ -155,6 +156,7 @@ impl Gateway {
             outbox: outbox.clone(),
             ingestor,
             metrics,
+            webhook_metrics: crate::http::WebhookMetrics::new(),
             verifiers,
         }));
         let (shutdown, stop) = watch::channel(false);

@@ -24,6 +24,8 @@ pub struct RateLimiter {
     config: RateLimitConfig,
     degraded: AtomicBool,
     reporter: Reporter,
+    /// Registered once, rather than looked up by its label on every webhook.
+    store_duration: metrics::Histogram,
 }
 
 /// The limiter could not decide (store down and failing closed).
@@ -36,7 +38,11 @@ impl RateLimiter {
         config: RateLimitConfig,
         reporter: Reporter,
     ) -> Self {
+        let store_duration = metrics::histogram!(
+            "scenehook_rate_limit_store_duration_seconds", "backend" => store.backend()
+        );
         Self {
+            store_duration,
             store,
             fallback: MemoryRateLimiter::new(),
             config,
@@ -67,8 +73,7 @@ impl RateLimiter {
         let started = Instant::now();
         let result = self.store.hit(&key, limit, self.window()).await;
         let backend = self.store.backend();
-        metrics::histogram!("scenehook_rate_limit_store_duration_seconds", "backend" => backend)
-            .record(started.elapsed().as_secs_f64());
+        self.store_duration.record(started.elapsed().as_secs_f64());
         let (decision, backend) = match result {
             Ok(decision) => {
                 if self.degraded.swap(false, Ordering::Relaxed) {

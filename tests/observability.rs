@@ -63,6 +63,19 @@ async fn a_scrape_after_the_pipeline_shows_every_outcome_and_every_referenced_me
         },
     );
     let app = TestApp::start(cfg).await;
+    // Every outcome is exported from zero, before its first webhook, so that alerts on its
+    // rate see a series.
+    assert_eq!(
+        sample(
+            &app.scrape().await,
+            "scenehook_webhooks_total",
+            &[
+                ("endpoint", "last-frame-complete"),
+                ("outcome", "unavailable")
+            ]
+        ),
+        Some(0.0)
+    );
     assert_eq!(
         app.post(
             "/projects",
@@ -113,7 +126,7 @@ async fn a_scrape_after_the_pipeline_shows_every_outcome_and_every_referenced_me
         sample(
             &scrape,
             "scenehook_webhooks_total",
-            &[("outcome", "rate_limited")]
+            &[("endpoint", "stitch-complete"), ("outcome", "rate_limited")]
         ) > Some(0.0)
     );
     for service in ["video", "last_frame", "stitch", "notification"] {

@@ -34,7 +34,7 @@ use utoipa_axum::router::OpenApiRouter;
 
 use crate::{app::AppState, error::AppError};
 
-pub use webhooks::client_ip;
+pub use webhooks::{WebhookMetrics, client_ip};
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -92,7 +92,9 @@ pub fn router(state: AppState) -> Router {
         ));
     let (routes, document) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/api/v1", api)
-        .nest("/api/webhooks", webhooks::router(&state.config))
+        // Merged with full paths rather than nested: a nested router strips its prefix and
+        // records the nested path on every request, the hottest route's too.
+        .merge(webhooks::router(&state.config))
         .merge(health::router())
         .split_for_parts();
     let document = Arc::new(document);

@@ -130,7 +130,7 @@ webhook_endpoint!(
     video_complete,
     video_complete_health,
     WebhookKind::VideoComplete,
-    "/video-complete",
+    "/api/webhooks/video-complete",
     VideoCompletePayload,
     "The video service finished a scene's clip."
 );
@@ -138,7 +138,7 @@ webhook_endpoint!(
     last_frame_complete,
     last_frame_complete_health,
     WebhookKind::LastFrameComplete,
-    "/last-frame-complete",
+    "/api/webhooks/last-frame-complete",
     LastFrameCompletePayload,
     "The last-frame service extracted a frame."
 );
@@ -146,7 +146,7 @@ webhook_endpoint!(
     stitch_complete,
     stitch_complete_health,
     WebhookKind::StitchComplete,
-    "/stitch-complete",
+    "/api/webhooks/stitch-complete",
     StitchCompletePayload,
     "The stitch service joined the clips."
 );
@@ -218,11 +218,62 @@ async fn ingest(State(app): State<AppState>, kind: WebhookKind, request: Request
     if let Some(decision) = decision {
         rate_limit_headers(response.headers_mut(), &decision, app.limiter.window());
     }
-    metrics::counter!("scenehook_webhooks_total", "endpoint" => kind.as_str(), "outcome" => outcome)
-        .increment(1);
-    metrics::histogram!("scenehook_webhook_duration_seconds", "endpoint" => kind.as_str())
-        .record(started.elapsed().as_secs_f64());
+    app.webhook_metrics.record(kind, outcome, started.elapsed());
     response
+}
+
+/// Every outcome label `scenehook_webhooks_total` counts.
+const OUTCOMES: [&str; 9] = [
+    "accepted",
+    "duplicate",
+    "rate_limited",
+    "unavailable",
+    "invalid_signature",
+    "not_found",
+    "conflict",
+    "bad_request",
+    "error",
+];
+
+/// The webhook endpoints' metric handles, registered once at start: every outcome is exported
+/// from zero, so a dashboard or an alert sees its series before the first such webhook, and a
+/// request records without looking its labels up in the registry.
+pub struct WebhookMetrics {
+    /// Per endpoint, per [`OUTCOMES`] entry.
+    outcomes: [Vec<metrics::Counter>; 3],
+    durations: [metrics::Histogram; 3],
+}
+
+impl WebhookMetrics {
+    pub fn new() -> Self {
+        let kinds = [
+            WebhookKind::VideoComplete,
+            WebhookKind::LastFrameComplete,
+            WebhookKind::StitchComplete,
+        ];
+        Self {
+            outcomes: kinds.map(|kind| {
+                OUTCOMES
+                    .iter()
+                    .map(|&outcome| {
+                        metrics::counter!("scenehook_webhooks_total",
+                            "endpoint" => kind.as_str(), "outcome" => outcome)
+                    })
+                    .collect()
+            }),
+            durations: kinds.map(|kind| {
+                metrics::histogram!("scenehook_webhook_duration_seconds", "endpoint" => kind.as_str())
+            }),
+        }
+    }
+
+    fn record(&self, kind: WebhookKind, outcome: &str, took: Duration) {
+        let outcomes = &self.outcomes[kind as usize];
+        if let Some(counter) = OUTCOMES.iter().position(|o| *o == outcome) {
+            outcomes[counter].increment(1);
+        }
+        self.durations[kind as usize].record(took.as_secs_f64());
+    }
 }
 
 struct Accepted {
