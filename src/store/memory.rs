@@ -16,11 +16,23 @@ use super::{
     new_error_id,
 };
 
-/// Sliding-window log per key, in process memory.
-#[derive(Default)]
+/// Sliding-window log per key, in process memory. Each allowed request is kept as nanoseconds
+/// since the limiter started, 8 bytes instead of an `Instant`'s 16: with a high limit the log
+/// is most of the gateway's memory (a million entries a minute at 17,000 requests a second).
 pub struct MemoryRateLimiter {
-    windows: Mutex<HashMap<String, VecDeque<Instant>>>,
+    windows: Mutex<HashMap<String, VecDeque<u64>>>,
     calls: AtomicU64,
+    started: Instant,
+}
+
+impl Default for MemoryRateLimiter {
+    fn default() -> Self {
+        Self {
+            windows: Mutex::default(),
+            calls: AtomicU64::new(0),
+            started: Instant::now(),
+        }
+    }
 }
 
 impl MemoryRateLimiter {
@@ -40,16 +52,16 @@ impl RateLimitStore for MemoryRateLimiter {
         limit: u32,
         window: Duration,
     ) -> Result<RateDecision, StoreError> {
-        let now = Instant::now();
+        // u64 nanoseconds last 584 years.
+        let now = self.started.elapsed().as_nanos() as u64;
+        let window_ns = window.as_nanos() as u64;
+        let expired = |t: &u64| now.saturating_sub(*t) >= window_ns;
         let mut windows = self.windows.lock();
         if self.calls.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
-            windows.retain(|_, log| log.back().is_some_and(|t| now.duration_since(*t) < window));
+            windows.retain(|_, log| log.back().is_some_and(|t| !expired(t)));
         }
         let log = windows.entry(key.to_owned()).or_default();
-        while log
-            .front()
-            .is_some_and(|t| now.duration_since(*t) >= window)
-        {
+        while log.front().is_some_and(expired) {
             log.pop_front();
         }
         let allowed = log.len() < limit as usize;
@@ -58,7 +70,7 @@ impl RateLimitStore for MemoryRateLimiter {
         }
         let reset_ms = log
             .front()
-            .map(|oldest| (window.saturating_sub(now.duration_since(*oldest))).as_millis() as u64)
+            .map(|oldest| window_ns.saturating_sub(now - oldest) / 1_000_000)
             .unwrap_or(0);
         Ok(RateDecision {
             allowed,
