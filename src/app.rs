@@ -156,7 +156,7 @@ impl Gateway {
             outbox: outbox.clone(),
             ingestor,
             metrics,
-            webhook_metrics: crate::http::WebhookMetrics::new(),
+            webhook_metrics: crate::http::WebhookMetrics::register(),
             verifiers,
         }));
         let (shutdown, stop) = watch::channel(false);

@@ -245,7 +245,8 @@ pub struct WebhookMetrics {
 }
 
 impl WebhookMetrics {
-    pub fn new() -> Self {
+    /// Registers every series with the process's recorder (installed before this is called).
+    pub fn register() -> Self {
         let kinds = [
             WebhookKind::VideoComplete,
             WebhookKind::LastFrameComplete,
