@@ -268,10 +268,13 @@ impl WebhookMetrics {
         }
     }
 
-    fn record(&self, kind: WebhookKind, outcome: &str, took: Duration) {
-        let outcomes = &self.outcomes[kind as usize];
-        if let Some(counter) = OUTCOMES.iter().position(|o| *o == outcome) {
-            outcomes[counter].increment(1);
+    fn record(&self, kind: WebhookKind, outcome: &'static str, took: Duration) {
+        match OUTCOMES.iter().position(|o| *o == outcome) {
+            Some(known) => self.outcomes[kind as usize][known].increment(1),
+            // An outcome missing from the list is still counted, through the registry.
+            None => metrics::counter!("scenehook_webhooks_total",
+                "endpoint" => kind.as_str(), "outcome" => outcome)
+            .increment(1),
         }
         self.durations[kind as usize].record(took.as_secs_f64());
     }

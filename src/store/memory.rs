@@ -52,11 +52,12 @@ impl RateLimitStore for MemoryRateLimiter {
         limit: u32,
         window: Duration,
     ) -> Result<RateDecision, StoreError> {
-        // u64 nanoseconds last 584 years.
+        let mut windows = self.windows.lock();
+        // Read under the lock, so that each log is appended in order. u64 nanoseconds last
+        // 584 years.
         let now = self.started.elapsed().as_nanos() as u64;
         let window_ns = window.as_nanos() as u64;
         let expired = |t: &u64| now.saturating_sub(*t) >= window_ns;
-        let mut windows = self.windows.lock();
         if self.calls.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
             windows.retain(|_, log| log.back().is_some_and(|t| !expired(t)));
         }
@@ -70,7 +71,7 @@ impl RateLimitStore for MemoryRateLimiter {
         }
         let reset_ms = log
             .front()
-            .map(|oldest| window_ns.saturating_sub(now - oldest) / 1_000_000)
+            .map(|oldest| window_ns.saturating_sub(now.saturating_sub(*oldest)) / 1_000_000)
             .unwrap_or(0);
         Ok(RateDecision {
             allowed,
