@@ -192,12 +192,12 @@ async fn ingest(State(app): State<AppState>, kind: WebhookKind, request: Request
     );
     let (outcome, mut response, decision) = match app.limiter.check(kind, ip).await {
         Err(_) => (
-            "unavailable",
+            Outcome::Unavailable,
             AppError::unavailable("rate limiter unavailable, retry later").into_response(),
             None,
         ),
         Ok(decision) if !decision.allowed => (
-            "rate_limited",
+            Outcome::RateLimited,
             AppError::RateLimited {
                 retry_after_secs: decision.reset_ms.div_ceil(1000).max(1),
             }
@@ -207,10 +207,14 @@ async fn ingest(State(app): State<AppState>, kind: WebhookKind, request: Request
         Ok(decision) => {
             let (outcome, response) = match process(&app, kind, request).await {
                 Ok(Accepted { duplicate }) => (
-                    if duplicate { "duplicate" } else { "accepted" },
+                    if duplicate {
+                        Outcome::Duplicate
+                    } else {
+                        Outcome::Accepted
+                    },
                     Json(json!({"ok": true, "duplicate": duplicate})).into_response(),
                 ),
-                Err(e) => (outcome_label(&e), e.into_response()),
+                Err(e) => (Outcome::of(&e), e.into_response()),
             };
             (outcome, response, Some(decision))
         }
@@ -222,25 +226,66 @@ async fn ingest(State(app): State<AppState>, kind: WebhookKind, request: Request
     response
 }
 
-/// Every outcome label `scenehook_webhooks_total` counts.
-const OUTCOMES: [&str; 9] = [
-    "accepted",
-    "duplicate",
-    "rate_limited",
-    "unavailable",
-    "invalid_signature",
-    "not_found",
-    "conflict",
-    "bad_request",
-    "error",
-];
+/// What became of a webhook: the `outcome` label of `scenehook_webhooks_total`.
+#[derive(Clone, Copy)]
+enum Outcome {
+    Accepted,
+    Duplicate,
+    RateLimited,
+    Unavailable,
+    InvalidSignature,
+    NotFound,
+    Conflict,
+    BadRequest,
+    Error,
+}
+
+impl Outcome {
+    const ALL: [Outcome; 9] = [
+        Outcome::Accepted,
+        Outcome::Duplicate,
+        Outcome::RateLimited,
+        Outcome::Unavailable,
+        Outcome::InvalidSignature,
+        Outcome::NotFound,
+        Outcome::Conflict,
+        Outcome::BadRequest,
+        Outcome::Error,
+    ];
+
+    fn of(e: &AppError) -> Self {
+        match e.status() {
+            StatusCode::UNAUTHORIZED => Self::InvalidSignature,
+            StatusCode::TOO_MANY_REQUESTS => Self::RateLimited,
+            StatusCode::NOT_FOUND => Self::NotFound,
+            StatusCode::CONFLICT => Self::Conflict,
+            StatusCode::SERVICE_UNAVAILABLE => Self::Unavailable,
+            s if s.is_client_error() => Self::BadRequest,
+            _ => Self::Error,
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Accepted => "accepted",
+            Self::Duplicate => "duplicate",
+            Self::RateLimited => "rate_limited",
+            Self::Unavailable => "unavailable",
+            Self::InvalidSignature => "invalid_signature",
+            Self::NotFound => "not_found",
+            Self::Conflict => "conflict",
+            Self::BadRequest => "bad_request",
+            Self::Error => "error",
+        }
+    }
+}
 
 /// The webhook endpoints' metric handles, registered once at start: every outcome is exported
 /// from zero, so a dashboard or an alert sees its series before the first such webhook, and a
 /// request records without looking its labels up in the registry.
 pub struct WebhookMetrics {
-    /// Per endpoint, per [`OUTCOMES`] entry.
-    outcomes: [Vec<metrics::Counter>; 3],
+    /// Per endpoint, per outcome (indexed by the enum's discriminant).
+    outcomes: [[metrics::Counter; Outcome::ALL.len()]; 3],
     durations: [metrics::Histogram; 3],
 }
 
@@ -254,13 +299,10 @@ impl WebhookMetrics {
         ];
         Self {
             outcomes: kinds.map(|kind| {
-                OUTCOMES
-                    .iter()
-                    .map(|&outcome| {
-                        metrics::counter!("scenehook_webhooks_total",
-                            "endpoint" => kind.as_str(), "outcome" => outcome)
-                    })
-                    .collect()
+                Outcome::ALL.map(|outcome| {
+                    metrics::counter!("scenehook_webhooks_total",
+                        "endpoint" => kind.as_str(), "outcome" => outcome.label())
+                })
             }),
             durations: kinds.map(|kind| {
                 metrics::histogram!("scenehook_webhook_duration_seconds", "endpoint" => kind.as_str())
@@ -268,14 +310,8 @@ impl WebhookMetrics {
         }
     }
 
-    fn record(&self, kind: WebhookKind, outcome: &'static str, took: Duration) {
-        match OUTCOMES.iter().position(|o| *o == outcome) {
-            Some(known) => self.outcomes[kind as usize][known].increment(1),
-            // An outcome missing from the list is still counted, through the registry.
-            None => metrics::counter!("scenehook_webhooks_total",
-                "endpoint" => kind.as_str(), "outcome" => outcome)
-            .increment(1),
-        }
+    fn record(&self, kind: WebhookKind, outcome: Outcome, took: Duration) {
+        self.outcomes[kind as usize][outcome as usize].increment(1);
         self.durations[kind as usize].record(took.as_secs_f64());
     }
 }
@@ -424,18 +460,6 @@ async fn process(
     }
 }
 
-fn outcome_label(e: &AppError) -> &'static str {
-    match e.status() {
-        StatusCode::UNAUTHORIZED => "invalid_signature",
-        StatusCode::TOO_MANY_REQUESTS => "rate_limited",
-        StatusCode::NOT_FOUND => "not_found",
-        StatusCode::CONFLICT => "conflict",
-        StatusCode::SERVICE_UNAVAILABLE => "unavailable",
-        s if s.is_client_error() => "bad_request",
-        _ => "error",
-    }
-}
-
 /// `X-RateLimit-*` (the de-facto form) and the IETF draft's `RateLimit-Policy` / `RateLimit`.
 fn rate_limit_headers(headers: &mut HeaderMap, d: &RateDecision, window: Duration) {
     let reset = d.reset_ms.div_ceil(1000);
@@ -460,6 +484,13 @@ fn rate_limit_headers(headers: &mut HeaderMap, d: &RateDecision, window: Duratio
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_outcome_has_its_own_counter_slot() {
+        for (slot, outcome) in Outcome::ALL.into_iter().enumerate() {
+            assert_eq!(outcome as usize, slot, "{}", outcome.label());
+        }
+    }
 
     fn headers(xff: &str) -> HeaderMap {
         let mut h = HeaderMap::new();
