@@ -29,7 +29,7 @@ const LIMITS: Limits = Limits {
 on_databases!(
     the_later_migrations_apply_and_roll_back,
     one_transaction_applies_a_batch_as_if_one_by_one,
-    a_video_callback_reads_only_its_scene_and_the_one_before,
+    a_video_callback_reads_only_its_scene,
     a_failing_statement_costs_only_its_own_delivery,
     concurrent_webhooks_share_commits,
 );
@@ -239,10 +239,10 @@ async fn one_transaction_applies_a_batch_as_if_one_by_one(backend: Backend) {
     );
 }
 
-/// A video callback loads only its scene and the one before it; what it decides must not
-/// change: a retry still chains from the previous scene's last frame, and a scene named under
-/// another project's id is still not found there.
-async fn a_video_callback_reads_only_its_scene_and_the_one_before(backend: Backend) {
+/// A video callback loads only its scene; what it decides must not change: a retry still
+/// starts from the previous scene's last frame (the first frame its scene was chained from),
+/// and a scene named under another project's id is still not found there.
+async fn a_video_callback_reads_only_its_scene(backend: Backend) {
     let Some(app) = started(backend, "ingest_partial", &["p_a", "p_b", "p_c"]).await else {
         return;
     };

@@ -2,16 +2,14 @@
 //! writing back what changed (shared by webhook ingestion in [`super::ingest`]), and the
 //! operator's project commands.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use entity::{outbox_job, project, scene};
 use sea_orm::{
-    ActiveModelTrait,
-    ActiveValue::Set,
-    ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait,
-    IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, QueryTrait, SqlErr,
-    sea_query::{Condition, Expr, JoinType, OnConflict},
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection,
+    DatabaseTransaction, DbErr, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder, QuerySelect,
+    SqlErr, sea_query::OnConflict,
 };
 
 use crate::{
@@ -187,55 +185,21 @@ pub(super) fn record(observations: Vec<Observation>) {
     }
 }
 
-/// Which rows of a project a transaction reads.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum ScenesWanted<'a> {
-    All,
-    /// These scenes, each with the one before it ([`crate::domain::ScenesRead`]).
-    Around(Vec<&'a str>),
-}
-
-/// Loads projects with the scenes wanted of each (in position order). On Postgres the project
-/// rows are locked in id order, so concurrent transactions over overlapping projects queue
-/// instead of deadlocking.
-pub(super) async fn load(
-    txn: &DatabaseTransaction,
-    wanted: &BTreeMap<&str, ScenesWanted<'_>>,
-) -> Result<HashMap<String, Work>, DbErr> {
-    if wanted.is_empty() {
-        return Ok(HashMap::new());
-    }
-    let mut query = project::Entity::find()
-        .filter(project::Column::Id.is_in(wanted.keys().copied()))
-        .order_by_asc(project::Column::Id);
+/// Loads a project with all its scenes (in position order); on Postgres its row is locked for
+/// the transaction, as ingestion's writers lock the projects they change.
+async fn load_project(txn: &DatabaseTransaction, project_id: &str) -> Result<Option<Work>, DbErr> {
+    let mut query = project::Entity::find_by_id(project_id);
     if super::is_postgres(txn) {
         query = query.lock_exclusive();
     }
-    let projects = query.all(txn).await?;
-    let whole: Vec<&str> = wanted
-        .iter()
-        .filter(|(_, w)| **w == ScenesWanted::All)
-        .map(|(id, _)| *id)
-        .collect();
-    let around: Vec<&str> = wanted
-        .values()
-        .filter_map(|w| match w {
-            ScenesWanted::Around(ids) => Some(ids.iter().copied()),
-            ScenesWanted::All => None,
-        })
-        .flatten()
-        .collect();
-    let mut scenes = Vec::new();
-    if !whole.is_empty() {
-        scenes = scene::Entity::find()
-            .filter(scene::Column::ProjectId.is_in(whole))
-            .all(txn)
-            .await?;
-    }
-    if !around.is_empty() {
-        scenes.extend(scenes_and_previous(txn, around).await?);
-    }
-    Ok(assemble(projects, scenes))
+    let Some(project) = query.one(txn).await? else {
+        return Ok(None);
+    };
+    let scenes = scene::Entity::find()
+        .filter(scene::Column::ProjectId.eq(project_id))
+        .all(txn)
+        .await?;
+    Ok(assemble(vec![project], scenes).remove(project_id))
 }
 
 /// Groups loaded rows into [`Work`]s, each with its scenes in position order, once each.
@@ -244,7 +208,7 @@ pub(super) fn assemble(
     mut scenes: Vec<scene::Model>,
 ) -> HashMap<String, Work> {
     scenes.sort_by(|a, b| (&a.project_id, a.position).cmp(&(&b.project_id, b.position)));
-    // Two wanted scenes side by side both load the first of them.
+    // A scene named by two callbacks of a batch is loaded twice.
     scenes.dedup_by(|a, b| a.id == b.id);
     let mut works: HashMap<String, Work> = projects
         .into_iter()
@@ -257,34 +221,6 @@ pub(super) fn assemble(
         }
     }
     works
-}
-
-/// The scenes `ids` and the scene before each, in one statement: a self-join over the
-/// scenes' (project, position) index.
-async fn scenes_and_previous(
-    txn: &DatabaseTransaction,
-    ids: Vec<&str>,
-) -> Result<Vec<scene::Model>, DbErr> {
-    use scene::Column as C;
-    use sea_orm::sea_query::ExprTrait;
-    let target = "target";
-    let mut query = scene::Entity::find();
-    QueryTrait::query(&mut query).join_as(
-        JoinType::InnerJoin,
-        scene::Entity,
-        target,
-        Condition::all()
-            .add(Expr::col((target, C::ProjectId)).equals((scene::Entity, C::ProjectId)))
-            .add(
-                Expr::col((scene::Entity, C::Position))
-                    .gte(Expr::col((target, C::Position)).sub(1)),
-            )
-            .add(Expr::col((scene::Entity, C::Position)).lte(Expr::col((target, C::Position)))),
-    );
-    query
-        .filter(Expr::col((target, C::Id)).is_in(ids))
-        .all(txn)
-        .await
 }
 
 fn scene_state(s: &scene::Model) -> SceneState {
@@ -541,16 +477,15 @@ pub async fn generate(
 ) -> Result<Effects, PipelineError> {
     let txn = super::begin(db).await?;
     let now = Utc::now();
-    let mut works = load(&txn, &BTreeMap::from([(project_id, ScenesWanted::All)])).await?;
-    let work = works
-        .get_mut(project_id)
+    let mut work = load_project(&txn, project_id)
+        .await?
         .ok_or(PipelineError::ProjectNotFound)?;
     let mut observations = Vec::new();
     let effects = work
         .apply(start_generation, now, &mut observations)
         .map_err(PipelineError::Transition)?;
     let rows = new_job_rows(project_id, &effects.jobs, jobs, now);
-    write(&txn, works.values(), rows).await?;
+    write(&txn, std::iter::once(&work), rows).await?;
     txn.commit().await?;
     record(observations);
     Ok(effects)

@@ -80,6 +80,23 @@ pub struct SceneState {
     pub changed: bool,
 }
 
+impl SceneState {
+    /// Queues an attempt at this scene's video, starting from `first_frame_url`.
+    fn queue_generation(&mut self, first_frame_url: Option<String>, effects: &mut Effects) {
+        self.status = SceneStatus::Generating;
+        self.first_frame_url = first_frame_url.clone();
+        self.video_task_id = None;
+        self.video_url = None;
+        self.attempts += 1;
+        self.changed = true;
+        effects.jobs.push(Job::GenerateScene {
+            scene_id: self.id.clone(),
+            prompt: self.prompt.clone(),
+            first_frame_url,
+        });
+    }
+}
+
 /// A project with its scenes, in position order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProjectState {
@@ -202,18 +219,7 @@ impl ProjectState {
         let first_frame_url = index
             .checked_sub(1)
             .and_then(|prev| self.scenes[prev].last_frame_url.clone());
-        let scene = &mut self.scenes[index];
-        scene.status = SceneStatus::Generating;
-        scene.first_frame_url = first_frame_url.clone();
-        scene.video_task_id = None;
-        scene.video_url = None;
-        scene.attempts += 1;
-        scene.changed = true;
-        effects.jobs.push(Job::GenerateScene {
-            scene_id: scene.id.clone(),
-            prompt: scene.prompt.clone(),
-            first_frame_url,
-        });
+        self.scenes[index].queue_generation(first_frame_url, effects);
     }
 
     fn queue_stitch(&mut self, effects: &mut Effects) {
@@ -241,18 +247,18 @@ fn check_task(scene: &SceneState, task_id: &str) -> Result<(), TransitionError> 
 
 /// The scenes [`apply_callback`] reads for a callback. A caller may hand it a project holding
 /// only these scenes (in position order, as always) and gets the same result as with all of
-/// them: a video callback reads its own scene and the one before it (a retry chains from that
-/// one's last frame); the other callbacks decide on the whole project (which scene is next,
-/// every clip for stitching).
+/// them: a video callback reads its own scene alone (a retry starts from the scene's own first
+/// frame); the other callbacks decide on the whole project (which scene is next, every clip
+/// for stitching).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ScenesRead<'a> {
-    SceneAndPrevious(&'a str),
+    Scene(&'a str),
     All,
 }
 
 pub fn scenes_read(callback: &Callback) -> ScenesRead<'_> {
     match callback {
-        Callback::Video { scene_id, .. } => ScenesRead::SceneAndPrevious(scene_id.as_str()),
+        Callback::Video { scene_id, .. } => ScenesRead::Scene(scene_id.as_str()),
         Callback::LastFrame { .. } | Callback::Stitch { .. } => ScenesRead::All,
     }
 }
@@ -303,7 +309,10 @@ pub fn apply_callback(
                                 scene.id, scene.attempts
                             ),
                         });
-                        project.queue_generation(index, &mut effects);
+                        // The new attempt starts from the frame the failed one was chained
+                        // from, so this callback reads no other scene.
+                        let first_frame_url = scene.first_frame_url.clone();
+                        scene.queue_generation(first_frame_url, &mut effects);
                     } else {
                         scene.status = SceneStatus::Failed;
                         let message = format!(
@@ -650,16 +659,14 @@ mod tests {
     /// `p` with only the scenes `scenes_read` names for `callback`.
     fn only_scenes_read(p: &ProjectState, callback: &Callback) -> ProjectState {
         let mut part = p.clone();
-        if let ScenesRead::SceneAndPrevious(id) = scenes_read(callback) {
-            let position = p.scenes.iter().find(|s| s.id == id).map(|s| s.position);
-            part.scenes
-                .retain(|s| Some(s.position) == position || Some(s.position + 1) == position);
+        if let ScenesRead::Scene(id) = scenes_read(callback) {
+            part.scenes.retain(|s| s.id == id);
         }
         part
     }
 
     #[test]
-    fn a_video_callback_decides_the_same_on_its_scene_and_the_previous_one_alone() {
+    fn a_video_callback_decides_the_same_on_its_scene_alone() {
         let attempts_left = |p: &mut ProjectState, i: usize, attempts: i32| {
             p.scenes[i].attempts = attempts;
             p.clone()
@@ -708,7 +715,7 @@ mod tests {
             }
             let mut whole = project.clone();
             let mut part = only_scenes_read(&project, &callback);
-            assert!(part.scenes.len() <= 2);
+            assert!(part.scenes.len() <= 1);
             let on_whole = apply_callback(&mut whole, &callback, &LIMITS);
             let on_part = apply_callback(&mut part, &callback, &LIMITS);
             assert_eq!(on_whole, on_part, "{callback:?}");
@@ -842,6 +849,24 @@ mod tests {
             effects.jobs.as_slice(),
             [Job::GenerateScene { .. }]
         ));
+    }
+
+    #[test]
+    fn a_retried_scene_starts_again_from_the_frame_it_was_chained_from() {
+        let mut p = project(2);
+        start_generation(&mut p).unwrap();
+        apply_callback(&mut p, &video("s0", "t0", done("http://v/0")), &LIMITS).unwrap();
+        apply_callback(&mut p, &frame("s0", done("http://f/0")), &LIMITS).unwrap();
+        let effects = apply_callback(&mut p, &video("s1", "t1", failed()), &LIMITS).unwrap();
+        assert_eq!(
+            effects.jobs,
+            vec![Job::GenerateScene {
+                scene_id: "s1".into(),
+                prompt: "prompt 1".into(),
+                first_frame_url: Some("http://f/0".into()),
+            }]
+        );
+        assert_eq!(p.scenes[1].first_frame_url.as_deref(), Some("http://f/0"));
     }
 
     #[test]

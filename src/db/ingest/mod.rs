@@ -42,7 +42,7 @@ use sea_orm::{DatabaseConnection, DbErr, RuntimeErr};
 pub use sqlite::SqliteWriter;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
-use super::pipeline::{IngestOutcome, Observation, PipelineError, ScenesWanted, Work};
+use super::pipeline::{IngestOutcome, Observation, PipelineError, Work};
 use crate::{
     config::Config,
     domain::{Limits, ScenesRead, apply_callback, scenes_read, webhook::Callback},
@@ -156,6 +156,14 @@ async fn transaction(
 /// for a delivery already stored (a duplicate).
 type Claims = Vec<Option<i64>>;
 
+/// Which rows of a project a transaction reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum ScenesWanted<'a> {
+    All,
+    /// These scenes alone ([`crate::domain::ScenesRead`]).
+    Scenes(Vec<&'a str>),
+}
+
 /// The rows the claimed submissions' transitions read, by project.
 fn scenes_wanted<'b>(
     batch: &'b Batch,
@@ -165,10 +173,10 @@ fn scenes_wanted<'b>(
     for (submission, _) in batch.items.iter().zip(claims).filter(|(_, c)| c.is_some()) {
         let project = wanted
             .entry(submission.callback.project_id().as_str())
-            .or_insert(ScenesWanted::Around(Vec::new()));
+            .or_insert(ScenesWanted::Scenes(Vec::new()));
         match (scenes_read(&submission.callback), &mut *project) {
-            (ScenesRead::SceneAndPrevious(id), ScenesWanted::Around(ids)) => ids.push(id),
-            (ScenesRead::SceneAndPrevious(_), ScenesWanted::All) => {}
+            (ScenesRead::Scene(id), ScenesWanted::Scenes(ids)) => ids.push(id),
+            (ScenesRead::Scene(_), ScenesWanted::All) => {}
             (ScenesRead::All, _) => *project = ScenesWanted::All,
         }
     }

@@ -26,9 +26,9 @@ use sea_orm::{
     },
 };
 
-use super::{Batch, Claims, Reply, apply_transitions, scenes_wanted};
+use super::{Batch, Claims, Reply, ScenesWanted, apply_transitions, scenes_wanted};
 use crate::{
-    db::pipeline::{ScenesWanted, Work, assemble, changed_rows, record},
+    db::pipeline::{Work, assemble, changed_rows, record},
     domain::Limits,
 };
 
@@ -47,15 +47,13 @@ const CLAIM_DELIVERIES: &str = "INSERT INTO webhook_deliveries \
 const LOCK_PROJECTS: &str = "SELECT id, name, status, final_video_url, stitch_attempts, \
      last_error, created_at, updated_at, completed_at \
      FROM projects WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE";
-/// Whole projects' scenes ($1), then scenes each with the one before it ($2).
+/// Whole projects' scenes ($1), then scenes by id ($2).
 const SCENES: &str = concat!(
     "SELECT ",
     scene_columns!(),
     " FROM scenes s WHERE s.project_id = ANY($1::text[]) UNION ALL SELECT ",
     scene_columns!(),
-    " FROM scenes target JOIN scenes s ON s.project_id = target.project_id \
-     AND s.position BETWEEN target.position - 1 AND target.position \
-     WHERE target.id = ANY($2::text[])"
+    " FROM scenes s WHERE s.id = ANY($2::text[])"
 );
 /// Rejected deliveries are not recorded: once fixed, the sender's retry is applied. Rare, so a
 /// statement of its own, run only then (a statement's plan is made once per connection, and
@@ -192,14 +190,14 @@ async fn load(
     let ids: Vec<&str> = wanted.keys().copied().collect();
     let projects = fetch(txn, sqlx::query(LOCK_PROJECTS).bind(ids), project_row).await?;
     let mut whole = Vec::new();
-    let mut around = Vec::new();
+    let mut by_id = Vec::new();
     for (&id, want) in wanted {
         match want {
             ScenesWanted::All => whole.push(id),
-            ScenesWanted::Around(ids) => around.extend(ids.iter().copied()),
+            ScenesWanted::Scenes(ids) => by_id.extend(ids.iter().copied()),
         }
     }
-    let scenes = fetch(txn, sqlx::query(SCENES).bind(whole).bind(around), scene_row).await?;
+    let scenes = fetch(txn, sqlx::query(SCENES).bind(whole).bind(by_id), scene_row).await?;
     Ok(assemble(projects, scenes))
 }
 

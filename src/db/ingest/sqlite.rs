@@ -19,10 +19,10 @@ use rusqlite::{
 };
 use sea_orm::{DbErr, RuntimeErr};
 
-use super::{Batch, Claims, Reply, apply_transitions, scenes_wanted};
+use super::{Batch, Claims, Reply, ScenesWanted, apply_transitions, scenes_wanted};
 use crate::{
     db::checkpointer::{self, Checkpointer},
-    db::pipeline::{ScenesWanted, Work, assemble, changed_rows, record},
+    db::pipeline::{Work, assemble, changed_rows, record},
     domain::Limits,
 };
 
@@ -42,12 +42,10 @@ const SCENES_OF: &str = concat!(
     scene_columns!(),
     " FROM scenes s WHERE s.project_id = (SELECT ?1)"
 );
-const SCENE_AND_PREVIOUS: &str = concat!(
+const SCENE: &str = concat!(
     "SELECT ",
     scene_columns!(),
-    " FROM scenes target JOIN scenes s ON s.project_id = target.project_id \
-     AND s.position BETWEEN target.position - 1 AND target.position \
-     WHERE target.id = (SELECT ?1)"
+    " FROM scenes s WHERE s.id = (SELECT ?1)"
 );
 const UPDATE_SCENE: &str = "UPDATE scenes SET status = ?2, video_task_id = ?3, video_url = ?4, \
      first_frame_url = ?5, last_frame_url = ?6, attempts = ?7, extract_attempts = ?8, \
@@ -111,7 +109,7 @@ impl SqliteWriter {
             DELETE_DELIVERY,
             PROJECT,
             SCENES_OF,
-            SCENE_AND_PREVIOUS,
+            SCENE,
             UPDATE_SCENE,
             UPDATE_PROJECT,
             INSERT_JOB,
@@ -182,7 +180,7 @@ fn load(
 ) -> rusqlite::Result<std::collections::HashMap<String, Work>> {
     let mut project_by_id = txn.prepare_cached(PROJECT)?;
     let mut scenes_of = txn.prepare_cached(SCENES_OF)?;
-    let mut scene_and_previous = txn.prepare_cached(SCENE_AND_PREVIOUS)?;
+    let mut scene_by_id = txn.prepare_cached(SCENE)?;
     let mut projects = Vec::with_capacity(wanted.len());
     let mut scenes = Vec::new();
     for (&id, want) in wanted {
@@ -196,10 +194,10 @@ fn load(
                     scenes.push(scene?);
                 }
             }
-            ScenesWanted::Around(ids) => {
+            ScenesWanted::Scenes(ids) => {
                 for scene_id in ids {
-                    for scene in scene_and_previous.query_map([scene_id], scene_row)? {
-                        scenes.push(scene?);
+                    if let Some(scene) = scene_by_id.query_row([scene_id], scene_row).optional()? {
+                        scenes.push(scene);
                     }
                 }
             }
@@ -379,13 +377,7 @@ mod tests {
         )
         .unwrap();
         let connection = writer.connection.lock();
-        for sql in [
-            PROJECT,
-            SCENES_OF,
-            SCENE_AND_PREVIOUS,
-            UPDATE_SCENE,
-            UPDATE_PROJECT,
-        ] {
+        for sql in [PROJECT, SCENES_OF, SCENE, UPDATE_SCENE, UPDATE_PROJECT] {
             let mut explain = connection
                 .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
                 .unwrap();
