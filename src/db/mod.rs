@@ -16,6 +16,26 @@ use sea_orm::{
 
 use crate::config::Config;
 
+/// SQLite's process-wide settings, applied before its first connection in this process:
+/// no memory statistics. Nothing here reads them, and keeping them takes a global mutex around
+/// every allocation and free SQLite makes (SQLite's own list of recommended options).
+fn configure_sqlite() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        use rusqlite::ffi;
+        // SAFETY: SQLITE_CONFIG_MEMSTATUS takes one int. SQLite checks that it is not
+        // initialized yet and otherwise refuses with SQLITE_MISUSE, keeping its settings; the
+        // gateway's first SQLite connection is opened after this, on this thread.
+        let rc = unsafe { ffi::sqlite3_config(ffi::SQLITE_CONFIG_MEMSTATUS, 0 as std::ffi::c_int) };
+        if rc != ffi::SQLITE_OK {
+            tracing::debug!(
+                rc,
+                "SQLite was initialized already; its memory statistics stay on"
+            );
+        }
+    });
+}
+
 /// Connects with a pool fit for the backend. SQLite gets WAL with `synchronous=NORMAL` (commits
 /// are not fsynced one by one) and a single connection: SQLite has one writer anyway.
 /// Ingestion has a connection of its own ([`ingest::IngestDb`]). SQLite checkpoints
@@ -56,6 +76,9 @@ enum PoolRole {
 
 async fn open_pool(config: &Config, role: PoolRole) -> Result<DatabaseConnection, DbErr> {
     let url = &config.database_url;
+    if url.starts_with("sqlite:") {
+        configure_sqlite();
+    }
     if let Some(path) = sqlite_file(url)
         && let Some(dir) = std::path::Path::new(&path).parent()
         && !dir.as_os_str().is_empty()

@@ -254,7 +254,9 @@ async fn write(
         .bind(column(jobs, |j| j.id.as_str()))
         .bind(column(jobs, |j| j.kind.as_str()))
         .bind(column(jobs, |j| j.service.as_str()))
-        .bind(column(jobs, |j| j.payload.to_string()))
+        .bind(column(jobs, |j| {
+            serde_json::to_string(&j.payload).expect("a JSON value serializes")
+        }))
         .bind(column(jobs, |j| j.status.as_str()))
         .bind(column(jobs, |j| j.attempts))
         .bind(column(jobs, |j| j.next_attempt_at))

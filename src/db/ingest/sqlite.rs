@@ -8,7 +8,7 @@
 //! begins `IMMEDIATE`: it takes the write lock up front and waits for it (polling, see
 //! [`checkpointer::writer_may_wait`]) instead of failing when another connection wrote first.
 
-use std::collections::BTreeMap;
+use std::{borrow::Cow, collections::BTreeMap};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use entity::{outbox_job, project, scene};
@@ -26,10 +26,12 @@ use crate::{
     domain::Limits,
 };
 
+// No `RETURNING`: SQLite collects a statement's returned rows in a temporary table of their
+// own; the row count and the last rowid say the same.
 const CLAIM_DELIVERY: &str = "INSERT INTO webhook_deliveries \
      (kind, delivery_key, task_id, scene_id, project_id, outcome, received_at) \
      VALUES (?1, ?2, ?3, ?4, ?5, 'accepted', ?6) \
-     ON CONFLICT (kind, delivery_key) DO NOTHING RETURNING id";
+     ON CONFLICT (kind, delivery_key) DO NOTHING";
 const DELETE_DELIVERY: &str = "DELETE FROM webhook_deliveries WHERE id = ?1";
 // Ids are compared with `(SELECT ?1)` rather than `?1`: with SQLite's STAT4 statistics (after
 // an ANALYZE or `PRAGMA optimize`), a statement whose plan may depend on a bound value is
@@ -134,10 +136,11 @@ impl SqliteWriter {
         let txn = connection
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(db_err)?;
-        let claims = claim_deliveries(&txn, batch, now).map_err(db_err)?;
+        let stamps = Stamps::of(now);
+        let claims = claim_deliveries(&txn, batch, &stamps).map_err(db_err)?;
         let mut works = load(&txn, &scenes_wanted(batch, &claims)).map_err(db_err)?;
         let applied = apply_transitions(batch, &claims, &mut works, limits, now);
-        write(&txn, &applied.rejected, &works, &applied.jobs).map_err(db_err)?;
+        write(&txn, &stamps, &applied.rejected, &works, &applied.jobs).map_err(db_err)?;
         before_commit();
         txn.commit().map_err(db_err)?;
         self.checkpointer.committed();
@@ -146,30 +149,21 @@ impl SqliteWriter {
     }
 }
 
-fn claim_deliveries(
-    txn: &Connection,
-    batch: &Batch,
-    now: DateTime<Utc>,
-) -> rusqlite::Result<Claims> {
+fn claim_deliveries(txn: &Connection, batch: &Batch, stamps: &Stamps) -> rusqlite::Result<Claims> {
     let mut claim = txn.prepare_cached(CLAIM_DELIVERY)?;
-    let received_at = timestamp(&now);
     batch
         .items
         .iter()
         .map(|s| {
-            claim
-                .query_row(
-                    params![
-                        s.kind,
-                        s.key,
-                        s.callback.task_id(),
-                        s.callback.scene_id().map(|id| id.as_str()),
-                        s.callback.project_id().as_str(),
-                        received_at,
-                    ],
-                    |row| row.get(0),
-                )
-                .optional()
+            let inserted = claim.execute(params![
+                s.kind,
+                s.key,
+                s.callback.task_id(),
+                s.callback.scene_id().map(|id| id.as_str()),
+                s.callback.project_id().as_str(),
+                stamps.now,
+            ])?;
+            Ok((inserted == 1).then(|| txn.last_insert_rowid()))
         })
         .collect()
 }
@@ -208,6 +202,7 @@ fn load(
 
 fn write(
     txn: &Connection,
+    stamps: &Stamps,
     rejected: &[i64],
     works: &std::collections::HashMap<String, Work>,
     jobs: &[outbox_job::Model],
@@ -226,9 +221,9 @@ fn write(
             s.attempts,
             s.extract_attempts,
             &s.last_error,
-            s.verified_at.as_ref().map(timestamp),
-            s.status_changed_at.as_ref().map(timestamp),
-            timestamp(&s.updated_at),
+            s.verified_at.as_ref().map(|at| stamps.text(at)),
+            s.status_changed_at.as_ref().map(|at| stamps.text(at)),
+            stamps.text(&s.updated_at),
         )
     })?;
     execute_each(txn, UPDATE_PROJECT, projects, |p| {
@@ -238,8 +233,8 @@ fn write(
             &p.final_video_url,
             p.stitch_attempts,
             &p.last_error,
-            p.completed_at.as_ref().map(timestamp),
-            timestamp(&p.updated_at),
+            p.completed_at.as_ref().map(|at| stamps.text(at)),
+            stamps.text(&p.updated_at),
         )
     })?;
     execute_each(txn, INSERT_JOB, jobs, |j| {
@@ -247,14 +242,14 @@ fn write(
             &j.id,
             &j.kind,
             &j.service,
-            j.payload.to_string(),
+            serde_json::to_string(&j.payload).expect("a JSON value serializes"),
             &j.status,
             j.attempts,
-            timestamp(&j.next_attempt_at),
+            stamps.text(&j.next_attempt_at),
             &j.last_error,
             &j.request_id,
-            timestamp(&j.created_at),
-            timestamp(&j.updated_at),
+            stamps.text(&j.created_at),
+            stamps.text(&j.updated_at),
         )
     })
 }
@@ -334,6 +329,30 @@ fn optional_at(row: &Row, index: usize) -> rusqlite::Result<Option<DateTime<Utc>
 /// both sort and compare alike (retention deletes by comparing them).
 fn timestamp(at: &DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::AutoSi, false)
+}
+
+/// A transaction's timestamps as text. Nearly all of them are the transaction's own time, so
+/// that one is formatted once.
+struct Stamps {
+    at: DateTime<Utc>,
+    now: String,
+}
+
+impl Stamps {
+    fn of(now: DateTime<Utc>) -> Self {
+        Self {
+            at: now,
+            now: timestamp(&now),
+        }
+    }
+
+    fn text(&self, at: &DateTime<Utc>) -> Cow<'_, str> {
+        if *at == self.at {
+            Cow::Borrowed(&self.now)
+        } else {
+            Cow::Owned(timestamp(at))
+        }
+    }
 }
 
 /// A failure as the pooled path reports it: a busy or unreachable database is unavailable
