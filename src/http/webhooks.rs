@@ -11,7 +11,7 @@ use axum::{
     Json,
     body::to_bytes,
     extract::{Request, State},
-    http::{HeaderMap, HeaderValue, StatusCode, header},
+    http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
 use ipnet::IpNet;
@@ -390,10 +390,13 @@ async fn process(
         .instrument(span.clone())
         .await;
     let _entered = span.enter();
-    let source = callback
-        .scene_id()
-        .map(|s| format!("{}:{}", callback.project_id(), s))
-        .unwrap_or_else(|| callback.project_id().to_string());
+    // Built only for a report: most webhooks make none.
+    let source = || {
+        callback
+            .scene_id()
+            .map(|s| format!("{}:{}", callback.project_id(), s))
+            .unwrap_or_else(|| callback.project_id().to_string())
+    };
     match result {
         Ok(IngestOutcome::Duplicate) => {
             tracing::info!("duplicate delivery, nothing done again");
@@ -409,7 +412,7 @@ async fn process(
                     ReportLevel::Warning => NewError::warning(kind, report.message),
                     ReportLevel::Error => NewError::new(Severity::Error, kind, report.message),
                 };
-                app.reporter.report(entry.with_source(source.clone()));
+                app.reporter.report(entry.with_source(source()));
             }
             Ok(Accepted { duplicate: false })
         }
@@ -440,7 +443,7 @@ async fn process(
                 callback.task_id()
             );
             app.reporter
-                .report(NewError::warning(ErrorType::Webhook, &message).with_source(source));
+                .report(NewError::warning(ErrorType::Webhook, &message).with_source(source()));
             Err(AppError::conflict("stale_task", message))
         }
         Err(PipelineError::Transition(
@@ -451,7 +454,7 @@ async fn process(
                     ErrorType::Webhook,
                     format!("Rejected {}: {message}", kind.as_str()),
                 )
-                .with_source(source),
+                .with_source(source()),
             );
             Err(AppError::conflict("invalid_transition", message))
         }
@@ -461,22 +464,29 @@ async fn process(
 }
 
 /// `X-RateLimit-*` (the de-facto form) and the IETF draft's `RateLimit-Policy` / `RateLimit`.
+const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+
 fn rate_limit_headers(headers: &mut HeaderMap, d: &RateDecision, window: Duration) {
     let reset = d.reset_ms.div_ceil(1000);
-    let mut set = |name: &'static str, value: String| {
+    // Numbers need no validation as header values.
+    headers.insert(X_RATELIMIT_LIMIT, HeaderValue::from(d.limit));
+    headers.insert(X_RATELIMIT_REMAINING, HeaderValue::from(d.remaining));
+    headers.insert(X_RATELIMIT_RESET, HeaderValue::from(reset));
+    let mut structured = |name: HeaderName, value: String| {
         if let Ok(value) = HeaderValue::from_str(&value) {
             headers.insert(name, value);
         }
     };
-    set("x-ratelimit-limit", d.limit.to_string());
-    set("x-ratelimit-remaining", d.remaining.to_string());
-    set("x-ratelimit-reset", reset.to_string());
-    set(
-        "ratelimit-policy",
+    structured(
+        RATELIMIT_POLICY,
         format!("\"webhooks\";q={};w={}", d.limit, window.as_secs()),
     );
-    set(
-        "ratelimit",
+    structured(
+        RATELIMIT,
         format!("\"webhooks\";r={};t={reset}", d.remaining),
     );
 }
