@@ -146,6 +146,9 @@ def prepare(db_url, count, parts):
                     "--secret", SECRET, "--out", out, "--parts", str(parts)],
                    # A hung step fails the run instead of holding CI until its budget ends.
                    check=True, capture_output=True, timeout=600)
+    # The seeding's writes (the database, the deliveries) reach the disk now, not in the
+    # kernel's writeback ~30 s later, in the middle of a measured run.
+    os.sync()
     return [f"{out}.{k}" for k in range(parts)] if parts > 1 else [out]
 
 
