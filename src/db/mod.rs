@@ -18,14 +18,16 @@ use crate::config::Config;
 
 /// SQLite's process-wide settings, applied before its first connection in this process:
 /// no memory statistics. Nothing here reads them, and keeping them takes a global mutex around
-/// every allocation and free SQLite makes (SQLite's own list of recommended options).
-fn configure_sqlite() {
+/// every allocation and free SQLite makes (SQLite's own list of recommended options). Called
+/// before every SQLite connection the gateway opens (its pool's, ingestion's).
+pub(crate) fn configure_sqlite() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         use rusqlite::ffi;
-        // SAFETY: SQLITE_CONFIG_MEMSTATUS takes one int. SQLite checks that it is not
-        // initialized yet and otherwise refuses with SQLITE_MISUSE, keeping its settings; the
-        // gateway's first SQLite connection is opened after this, on this thread.
+        // SAFETY: SQLITE_CONFIG_MEMSTATUS takes one int. No SQLite connection of this process
+        // is opened before this call returns (each is opened after `configure_sqlite`, and
+        // `call_once` makes concurrent callers wait), so SQLite is not in use meanwhile; if it
+        // was initialized all the same, it refuses with SQLITE_MISUSE and keeps its settings.
         let rc = unsafe { ffi::sqlite3_config(ffi::SQLITE_CONFIG_MEMSTATUS, 0 as std::ffi::c_int) };
         if rc != ffi::SQLITE_OK {
             tracing::debug!(

@@ -156,6 +156,13 @@ async fn transaction(
 /// for a delivery already stored (a duplicate).
 type Claims = Vec<Option<i64>>;
 
+/// A job's payload as the text both databases store: written straight into a buffer
+/// (`Value`'s `to_string` goes through `Display` and its adapter, twice the work).
+fn payload_text(job: &outbox_job::Model) -> String {
+    // A `Value`'s map keys are strings, the one thing serializing it could fail on.
+    serde_json::to_string(&job.payload).expect("a JSON value serializes")
+}
+
 /// Which rows of a project a transaction reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum ScenesWanted<'a> {

@@ -26,7 +26,7 @@ use sea_orm::{
     },
 };
 
-use super::{Batch, Claims, Reply, ScenesWanted, apply_transitions, scenes_wanted};
+use super::{Batch, Claims, Reply, ScenesWanted, apply_transitions, payload_text, scenes_wanted};
 use crate::{
     db::pipeline::{Work, assemble, changed_rows, record},
     domain::Limits,
@@ -254,9 +254,7 @@ async fn write(
         .bind(column(jobs, |j| j.id.as_str()))
         .bind(column(jobs, |j| j.kind.as_str()))
         .bind(column(jobs, |j| j.service.as_str()))
-        .bind(column(jobs, |j| {
-            serde_json::to_string(&j.payload).expect("a JSON value serializes")
-        }))
+        .bind(column(jobs, payload_text))
         .bind(column(jobs, |j| j.status.as_str()))
         .bind(column(jobs, |j| j.attempts))
         .bind(column(jobs, |j| j.next_attempt_at))

@@ -19,7 +19,7 @@ use rusqlite::{
 };
 use sea_orm::{DbErr, RuntimeErr};
 
-use super::{Batch, Claims, Reply, ScenesWanted, apply_transitions, scenes_wanted};
+use super::{Batch, Claims, Reply, ScenesWanted, apply_transitions, payload_text, scenes_wanted};
 use crate::{
     db::checkpointer::{self, Checkpointer},
     db::pipeline::{Work, assemble, changed_rows, record},
@@ -70,6 +70,7 @@ impl SqliteWriter {
     /// no automatic checkpoints), and starts the checkpointer, which restarts the WAL once it
     /// reaches `wal_max_bytes`.
     pub fn open(path: &str, wal_max_bytes: u64) -> Result<Self, DbErr> {
+        crate::db::configure_sqlite();
         let connection = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -242,7 +243,7 @@ fn write(
             &j.id,
             &j.kind,
             &j.service,
-            serde_json::to_string(&j.payload).expect("a JSON value serializes"),
+            payload_text(j),
             &j.status,
             j.attempts,
             stamps.text(&j.next_attempt_at),
