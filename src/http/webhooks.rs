@@ -284,27 +284,22 @@ impl Outcome {
 /// from zero, so a dashboard or an alert sees its series before the first such webhook, and a
 /// request records without looking its labels up in the registry.
 pub struct WebhookMetrics {
-    /// Per endpoint, per outcome (indexed by the enum's discriminant).
-    outcomes: [[metrics::Counter; Outcome::ALL.len()]; 3],
-    durations: [metrics::Histogram; 3],
+    /// Per endpoint, per outcome (each indexed by its enum's discriminant).
+    outcomes: [[metrics::Counter; Outcome::ALL.len()]; WebhookKind::ALL.len()],
+    durations: [metrics::Histogram; WebhookKind::ALL.len()],
 }
 
 impl WebhookMetrics {
     /// Registers every series with the process's recorder (installed before this is called).
     pub fn register() -> Self {
-        let kinds = [
-            WebhookKind::VideoComplete,
-            WebhookKind::LastFrameComplete,
-            WebhookKind::StitchComplete,
-        ];
         Self {
-            outcomes: kinds.map(|kind| {
+            outcomes: WebhookKind::ALL.map(|kind| {
                 Outcome::ALL.map(|outcome| {
                     metrics::counter!("scenehook_webhooks_total",
                         "endpoint" => kind.as_str(), "outcome" => outcome.label())
                 })
             }),
-            durations: kinds.map(|kind| {
+            durations: WebhookKind::ALL.map(|kind| {
                 metrics::histogram!("scenehook_webhook_duration_seconds", "endpoint" => kind.as_str())
             }),
         }
@@ -496,9 +491,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_outcome_has_its_own_counter_slot() {
+    fn every_outcome_and_endpoint_has_its_own_metric_slot() {
         for (slot, outcome) in Outcome::ALL.into_iter().enumerate() {
             assert_eq!(outcome as usize, slot, "{}", outcome.label());
+        }
+        for (slot, kind) in WebhookKind::ALL.into_iter().enumerate() {
+            assert_eq!(kind as usize, slot, "{}", kind.as_str());
         }
     }
 
