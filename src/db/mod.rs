@@ -260,4 +260,27 @@ mod tests {
             "database is locked".into()
         ))));
     }
+
+    /// `.cargo/config.toml` builds SQLite without SQLITE_ENABLE_MEMORY_MANAGEMENT. With it, all
+    /// connections share one page-cache group, and a scrape's reads can leave the ingestion
+    /// writer without a cache (docs/PERFORMANCE.md, "One page cache per connection").
+    #[test]
+    fn sqlite_gives_each_connection_its_own_page_cache() {
+        let connection = rusqlite::Connection::open_in_memory().unwrap();
+        let mut statement = connection.prepare("PRAGMA compile_options").unwrap();
+        let options: Vec<String> = statement
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            options
+                .iter()
+                .any(|option| option.starts_with("THREADSAFE="))
+        );
+        assert!(
+            !options.contains(&"ENABLE_MEMORY_MANAGEMENT".to_owned()),
+            "{options:?}"
+        );
+    }
 }
