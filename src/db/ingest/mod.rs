@@ -145,7 +145,11 @@ async fn transaction(
     before_commit: impl FnOnce() + Send + 'static,
 ) -> (Batch, Result<Vec<Reply>, DbErr>) {
     let result = match db {
-        IngestDb::Postgres(writer) => writer.transaction(&batch, limits, before_commit).await,
+        // Boxed: sqlx's futures take kilobytes, which every batch's task would otherwise
+        // copy several times over, on SQLite as well (it shares this future's type).
+        IngestDb::Postgres(writer) => {
+            Box::pin(writer.transaction(&batch, limits, before_commit)).await
+        }
         // Blocks for the transaction: the writers have a thread of their own.
         IngestDb::Sqlite(writer) => writer.transaction(&batch, limits, before_commit),
     };
