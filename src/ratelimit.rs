@@ -26,6 +26,16 @@ pub struct RateLimiter {
     reporter: Reporter,
     /// Registered once, rather than looked up by its label on every webhook.
     store_duration: metrics::Histogram,
+    /// `scenehook_rate_limit_decisions_total`, registered once (every series is exported from
+    /// zero): per endpoint, by [`Backend`], allowed then rejected.
+    decisions: [[[metrics::Counter; 2]; 2]; WebhookKind::ALL.len()],
+}
+
+/// Which limiter decided.
+#[derive(Clone, Copy)]
+enum Backend {
+    Store,
+    InProcessFallback,
 }
 
 /// The limiter could not decide (store down and failing closed).
@@ -41,8 +51,18 @@ impl RateLimiter {
         let store_duration = metrics::histogram!(
             "scenehook_rate_limit_store_duration_seconds", "backend" => store.backend()
         );
+        let backends = [store.backend(), "memory_fallback"];
+        let decisions = WebhookKind::ALL.map(|kind| {
+            backends.map(|backend| {
+                ["allowed", "rejected"].map(|decision| {
+                    metrics::counter!("scenehook_rate_limit_decisions_total",
+                        "endpoint" => kind.as_str(), "backend" => backend, "decision" => decision)
+                })
+            })
+        });
         Self {
             store_duration,
+            decisions,
             store,
             fallback: MemoryRateLimiter::new(),
             config,
@@ -72,17 +92,16 @@ impl RateLimiter {
         let limit = self.limit_for(kind);
         let started = Instant::now();
         let result = self.store.hit(&key, limit, self.window()).await;
-        let backend = self.store.backend();
         self.store_duration.record(started.elapsed().as_secs_f64());
         let (decision, backend) = match result {
             Ok(decision) => {
                 if self.degraded.swap(false, Ordering::Relaxed) {
                     tracing::info!("rate-limit store is back");
                 }
-                (decision, backend)
+                (decision, Backend::Store)
             }
             Err(e) => {
-                metrics::counter!("scenehook_rate_limit_store_errors_total", "backend" => backend)
+                metrics::counter!("scenehook_rate_limit_store_errors_total", "backend" => self.store.backend())
                     .increment(1);
                 if !self.degraded.swap(true, Ordering::Relaxed) {
                     let mode = if self.config.fail_open {
@@ -108,16 +127,11 @@ impl RateLimiter {
                     .hit(&key, limit, self.window())
                     .await
                     .expect("the in-process limiter cannot fail");
-                (decision, "memory_fallback")
+                (decision, Backend::InProcessFallback)
             }
         };
-        metrics::counter!(
-            "scenehook_rate_limit_decisions_total",
-            "endpoint" => kind.as_str(),
-            "backend" => backend,
-            "decision" => if decision.allowed { "allowed" } else { "rejected" }
-        )
-        .increment(1);
+        self.decisions[kind as usize][backend as usize][usize::from(!decision.allowed)]
+            .increment(1);
         Ok(decision)
     }
 }

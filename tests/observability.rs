@@ -15,22 +15,6 @@ use scenehook::{
 };
 use serde_json::json;
 
-/// The value of the first sample of `name` whose labels include every `labels` pair.
-fn sample(scrape: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    scrape
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
-            (metric == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\""))))
-            .then(|| value.parse().ok())?
-        })
-}
-
 /// Metric names used by a dashboard or rule file, histogram suffixes removed.
 fn referenced_metrics(text: &str) -> Vec<String> {
     let mut names: Vec<String> = text

@@ -85,6 +85,21 @@ async fn redis_outage_fails_open_reports_once_and_recovers() {
     .await;
     let metrics = app.scrape().await;
     assert!(metrics.contains("scenehook_rate_limit_fail_open_total"));
+    // Each decision is counted under the limiter that made it.
+    let decisions = |backend, decision| {
+        sample(
+            &metrics,
+            "scenehook_rate_limit_decisions_total",
+            &[
+                ("endpoint", "video-complete"),
+                ("backend", backend),
+                ("decision", decision),
+            ],
+        )
+    };
+    assert_eq!(decisions("redis", "allowed"), Some(1.0));
+    assert_eq!(decisions("memory_fallback", "allowed"), Some(5.0));
+    assert_eq!(decisions("memory_fallback", "rejected"), Some(0.0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,7 +13,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use axum::{
     Json, Router,
     extract::{ConnectInfo, FromRequest, MatchedPath, Request, rejection::JsonRejection},
-    http::{HeaderName, HeaderValue, Method, header},
+    http::{HeaderName, HeaderValue, Method, StatusCode, header},
     middleware,
     response::{IntoResponse, Response},
     routing::get,
@@ -160,13 +160,43 @@ async fn track_http(request: Request, next: middleware::Next) -> Response {
         .map_or("unmatched", |p| interned(p.as_str()));
     let method = method_label(request.method());
     let response = next.run(request).await;
-    let status = interned(response.status().as_str());
-    metrics::counter!("scenehook_http_requests_total",
-        "route" => route, "method" => method, "status" => status)
-    .increment(1);
-    metrics::histogram!("scenehook_http_request_duration_seconds", "route" => route, "method" => method)
-        .record(started.elapsed().as_secs_f64());
+    HttpSeries::record(route, method, response.status(), started.elapsed());
     response
+}
+
+/// One (route template, method, status)'s HTTP metrics: `scenehook_http_requests_total` and
+/// `scenehook_http_request_duration_seconds` (whose series leaves the status out).
+struct HttpSeries {
+    requests: metrics::Counter,
+    duration: metrics::Histogram,
+}
+
+impl HttpSeries {
+    /// Records one request. Each key's handles are registered on its first request and kept:
+    /// later requests record through one lookup here instead of two in the registry, which
+    /// hashes and compares every label. Route templates, methods and statuses are bounded sets.
+    fn record(route: &'static str, method: &'static str, status: StatusCode, took: Duration) {
+        type Key = (&'static str, &'static str, u16);
+        static SERIES: std::sync::OnceLock<
+            parking_lot::RwLock<std::collections::HashMap<Key, HttpSeries>>,
+        > = std::sync::OnceLock::new();
+        let series = SERIES.get_or_init(Default::default);
+        let key = (route, method, status.as_u16());
+        let record = |series: &HttpSeries| {
+            series.requests.increment(1);
+            series.duration.record(took.as_secs_f64());
+        };
+        if let Some(known) = series.read().get(&key) {
+            return record(known);
+        }
+        let mut series = series.write();
+        record(series.entry(key).or_insert_with(|| Self {
+            requests: metrics::counter!("scenehook_http_requests_total",
+                "route" => route, "method" => method, "status" => status.as_str().to_owned()),
+            duration: metrics::histogram!("scenehook_http_request_duration_seconds",
+                "route" => route, "method" => method),
+        }));
+    }
 }
 
 fn method_label(method: &Method) -> &'static str {
@@ -182,8 +212,8 @@ fn method_label(method: &Method) -> &'static str {
     }
 }
 
-/// A label value as `&'static str`, so that recording a request allocates nothing. Only route
-/// templates and status codes are interned: a bounded set, each leaked once.
+/// A route template as `&'static str`, so that recording a request allocates nothing: a
+/// bounded set, each leaked once.
 fn interned(value: &str) -> &'static str {
     static SEEN: std::sync::OnceLock<parking_lot::RwLock<std::collections::HashSet<&'static str>>> =
         std::sync::OnceLock::new();
