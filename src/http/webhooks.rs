@@ -471,24 +471,47 @@ fn rate_limit_headers(headers: &mut HeaderMap, d: &RateDecision, window: Duratio
     headers.insert(X_RATELIMIT_LIMIT, HeaderValue::from(d.limit));
     headers.insert(X_RATELIMIT_REMAINING, HeaderValue::from(d.remaining));
     headers.insert(X_RATELIMIT_RESET, HeaderValue::from(reset));
-    let mut structured = |name: HeaderName, value: String| {
-        if let Ok(value) = HeaderValue::from_str(&value) {
+    let mut structured = |name: HeaderName, (first, a): (&str, u64), (second, b): (&str, u64)| {
+        // `"webhooks";<first>=<a>;<second>=<b>`, numbers written without the formatter.
+        let mut numbers = (itoa::Buffer::new(), itoa::Buffer::new());
+        let (a, b) = (numbers.0.format(a), numbers.1.format(b));
+        let mut value = String::with_capacity(20 + a.len() + b.len());
+        for part in ["\"webhooks\";", first, "=", a, ";", second, "=", b] {
+            value.push_str(part);
+        }
+        if let Ok(value) = HeaderValue::try_from(value) {
             headers.insert(name, value);
         }
     };
     structured(
         RATELIMIT_POLICY,
-        format!("\"webhooks\";q={};w={}", d.limit, window.as_secs()),
+        ("q", d.limit.into()),
+        ("w", window.as_secs()),
     );
-    structured(
-        RATELIMIT,
-        format!("\"webhooks\";r={};t={reset}", d.remaining),
-    );
+    structured(RATELIMIT, ("r", d.remaining.into()), ("t", reset));
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rate_limit_headers_carry_the_decision() {
+        let mut headers = HeaderMap::new();
+        let decision = RateDecision {
+            allowed: true,
+            limit: 100,
+            remaining: 99,
+            reset_ms: 59_001,
+        };
+        rate_limit_headers(&mut headers, &decision, Duration::from_secs(60));
+        let value = |name: &str| headers.get(name).unwrap().to_str().unwrap().to_owned();
+        assert_eq!(value("x-ratelimit-limit"), "100");
+        assert_eq!(value("x-ratelimit-remaining"), "99");
+        assert_eq!(value("x-ratelimit-reset"), "60");
+        assert_eq!(value("ratelimit-policy"), "\"webhooks\";q=100;w=60");
+        assert_eq!(value("ratelimit"), "\"webhooks\";r=99;t=60");
+    }
 
     #[test]
     fn every_outcome_and_endpoint_has_its_own_metric_slot() {
