@@ -27,15 +27,27 @@ pub struct RateLimiter {
     /// Registered once, rather than looked up by its label on every webhook.
     store_duration: metrics::Histogram,
     /// `scenehook_rate_limit_decisions_total`, registered once (every series is exported from
-    /// zero): per endpoint, by [`Backend`], allowed then rejected.
-    decisions: [[[metrics::Counter; 2]; 2]; WebhookKind::ALL.len()],
+    /// zero): per endpoint, per [`Backend`], allowed then rejected.
+    decisions: [[[metrics::Counter; 2]; Backend::ALL.len()]; WebhookKind::ALL.len()],
 }
 
-/// Which limiter decided.
+/// Which limiter decided (its discriminant is its slot in `decisions`).
 #[derive(Clone, Copy)]
 enum Backend {
     Store,
     InProcessFallback,
+}
+
+impl Backend {
+    const ALL: [Self; 2] = [Self::Store, Self::InProcessFallback];
+
+    /// The `backend` label: the store's own name, or the in-process fallback's.
+    fn label(self, store: &dyn RateLimitStore) -> &'static str {
+        match self {
+            Self::Store => store.backend(),
+            Self::InProcessFallback => "memory_fallback",
+        }
+    }
 }
 
 /// The limiter could not decide (store down and failing closed).
@@ -51,9 +63,9 @@ impl RateLimiter {
         let store_duration = metrics::histogram!(
             "scenehook_rate_limit_store_duration_seconds", "backend" => store.backend()
         );
-        let backends = [store.backend(), "memory_fallback"];
         let decisions = WebhookKind::ALL.map(|kind| {
-            backends.map(|backend| {
+            Backend::ALL.map(|backend| {
+                let backend = backend.label(store.as_ref());
                 ["allowed", "rejected"].map(|decision| {
                     metrics::counter!("scenehook_rate_limit_decisions_total",
                         "endpoint" => kind.as_str(), "backend" => backend, "decision" => decision)
@@ -133,5 +145,17 @@ impl RateLimiter {
         self.decisions[kind as usize][backend as usize][usize::from(!decision.allowed)]
             .increment(1);
         Ok(decision)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_backend_has_its_own_metric_slot() {
+        for (slot, backend) in Backend::ALL.into_iter().enumerate() {
+            assert_eq!(backend as usize, slot);
+        }
     }
 }
