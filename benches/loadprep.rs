@@ -1,6 +1,9 @@
 //! Seeds the database for the load benchmark: `--count` scenes awaiting their video (see
 //! `support/seed.rs`), and writes one correctly signed, distinct video-complete delivery per
-//! scene, as `body<TAB>signature` lines for wrk's script.
+//! scene, as `body<TAB>signature` lines for wrk's script, in random order: real callbacks come
+//! for scenes of many projects, whose rows lie apart, with task ids the video service chose.
+//! Sent in the seeding's order, consecutive deliveries would update neighbouring rows and
+//! insert neighbouring keys, sharing pages a real load does not share (docs/PERFORMANCE.md).
 //!
 //! `loadprep --database-url URL --count N --secret S --out FILE [--parts K]` writes FILE.0 …
 //! FILE.K-1 when several load generators each need their own deliveries.
@@ -8,6 +11,7 @@
 #[path = "support/seed.rs"]
 mod seed;
 
+use rand::seq::SliceRandom;
 use scenehook::{config::Config, db, signature::sign_hex};
 
 #[tokio::main]
@@ -45,11 +49,13 @@ async fn main() {
     let db = db::connect(&config).await.expect("the database answers");
     db::migrate(&db).await.expect("migrations apply");
     let seeded = seed::seed(&db, count).await;
+    let mut order: Vec<usize> = (0..count).collect();
+    order.shuffle(&mut rand::rng());
     let mut files: Vec<String> = vec![String::new(); parts];
-    for i in 0..count {
+    for (n, i) in order.into_iter().enumerate() {
         let body = seeded.video_complete(i);
         let signature = sign_hex(&secret, body.as_bytes());
-        let file = &mut files[i % parts];
+        let file = &mut files[n % parts];
         file.push_str(&body);
         file.push('\t');
         file.push_str(&signature);
