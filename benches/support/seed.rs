@@ -1,7 +1,8 @@
 //! Seeds scenes that await their video: 10 per project, each with a known task id. Scene `i`
-//! belongs to project `i % projects`, so consecutive deliveries belong to different projects,
-//! as real traffic does: webhooks of one project apply one after the other (its row is
-//! locked), so bunching them would measure that lock, not the gateway.
+//! belongs to project `i % projects`, so deliveries taken in order (as `benches/ingest` takes
+//! them) belong to different projects: webhooks of one project apply one after the other (its
+//! row is locked), so bunching them would measure that lock, not the gateway. The load
+//! benchmark sends them in random order (`loadprep.rs`).
 
 use chrono::Utc;
 use entity::{project, scene};
