@@ -8,7 +8,7 @@ mod outbox_api;
 mod projects;
 mod webhooks;
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::{
     Json, Router,
@@ -154,12 +154,10 @@ fn cors(origins: &[String]) -> CorsLayer {
 /// Counts requests by route template (never the raw path: ids would explode cardinality).
 async fn track_http(request: Request, next: middleware::Next) -> Response {
     let started = std::time::Instant::now();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", |p| interned(p.as_str()));
+    let route = request.extensions().get::<MatchedPath>().cloned();
     let method = method_label(request.method());
     let response = next.run(request).await;
+    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
     HttpSeries::record(route, method, response.status(), started.elapsed());
     response
 }
@@ -172,29 +170,31 @@ struct HttpSeries {
 }
 
 impl HttpSeries {
-    /// Records one request. Each key's handles are registered on its first request and kept:
-    /// later requests record through one lookup here instead of two in the registry, which
-    /// hashes and compares every label. Route templates, methods and statuses are bounded sets.
-    fn record(route: &'static str, method: &'static str, status: StatusCode, took: Duration) {
-        type Key = (&'static str, &'static str, u16);
-        static SERIES: std::sync::OnceLock<
-            parking_lot::RwLock<std::collections::HashMap<Key, HttpSeries>>,
-        > = std::sync::OnceLock::new();
+    /// Records one request. Each key's handles are registered on its first request and kept,
+    /// by route template and then by method and status: later requests record through one
+    /// lookup here, which allocates nothing, instead of two in the registry, which hashes and
+    /// compares every label. Route templates, methods and statuses are bounded sets.
+    fn record(route: &str, method: &'static str, status: StatusCode, took: Duration) {
+        type ByRoute = HashMap<String, HashMap<(&'static str, u16), HttpSeries>>;
+        static SERIES: std::sync::OnceLock<parking_lot::RwLock<ByRoute>> =
+            std::sync::OnceLock::new();
         let series = SERIES.get_or_init(Default::default);
-        let key = (route, method, status.as_u16());
+        let key = (method, status.as_u16());
         let record = |series: &HttpSeries| {
             series.requests.increment(1);
             series.duration.record(took.as_secs_f64());
         };
-        if let Some(known) = series.read().get(&key) {
+        if let Some(known) = series.read().get(route).and_then(|by_key| by_key.get(&key)) {
             return record(known);
         }
         let mut series = series.write();
-        record(series.entry(key).or_insert_with(|| Self {
+        let by_key = series.entry(route.to_owned()).or_default();
+        record(by_key.entry(key).or_insert_with(|| Self {
             requests: metrics::counter!("scenehook_http_requests_total",
-                "route" => route, "method" => method, "status" => status.as_str().to_owned()),
+                "route" => route.to_owned(), "method" => method,
+                "status" => status.as_str().to_owned()),
             duration: metrics::histogram!("scenehook_http_request_duration_seconds",
-                "route" => route, "method" => method),
+                "route" => route.to_owned(), "method" => method),
         }));
     }
 }
@@ -209,26 +209,6 @@ fn method_label(method: &Method) -> &'static str {
         Method::HEAD => "HEAD",
         Method::OPTIONS => "OPTIONS",
         _ => "other",
-    }
-}
-
-/// A route template as `&'static str`, so that recording a request allocates nothing: a
-/// bounded set, each leaked once.
-fn interned(value: &str) -> &'static str {
-    static SEEN: std::sync::OnceLock<parking_lot::RwLock<std::collections::HashSet<&'static str>>> =
-        std::sync::OnceLock::new();
-    let seen = SEEN.get_or_init(Default::default);
-    if let Some(known) = seen.read().get(value) {
-        return known;
-    }
-    let mut seen = seen.write();
-    match seen.get(value) {
-        Some(known) => known,
-        None => {
-            let leaked: &'static str = Box::leak(value.into());
-            seen.insert(leaked);
-            leaked
-        }
     }
 }
 
