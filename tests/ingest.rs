@@ -28,6 +28,7 @@ const LIMITS: Limits = Limits {
 
 on_databases!(
     the_later_migrations_apply_and_roll_back,
+    retention_deletes_what_is_past_its_age_and_nothing_younger,
     one_transaction_applies_a_batch_as_if_one_by_one,
     a_video_callback_reads_only_its_scene,
     a_failing_statement_costs_only_its_own_delivery,
@@ -312,9 +313,10 @@ async fn a_video_callback_reads_only_its_scene(backend: Backend) {
     assert_eq!(scene(&app, "p_b_s2").await.status, "pending");
 }
 
-/// Retention deletes deliveries by age; nothing looks them up by project. On Postgres the
-/// scenes' pages keep room for their updates. On SQLite delivery ids do without
-/// `AUTOINCREMENT`, and the table's rebuilds, both ways, keep every delivery with its id.
+/// Nothing looks deliveries up by project, nor by age since migration 5 (retention reads them
+/// by id), nor jobs by status alone. On Postgres the scenes' pages keep room for their
+/// updates. On SQLite delivery ids do without `AUTOINCREMENT`, and the table's rebuilds, both
+/// ways, keep every delivery with its id.
 async fn the_later_migrations_apply_and_roll_back(backend: Backend) {
     use migration::{Migrator, MigratorTrait};
     let Some(app) = started(backend, "ingest_indexes", &[]).await else {
@@ -331,6 +333,7 @@ async fn the_later_migrations_apply_and_roll_back(backend: Backend) {
     let by_age = index("idx_webhook_deliveries_received_at");
     let by_project = index("idx_webhook_deliveries_project");
     let by_key = index("uq_webhook_deliveries_kind_key");
+    let jobs_by_status = index("idx_outbox_jobs_status_next");
     let fillfactor = "SELECT COUNT(*) FROM pg_class \
         WHERE relname = 'scenes' AND 'fillfactor=70' = ANY(reloptions)";
     let autoincrement = "SELECT COUNT(*) FROM sqlite_master \
@@ -345,8 +348,9 @@ async fn the_later_migrations_apply_and_roll_back(backend: Backend) {
         )
         .await
         .unwrap();
-    // (age index, project index, key index, fillfactor, AUTOINCREMENT, the delivery kept);
-    // SQLite has no fillfactor and Postgres no AUTOINCREMENT: their columns stay put there.
+    // (age index, project index, key index, fillfactor, AUTOINCREMENT, the delivery kept, jobs'
+    // status index); SQLite has no fillfactor and Postgres no AUTOINCREMENT: their columns
+    // stay put there.
     let schema = async || {
         (
             count(&app, &by_age).await,
@@ -363,24 +367,117 @@ async fn the_later_migrations_apply_and_roll_back(backend: Backend) {
                 count(&app, autoincrement).await
             },
             count(&app, kept).await,
+            count(&app, &jobs_by_status).await,
         )
     };
     let (no_fillfactor, with_autoincrement) = if postgres { (0, 0) } else { (1, 1) };
-    assert_eq!(schema().await, (1, 0, 1, 1, 0, 1));
+    assert_eq!(schema().await, (0, 0, 1, 1, 0, 1, 0));
     Migrator::down(db(&app), Some(1)).await.unwrap();
-    assert_eq!(schema().await, (1, 0, 1, 1, with_autoincrement, 1));
+    assert_eq!(schema().await, (1, 0, 1, 1, 0, 1, 1));
+    Migrator::down(db(&app), Some(1)).await.unwrap();
+    assert_eq!(schema().await, (1, 0, 1, 1, with_autoincrement, 1, 1));
     Migrator::down(db(&app), Some(1)).await.unwrap();
     assert_eq!(
         schema().await,
-        (1, 0, 1, no_fillfactor, with_autoincrement, 1)
+        (1, 0, 1, no_fillfactor, with_autoincrement, 1, 1)
     );
     Migrator::down(db(&app), Some(1)).await.unwrap();
     assert_eq!(
         schema().await,
-        (0, 1, 1, no_fillfactor, with_autoincrement, 1)
+        (0, 1, 1, no_fillfactor, with_autoincrement, 1, 1)
     );
     Migrator::up(db(&app), None).await.unwrap();
-    assert_eq!(schema().await, (1, 0, 1, 1, 0, 1));
+    assert_eq!(schema().await, (0, 0, 1, 1, 0, 1, 0));
+}
+
+/// Retention deletes what is past its age and nothing younger: deliveries by id, up to the
+/// first one young enough to keep (one stamped out of order waits for a later pass), all of
+/// them once none is young; done jobs by their time done, whatever their service.
+async fn retention_deletes_what_is_past_its_age_and_nothing_younger(backend: Backend) {
+    let Some(app) = started(backend, "ingest_retention", &[]).await else {
+        return;
+    };
+    const OLD: &str = "2020-01-01T00:00:00+00:00";
+    const YOUNG: &str = "2999-01-01T00:00:00+00:00";
+    let deliveries = |rows: &[(i64, &str)]| {
+        let values: Vec<String> = rows
+            .iter()
+            .map(|(id, at)| format!("({id}, 'video-complete', 'k{id}', 'accepted', '{at}')"))
+            .collect();
+        format!(
+            "INSERT INTO webhook_deliveries (id, kind, delivery_key, outcome, received_at) \
+             VALUES {}",
+            values.join(", ")
+        )
+    };
+    let ids = async || -> Vec<i64> {
+        let rows = db(&app)
+            .query_all_raw(sea_orm::Statement::from_string(
+                db(&app).get_database_backend(),
+                "SELECT id FROM webhook_deliveries ORDER BY id",
+            ))
+            .await
+            .unwrap();
+        rows.iter()
+            .map(|r| r.try_get_by_index(0).unwrap())
+            .collect()
+    };
+    // 4 was stamped after 3 by a clock set back: it goes once 3 and 5 are old too.
+    db(&app)
+        .execute_unprepared(&deliveries(&[
+            (1, OLD),
+            (2, OLD),
+            (3, YOUNG),
+            (4, OLD),
+            (5, YOUNG),
+        ]))
+        .await
+        .unwrap();
+    let mut jobs = Vec::new();
+    for (n, service) in scenehook::outbox::Service::ALL.iter().enumerate() {
+        for (status, at) in [
+            ("done", OLD),
+            ("done", YOUNG),
+            ("pending", OLD),
+            ("dead", OLD),
+        ] {
+            jobs.push(format!(
+                "('job_{n}_{status}_{}', 'k', '{}', '{{}}', '{status}', 1, '{at}', '{at}', '{at}')",
+                &at[..4],
+                service.as_str()
+            ));
+        }
+    }
+    db(&app)
+        .execute_unprepared(&format!(
+            "INSERT INTO outbox_jobs (id, kind, service, payload, status, attempts, \
+             next_attempt_at, created_at, updated_at) VALUES {}",
+            jobs.join(", ")
+        ))
+        .await
+        .unwrap();
+    let day = std::time::Duration::from_secs(24 * 3600);
+    let services = scenehook::outbox::Service::ALL.len() as u64;
+    assert_eq!(db::prune(db(&app), day, day).await.unwrap(), (2, services));
+    assert_eq!(ids().await, [3, 4, 5]);
+    let left = count(&app, "SELECT COUNT(*) FROM outbox_jobs").await;
+    assert_eq!(
+        left as u64,
+        3 * services,
+        "young done, pending and dead jobs stay"
+    );
+    assert_eq!(db::prune(db(&app), day, day).await.unwrap(), (0, 0));
+    // Nothing young left: every delivery goes.
+    db(&app)
+        .execute_unprepared(&format!(
+            "UPDATE webhook_deliveries SET received_at = '{OLD}'"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(db::prune(db(&app), day, day).await.unwrap(), (3, 0));
+    assert!(ids().await.is_empty());
+    // And an empty table stays empty without complaint.
+    assert_eq!(db::prune(db(&app), day, day).await.unwrap(), (0, 0));
 }
 
 /// The ingestion statements run prepared, with the plan Postgres makes for any values (a

@@ -326,7 +326,7 @@ async fn migrations_round_trip() {
             Migrator::get_pending_migrations(&db).await.unwrap().len(),
             Migrator::migrations().len()
         );
-        assert_eq!(Migrator::migrations().len(), 4);
+        assert_eq!(Migrator::migrations().len(), 5);
         Migrator::up(&db, None).await.unwrap();
         assert!(
             Migrator::get_pending_migrations(&db)

@@ -8,6 +8,7 @@ mod m20261129_000001_initial_schema;
 mod m20261129_000002_deliveries_by_age;
 mod m20261129_000003_scenes_fillfactor;
 mod m20261130_000004_deliveries_without_autoincrement;
+mod m20261130_000005_fewer_appended_indexes;
 
 pub struct Migrator;
 
@@ -19,6 +20,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261129_000002_deliveries_by_age::Migration),
             Box::new(m20261129_000003_scenes_fillfactor::Migration),
             Box::new(m20261130_000004_deliveries_without_autoincrement::Migration),
+            Box::new(m20261130_000005_fewer_appended_indexes::Migration),
         ]
     }
 }

@@ -151,29 +151,37 @@ pub async fn migrations_applied(db: &DatabaseConnection) -> Result<bool, DbErr> 
 
 /// Deletes delivery rows and done outbox jobs past their retention; returns how many of each.
 /// Safe on every instance at once.
+///
+/// Deliveries have no index by age (each webhook would append to it): their ids grow with
+/// time, so the ones to delete are the ids before the first delivery young enough to keep,
+/// found by reading from the oldest id on, which reads just the rows the delete removes. Every
+/// row before that one is older than the cutoff, even if a clock was set back: a delivery
+/// stamped out of order is kept until a later pass. Done jobs: [`outbox::prune_done`].
 pub async fn prune(
     db: &DatabaseConnection,
     delivery_retention: std::time::Duration,
     done_job_retention: std::time::Duration,
 ) -> Result<(u64, u64), DbErr> {
-    use entity::{outbox_job, webhook_delivery};
-    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+    use sea_orm::Statement;
     let before = |age: std::time::Duration| {
         chrono::Utc::now() - chrono::Duration::from_std(age).unwrap_or(chrono::Duration::MAX)
     };
-    let deliveries = webhook_delivery::Entity::delete_many()
-        .filter(webhook_delivery::Column::ReceivedAt.lt(before(delivery_retention)))
-        .exec(db)
+    let deliveries = db
+        .execute_raw(Statement::from_sql_and_values(
+            db.get_database_backend(),
+            PRUNE_DELIVERIES,
+            [before(delivery_retention).into()],
+        ))
         .await?
-        .rows_affected;
-    let jobs = outbox_job::Entity::delete_many()
-        .filter(outbox_job::Column::Status.eq("done"))
-        .filter(outbox_job::Column::UpdatedAt.lt(before(done_job_retention)))
-        .exec(db)
-        .await?
-        .rows_affected;
+        .rows_affected();
+    let jobs = outbox::prune_done(db, before(done_job_retention)).await?;
     Ok((deliveries, jobs))
 }
+
+/// The deliveries received before `$1` ([`prune`]); with none to keep, all of them.
+pub const PRUNE_DELIVERIES: &str = "DELETE FROM webhook_deliveries WHERE id < COALESCE( \
+     (SELECT id FROM webhook_deliveries WHERE received_at >= $1 ORDER BY id LIMIT 1), \
+     (SELECT MAX(id) + 1 FROM webhook_deliveries))";
 
 pub async fn ping(db: &DatabaseConnection) -> Result<(), DbErr> {
     db.execute_unprepared("SELECT 1").await.map(|_| ())

@@ -1,13 +1,37 @@
 //! Outbox queries. A claim moves due jobs to `in_flight` with a lease (`next_attempt_at` is
 //! the lease's end) and bumps `attempts`, which doubles as a fencing token: a worker whose
 //! lease expired and was re-claimed elsewhere can no longer complete or reschedule the job.
+//!
+//! The jobs have one index besides their ids, the claims' (service, status, next attempt):
+//! every webhook appends to it. The queries by status name every service, so it serves them
+//! too (migration 5 dropped a second index by status for that reason).
 
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use entity::outbox_job;
 use sea_orm::{
-    ColumnTrait, DatabaseConnection, DbErr, EntityTrait, FromQueryResult, QueryFilter, QueryOrder,
-    QuerySelect, Statement, sea_query::Expr,
+    ColumnTrait, DatabaseConnection, DbErr, DeleteMany, EntityTrait, FromQueryResult, QueryFilter,
+    QueryOrder, QuerySelect, Select, Statement, UpdateMany,
+    sea_query::{Expr, SimpleExpr},
 };
+
+use crate::outbox::Service;
+
+/// The statuses a job is in until it is done.
+pub const NOT_DONE: [&str; 3] = ["pending", "in_flight", "dead"];
+
+/// Every service, as the first condition of a query by status: it lets the claims' index,
+/// which starts with the service, find the rows (a lookup per service).
+pub fn of_any_service() -> SimpleExpr {
+    outbox_job::Column::Service.is_in(Service::ALL.map(Service::as_str))
+}
+
+/// `service`, or every service.
+fn of_service(service: Option<&str>) -> SimpleExpr {
+    match service {
+        Some(service) => outbox_job::Column::Service.eq(service),
+        None => of_any_service(),
+    }
+}
 
 /// Claims up to `limit` due jobs of `service`: pending ones whose time has come and in-flight
 /// ones whose lease expired (their instance died). Two instances never claim the same job:
@@ -124,16 +148,21 @@ pub async fn list(
     service: Option<&str>,
     limit: u64,
 ) -> Result<Vec<outbox_job::Model>, DbErr> {
+    listing(status, service, limit).all(db).await
+}
+
+fn listing(status: Option<&str>, service: Option<&str>, limit: u64) -> Select<outbox_job::Entity> {
     let mut query = outbox_job::Entity::find()
         .order_by_desc(outbox_job::Column::UpdatedAt)
         .limit(limit);
     if let Some(status) = status {
-        query = query.filter(outbox_job::Column::Status.eq(status));
-    }
-    if let Some(service) = service {
+        query = query
+            .filter(of_service(service))
+            .filter(outbox_job::Column::Status.eq(status));
+    } else if let Some(service) = service {
         query = query.filter(outbox_job::Column::Service.eq(service));
     }
-    query.all(db).await
+    query
 }
 
 /// Re-queues dead jobs (one, or all of a service) with a fresh set of attempts.
@@ -142,20 +171,36 @@ pub async fn replay(
     id: Option<&str>,
     service: Option<&str>,
 ) -> Result<u64, DbErr> {
+    Ok(replaying(id, service).exec(db).await?.rows_affected)
+}
+
+fn replaying(id: Option<&str>, service: Option<&str>) -> UpdateMany<outbox_job::Entity> {
     let now = Utc::now();
     let mut update = outbox_job::Entity::update_many()
         .col_expr(outbox_job::Column::Status, Expr::value("pending"))
         .col_expr(outbox_job::Column::Attempts, Expr::value(0))
         .col_expr(outbox_job::Column::NextAttemptAt, Expr::value(now))
         .col_expr(outbox_job::Column::UpdatedAt, Expr::value(now))
+        .filter(of_service(service))
         .filter(outbox_job::Column::Status.eq("dead"));
     if let Some(id) = id {
         update = update.filter(outbox_job::Column::Id.eq(id));
     }
-    if let Some(service) = service {
-        update = update.filter(outbox_job::Column::Service.eq(service));
-    }
-    Ok(update.exec(db).await?.rows_affected)
+    update
+}
+
+/// Deletes the jobs done before `cutoff` (a done job's next attempt is when it was done, so
+/// the claims' index finds them); returns how many.
+pub async fn prune_done(db: &DatabaseConnection, cutoff: DateTime<Utc>) -> Result<u64, DbErr> {
+    Ok(done_before(cutoff).exec(db).await?.rows_affected)
+}
+
+fn done_before(cutoff: DateTime<Utc>) -> DeleteMany<outbox_job::Entity> {
+    outbox_job::Entity::delete_many()
+        .filter(of_any_service())
+        .filter(outbox_job::Column::Status.eq("done"))
+        .filter(outbox_job::Column::NextAttemptAt.lt(cutoff))
+        .filter(outbox_job::Column::UpdatedAt.lt(cutoff))
 }
 
 pub async fn find(db: &DatabaseConnection, id: &str) -> Result<Option<outbox_job::Model>, DbErr> {
@@ -175,19 +220,8 @@ pub async fn stats(db: &DatabaseConnection) -> Result<OutboxStats, DbErr> {
         status: String,
         n: i64,
     }
-    let backend = db.get_database_backend();
-    let counts = Count::find_by_statement(Statement::from_string(
-        backend,
-        "SELECT service, status, COUNT(*) AS n FROM outbox_jobs \
-         WHERE status <> 'done' GROUP BY service, status",
-    ))
-    .all(db)
-    .await?;
-    let oldest = outbox_job::Entity::find()
-        .filter(outbox_job::Column::Status.eq("pending"))
-        .order_by_asc(outbox_job::Column::CreatedAt)
-        .one(db)
-        .await?;
+    let counts = not_done_counts().into_model::<Count>().all(db).await?;
+    let oldest = oldest_pending().one(db).await?;
     let oldest_pending_secs = oldest
         .map(|j| (Utc::now() - j.created_at).num_milliseconds().max(0) as f64 / 1000.0)
         .unwrap_or(0.0);
@@ -198,4 +232,74 @@ pub async fn stats(db: &DatabaseConnection) -> Result<OutboxStats, DbErr> {
             .collect(),
         oldest_pending_secs,
     })
+}
+
+fn not_done_counts() -> Select<outbox_job::Entity> {
+    outbox_job::Entity::find()
+        .select_only()
+        .column(outbox_job::Column::Service)
+        .column(outbox_job::Column::Status)
+        .column_as(outbox_job::Column::Id.count(), "n")
+        .filter(of_any_service())
+        .filter(outbox_job::Column::Status.is_in(NOT_DONE))
+        .group_by(outbox_job::Column::Service)
+        .group_by(outbox_job::Column::Status)
+}
+
+fn oldest_pending() -> Select<outbox_job::Entity> {
+    outbox_job::Entity::find()
+        .filter(of_any_service())
+        .filter(outbox_job::Column::Status.eq("pending"))
+        .order_by_asc(outbox_job::Column::CreatedAt)
+}
+
+#[cfg(test)]
+mod tests {
+    use sea_orm::{ConnectionTrait, DbBackend, QueryTrait};
+
+    use super::*;
+
+    /// The queries by status reach the jobs through the claims' index, which begins with the
+    /// service: there is no other index by status.
+    #[tokio::test]
+    async fn the_queries_by_status_search_the_claims_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = crate::config::Config::defaults();
+        config.database_url = format!("sqlite://{}/plans.db?mode=rwc", dir.path().display());
+        let db = crate::db::connect(&config).await.unwrap();
+        crate::db::migrate(&db).await.unwrap();
+        let sqlite = DbBackend::Sqlite;
+        for statement in [
+            listing(Some("dead"), None, 10).build(sqlite),
+            listing(Some("pending"), Some("video"), 10).build(sqlite),
+            listing(None, Some("video"), 10).build(sqlite),
+            replaying(None, None).build(sqlite),
+            replaying(None, Some("stitch")).build(sqlite),
+            done_before(Utc::now()).build(sqlite),
+            not_done_counts().build(sqlite),
+            oldest_pending().build(sqlite),
+        ] {
+            let explain = Statement::from_sql_and_values(
+                sqlite,
+                format!("EXPLAIN QUERY PLAN {}", statement.sql),
+                statement.values.clone().map(|v| v.0).unwrap_or_default(),
+            );
+            let steps: Vec<String> = db
+                .query_all_raw(explain)
+                .await
+                .unwrap()
+                .iter()
+                .map(|row| row.try_get_by_index::<String>(3).unwrap())
+                .filter(|step| step.starts_with("SCAN") || step.starts_with("SEARCH"))
+                .collect();
+            assert!(
+                !steps.is_empty()
+                    && steps.iter().all(|step| {
+                        step.starts_with("SEARCH outbox_jobs USING INDEX idx_outbox_jobs_due")
+                    }),
+                "{}: {steps:?}",
+                statement.sql
+            );
+        }
+    }
 }

@@ -92,7 +92,7 @@ async fn refresh_gauges(app: &AppState) {
     };
     if let Ok(Ok(stats)) = tokio::time::timeout(READY_TIMEOUT, db::outbox::stats(&app.db)).await {
         for service in Service::ALL {
-            for status in ["pending", "in_flight", "dead"] {
+            for status in db::outbox::NOT_DONE {
                 let n = stats
                     .counts
                     .iter()
