@@ -476,8 +476,34 @@ async fn retention_deletes_what_is_past_its_age_and_nothing_younger(backend: Bac
         .unwrap();
     assert_eq!(db::prune(db(&app), day, day).await.unwrap(), (3, 0));
     assert!(ids().await.is_empty());
-    // And an empty table stays empty without complaint.
+    // An empty table stays empty without complaint.
     assert_eq!(db::prune(db(&app), day, day).await.unwrap(), (0, 0));
+    // More than a chunk of each: every chunk goes, and a young delivery after them stays.
+    let many = 2 * db::PRUNE_CHUNK as i64 + 500;
+    let mut rows: Vec<(i64, &str)> = (100..100 + many).map(|id| (id, OLD)).collect();
+    rows.push((100 + many, YOUNG));
+    db(&app)
+        .execute_unprepared(&deliveries(&rows))
+        .await
+        .unwrap();
+    let jobs: Vec<String> = (0..many)
+        .map(|n| {
+            format!("('done_{n}', 'k', 'video', '{{}}', 'done', 1, '{OLD}', '{OLD}', '{OLD}')")
+        })
+        .collect();
+    db(&app)
+        .execute_unprepared(&format!(
+            "INSERT INTO outbox_jobs (id, kind, service, payload, status, attempts, \
+             next_attempt_at, created_at, updated_at) VALUES {}",
+            jobs.join(", ")
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        db::prune(db(&app), day, day).await.unwrap(),
+        (many as u64, many as u64)
+    );
+    assert_eq!(ids().await, [100 + many]);
 }
 
 /// The ingestion statements run prepared, with the plan Postgres makes for any values (a

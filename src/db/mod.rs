@@ -11,7 +11,7 @@ use std::time::Duration;
 use migration::{Migrator, MigratorTrait};
 use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
-    DbErr, RuntimeErr, SqliteTransactionMode, TransactionOptions, TransactionTrait,
+    DbErr, RuntimeErr, SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait,
 };
 
 use crate::config::Config;
@@ -150,38 +150,95 @@ pub async fn migrations_applied(db: &DatabaseConnection) -> Result<bool, DbErr> 
 }
 
 /// Deletes delivery rows and done outbox jobs past their retention; returns how many of each.
-/// Safe on every instance at once.
+/// Safe on every instance at once. Rows go [`PRUNE_CHUNK`] at a time, each chunk a transaction
+/// of its own ([`in_chunks`]).
 ///
 /// Deliveries have no index by age (each webhook would append to it): their ids grow with
 /// time, so the ones to delete are the ids before the first delivery young enough to keep,
-/// found by reading from the oldest id on, which reads just the rows the delete removes. Every
-/// row before that one is older than the cutoff, even if a clock was set back: a delivery
-/// stamped out of order is kept until a later pass. Done jobs: [`outbox::prune_done`].
+/// found by reading from the oldest id on. Every row before that one is older than the
+/// cutoff, even if a clock was set back: a delivery stamped out of order is kept until a later
+/// pass. Done jobs: [`outbox::prune_done`].
 pub async fn prune(
     db: &DatabaseConnection,
-    delivery_retention: std::time::Duration,
-    done_job_retention: std::time::Duration,
+    delivery_retention: Duration,
+    done_job_retention: Duration,
 ) -> Result<(u64, u64), DbErr> {
-    use sea_orm::Statement;
-    let before = |age: std::time::Duration| {
+    let before = |age: Duration| {
         chrono::Utc::now() - chrono::Duration::from_std(age).unwrap_or(chrono::Duration::MAX)
     };
-    let deliveries = db
-        .execute_raw(Statement::from_sql_and_values(
-            db.get_database_backend(),
-            PRUNE_DELIVERIES,
-            [before(delivery_retention).into()],
-        ))
-        .await?
-        .rows_affected();
+    let deliveries = prune_deliveries(db, before(delivery_retention)).await?;
     let jobs = outbox::prune_done(db, before(done_job_retention)).await?;
     Ok((deliveries, jobs))
 }
 
-/// The deliveries received before `$1` ([`prune`]); with none to keep, all of them.
-pub const PRUNE_DELIVERIES: &str = "DELETE FROM webhook_deliveries WHERE id < COALESCE( \
+async fn prune_deliveries(
+    db: &DatabaseConnection,
+    cutoff: chrono::DateTime<chrono::Utc>,
+) -> Result<u64, DbErr> {
+    let backend = db.get_database_backend();
+    let first_kept = db
+        .query_one_raw(Statement::from_sql_and_values(
+            backend,
+            FIRST_DELIVERY_KEPT,
+            [cutoff.into()],
+        ))
+        .await?
+        .map(|row| row.try_get_by_index::<Option<i64>>(0))
+        .transpose()?
+        .flatten();
+    let Some(first_kept) = first_kept else {
+        return Ok(0);
+    };
+    in_chunks(|| {
+        let chunk = Statement::from_sql_and_values(
+            backend,
+            DELETE_DELIVERIES_BEFORE,
+            [
+                first_kept.into(),
+                cutoff.into(),
+                (PRUNE_CHUNK as i64).into(),
+            ],
+        );
+        async move { Ok(db.execute_raw(chunk).await?.rows_affected()) }
+    })
+    .await
+}
+
+/// The id of the oldest delivery received at `$1` or later; with none, one past the newest
+/// (NULL if there is no delivery at all).
+const FIRST_DELIVERY_KEPT: &str = "SELECT COALESCE( \
      (SELECT id FROM webhook_deliveries WHERE received_at >= $1 ORDER BY id LIMIT 1), \
      (SELECT MAX(id) + 1 FROM webhook_deliveries))";
+
+/// The oldest `$3` deliveries with ids before `$1` received before `$2`. Every row before
+/// `$1` was, when `$1` was read; the second condition keeps a delivery committed since then
+/// whose id SQLite took from a deleted one (it numbers a row after the largest id left, so an
+/// emptied table starts again at 1).
+const DELETE_DELIVERIES_BEFORE: &str = "DELETE FROM webhook_deliveries WHERE id IN \
+     (SELECT id FROM webhook_deliveries WHERE id < $1 AND received_at < $2 ORDER BY id LIMIT $3)";
+
+/// The most rows a retention statement deletes. On SQLite the webhooks' writer waits for the
+/// write lock while one runs: a chunk holds it for milliseconds, where an hour's expired rows
+/// at once (millions, at a few thousand webhooks a second) would hold it for many seconds.
+pub const PRUNE_CHUNK: u64 = 1_000;
+
+/// Runs `delete` (a statement deleting at most [`PRUNE_CHUNK`] rows) until it deletes fewer,
+/// with a pause between in which ingestion's batches commit; returns how many rows went.
+async fn in_chunks<Chunk>(mut delete: impl FnMut() -> Chunk) -> Result<u64, DbErr>
+where
+    Chunk: Future<Output = Result<u64, DbErr>>,
+{
+    const PAUSE: Duration = Duration::from_millis(5);
+    let mut total = 0;
+    loop {
+        let deleted = delete().await?;
+        total += deleted;
+        if deleted < PRUNE_CHUNK {
+            return Ok(total);
+        }
+        tokio::time::sleep(PAUSE).await;
+    }
+}
 
 pub async fn ping(db: &DatabaseConnection) -> Result<(), DbErr> {
     db.execute_unprepared("SELECT 1").await.map(|_| ())
