@@ -391,8 +391,9 @@ async fn the_later_migrations_apply_and_roll_back(backend: Backend) {
 }
 
 /// Retention deletes what is past its age and nothing younger: deliveries by id, up to the
-/// first one young enough to keep (one stamped out of order waits for a later pass), all of
-/// them once none is young; done jobs by their time done, whatever their service.
+/// first one young enough to keep (one stamped out of order may wait for a later pass), all
+/// of them once none is young, in chunks; done jobs by their time done, whatever their
+/// service.
 async fn retention_deletes_what_is_past_its_age_and_nothing_younger(backend: Backend) {
     let Some(app) = started(backend, "ingest_retention", &[]).await else {
         return;
@@ -422,7 +423,8 @@ async fn retention_deletes_what_is_past_its_age_and_nothing_younger(backend: Bac
             .map(|r| r.try_get_by_index(0).unwrap())
             .collect()
     };
-    // 4 was stamped after 3 by a clock set back: it goes once 3 and 5 are old too.
+    // 4 was stamped after 3 by a clock set back: the search for the first young id stops at 3
+    // in the first pass.
     db(&app)
         .execute_unprepared(&deliveries(&[
             (1, OLD),
@@ -466,7 +468,12 @@ async fn retention_deletes_what_is_past_its_age_and_nothing_younger(backend: Bac
         3 * services,
         "young done, pending and dead jobs stay"
     );
-    assert_eq!(db::prune(db(&app), day, day).await.unwrap(), (0, 0));
+    // 4 goes in a later pass; the young ones never do.
+    let mut later = 0;
+    for _ in 0..3 {
+        later += db::prune(db(&app), day, day).await.unwrap().0;
+    }
+    assert_eq!((later, ids().await), (1, vec![3, 5]));
     // Nothing young left: every delivery goes.
     db(&app)
         .execute_unprepared(&format!(
@@ -474,7 +481,7 @@ async fn retention_deletes_what_is_past_its_age_and_nothing_younger(backend: Bac
         ))
         .await
         .unwrap();
-    assert_eq!(db::prune(db(&app), day, day).await.unwrap(), (3, 0));
+    assert_eq!(db::prune(db(&app), day, day).await.unwrap(), (2, 0));
     assert!(ids().await.is_empty());
     // An empty table stays empty without complaint.
     assert_eq!(db::prune(db(&app), day, day).await.unwrap(), (0, 0));

@@ -4,7 +4,7 @@
 //! Neither index serves a lookup that another way does not serve as well:
 //! - `idx_webhook_deliveries_received_at`: retention deletes deliveries by age, and delivery ids
 //!   grow with time, so it deletes the ids before the first one young enough to keep, found by
-//!   reading the oldest ids first (`db::prune`).
+//!   a binary search over ids (`db::prune`).
 //! - `idx_outbox_jobs_status_next`: the job queries by status name every service, so the
 //!   claims' index on (service, status, next attempt) serves them (`db::outbox`).
 

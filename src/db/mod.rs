@@ -153,11 +153,11 @@ pub async fn migrations_applied(db: &DatabaseConnection) -> Result<bool, DbErr> 
 /// Safe on every instance at once. Rows go [`PRUNE_CHUNK`] at a time, each chunk a transaction
 /// of its own ([`in_chunks`]).
 ///
-/// Deliveries have no index by age (each webhook would append to it): their ids grow with
-/// time, so the ones to delete are the ids before the first delivery young enough to keep,
-/// found by reading from the oldest id on. Every row before that one is older than the
-/// cutoff, even if a clock was set back: a delivery stamped out of order is kept until a later
-/// pass. Done jobs: [`outbox::prune_done`].
+/// Deliveries have no index by age (each webhook would append to it). Their ids grow with
+/// time, so the ones to delete come before the first delivery young enough to keep, which a
+/// binary search over ids finds in a few lookups ([`first_delivery_kept`]); each chunk then
+/// deletes the oldest ids before it, checking their age too. Done jobs:
+/// [`outbox::prune_done`].
 pub async fn prune(
     db: &DatabaseConnection,
     delivery_retention: Duration,
@@ -175,23 +175,12 @@ async fn prune_deliveries(
     db: &DatabaseConnection,
     cutoff: chrono::DateTime<chrono::Utc>,
 ) -> Result<u64, DbErr> {
-    let backend = db.get_database_backend();
-    let first_kept = db
-        .query_one_raw(Statement::from_sql_and_values(
-            backend,
-            FIRST_DELIVERY_KEPT,
-            [cutoff.into()],
-        ))
-        .await?
-        .map(|row| row.try_get_by_index::<Option<i64>>(0))
-        .transpose()?
-        .flatten();
-    let Some(first_kept) = first_kept else {
+    let Some(first_kept) = first_delivery_kept(db, cutoff).await? else {
         return Ok(0);
     };
     in_chunks(|| {
         let chunk = Statement::from_sql_and_values(
-            backend,
+            db.get_database_backend(),
             DELETE_DELIVERIES_BEFORE,
             [
                 first_kept.into(),
@@ -204,18 +193,66 @@ async fn prune_deliveries(
     .await
 }
 
-/// The id of the oldest delivery received at `$1` or later; with none, one past the newest
-/// (NULL if there is no delivery at all).
-const FIRST_DELIVERY_KEPT: &str = "SELECT COALESCE( \
-     (SELECT id FROM webhook_deliveries WHERE received_at >= $1 ORDER BY id LIMIT 1), \
-     (SELECT MAX(id) + 1 FROM webhook_deliveries))";
-
-/// The oldest `$3` deliveries with ids before `$1` received before `$2`. Every row before
-/// `$1` was, when `$1` was read; the second condition keeps a delivery committed since then
-/// whose id SQLite took from a deleted one (it numbers a row after the largest id left, so an
-/// emptied table starts again at 1).
+/// The oldest `$3` deliveries with ids before `$1` received before `$2`. The age is checked
+/// again because ids follow time only as far as clocks do, and because SQLite numbers a row
+/// after the largest id left: once retention has emptied the table, a new delivery starts
+/// again at 1, below `$1`.
 const DELETE_DELIVERIES_BEFORE: &str = "DELETE FROM webhook_deliveries WHERE id IN \
      (SELECT id FROM webhook_deliveries WHERE id < $1 AND received_at < $2 ORDER BY id LIMIT $3)";
+
+/// Where the deliveries to keep begin: the lowest id whose delivery (or the next one after it)
+/// was received at `cutoff` or later, one past the newest if every one is older; `None` if
+/// there are none. A binary search over ids, a lookup by id per step, so the read stays short
+/// however many rows expired. Were stamps out of order (a clock set back), it may stop a
+/// little early or late; the delete checks each row's age, so no young delivery goes.
+async fn first_delivery_kept(
+    db: &DatabaseConnection,
+    cutoff: chrono::DateTime<chrono::Utc>,
+) -> Result<Option<i64>, DbErr> {
+    let backend = db.get_database_backend();
+    let range = db
+        .query_one_raw(Statement::from_string(
+            backend,
+            "SELECT MIN(id), MAX(id) FROM webhook_deliveries",
+        ))
+        .await?;
+    let Some((Some(mut low), Some(newest))) = range
+        .map(|row| {
+            Ok::<_, DbErr>((
+                row.try_get_by_index::<Option<i64>>(0)?,
+                row.try_get_by_index::<Option<i64>>(1)?,
+            ))
+        })
+        .transpose()?
+    else {
+        return Ok(None);
+    };
+    let mut high = newest + 1;
+    while low < high {
+        let middle = low + (high - low) / 2;
+        let next = db
+            .query_one_raw(Statement::from_sql_and_values(
+                backend,
+                "SELECT id, CASE WHEN received_at < $1 THEN 1 ELSE 0 END \
+                 FROM webhook_deliveries WHERE id >= $2 ORDER BY id LIMIT 1",
+                [cutoff.into(), middle.into()],
+            ))
+            .await?
+            .map(|row| {
+                Ok::<_, DbErr>((
+                    row.try_get_by_index::<i64>(0)?,
+                    row.try_get_by_index::<i32>(1)? == 1,
+                ))
+            })
+            .transpose()?;
+        match next {
+            Some((id, true)) => low = id + 1,
+            // Young, or gone since the range was read (another instance's retention).
+            _ => high = middle,
+        }
+    }
+    Ok(Some(low))
+}
 
 /// The most rows a retention statement deletes. On SQLite the webhooks' writer waits for the
 /// write lock while one runs: a chunk holds it for milliseconds, where an hour's expired rows
