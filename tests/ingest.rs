@@ -411,6 +411,20 @@ async fn retention_deletes_what_is_past_its_age_and_nothing_younger(backend: Bac
             values.join(", ")
         )
     };
+    // (id, service, status, when due or done)
+    let jobs = |rows: &[(String, &str, &str, &str)]| {
+        let values: Vec<String> = rows
+            .iter()
+            .map(|(id, service, status, at)| {
+                format!("('{id}', 'k', '{service}', '{{}}', '{status}', 1, '{at}', '{at}', '{at}')")
+            })
+            .collect();
+        format!(
+            "INSERT INTO outbox_jobs (id, kind, service, payload, status, attempts, \
+             next_attempt_at, created_at, updated_at) VALUES {}",
+            values.join(", ")
+        )
+    };
     let ids = async || -> Vec<i64> {
         let rows = db(&app)
             .query_all_raw(sea_orm::Statement::from_string(
@@ -435,27 +449,20 @@ async fn retention_deletes_what_is_past_its_age_and_nothing_younger(backend: Bac
         ]))
         .await
         .unwrap();
-    let mut jobs = Vec::new();
-    for (n, service) in scenehook::outbox::Service::ALL.iter().enumerate() {
+    let mut done_and_not = Vec::new();
+    for service in scenehook::outbox::Service::ALL {
         for (status, at) in [
             ("done", OLD),
             ("done", YOUNG),
             ("pending", OLD),
             ("dead", OLD),
         ] {
-            jobs.push(format!(
-                "('job_{n}_{status}_{}', 'k', '{}', '{{}}', '{status}', 1, '{at}', '{at}', '{at}')",
-                &at[..4],
-                service.as_str()
-            ));
+            let id = format!("{}_{status}_{}", service.as_str(), &at[..4]);
+            done_and_not.push((id, service.as_str(), status, at));
         }
     }
     db(&app)
-        .execute_unprepared(&format!(
-            "INSERT INTO outbox_jobs (id, kind, service, payload, status, attempts, \
-             next_attempt_at, created_at, updated_at) VALUES {}",
-            jobs.join(", ")
-        ))
+        .execute_unprepared(&jobs(&done_and_not))
         .await
         .unwrap();
     let day = std::time::Duration::from_secs(24 * 3600);
@@ -493,19 +500,10 @@ async fn retention_deletes_what_is_past_its_age_and_nothing_younger(backend: Bac
         .execute_unprepared(&deliveries(&rows))
         .await
         .unwrap();
-    let jobs: Vec<String> = (0..many)
-        .map(|n| {
-            format!("('done_{n}', 'k', 'video', '{{}}', 'done', 1, '{OLD}', '{OLD}', '{OLD}')")
-        })
+    let done: Vec<_> = (0..many)
+        .map(|n| (format!("done_{n}"), "video", "done", OLD))
         .collect();
-    db(&app)
-        .execute_unprepared(&format!(
-            "INSERT INTO outbox_jobs (id, kind, service, payload, status, attempts, \
-             next_attempt_at, created_at, updated_at) VALUES {}",
-            jobs.join(", ")
-        ))
-        .await
-        .unwrap();
+    db(&app).execute_unprepared(&jobs(&done)).await.unwrap();
     assert_eq!(
         db::prune(db(&app), day, day).await.unwrap(),
         (many as u64, many as u64)

@@ -277,6 +277,17 @@ where
     }
 }
 
+/// A migrated SQLite database in `dir` for unit tests: its configuration and the gateway's
+/// connection to it.
+#[cfg(test)]
+pub(crate) async fn migrated_sqlite(dir: &std::path::Path) -> (Config, DatabaseConnection) {
+    let mut config = Config::defaults();
+    config.database_url = format!("sqlite://{}/test.db?mode=rwc", dir.display());
+    let db = connect(&config).await.unwrap();
+    migrate(&db).await.unwrap();
+    (config, db)
+}
+
 pub async fn ping(db: &DatabaseConnection) -> Result<(), DbErr> {
     db.execute_unprepared("SELECT 1").await.map(|_| ())
 }

@@ -270,10 +270,7 @@ mod tests {
     #[tokio::test]
     async fn the_queries_by_status_search_the_claims_index() {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = crate::config::Config::defaults();
-        config.database_url = format!("sqlite://{}/plans.db?mode=rwc", dir.path().display());
-        let db = crate::db::connect(&config).await.unwrap();
-        crate::db::migrate(&db).await.unwrap();
+        let (_, db) = crate::db::migrated_sqlite(dir.path()).await;
         let sqlite = DbBackend::Sqlite;
         for statement in [
             listing(Some("dead"), None, 10).build(sqlite),

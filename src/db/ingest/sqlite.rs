@@ -387,10 +387,7 @@ mod tests {
     #[tokio::test]
     async fn every_lookup_searches_an_index() {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = crate::config::Config::defaults();
-        config.database_url = format!("sqlite://{}/plans.db?mode=rwc", dir.path().display());
-        let db = crate::db::connect(&config).await.unwrap();
-        crate::db::migrate(&db).await.unwrap();
+        let (config, _db) = crate::db::migrated_sqlite(dir.path()).await;
         let writer = SqliteWriter::open(
             &crate::db::sqlite_file(&config.database_url).unwrap(),
             1 << 20,
