@@ -164,7 +164,8 @@ impl Gateway {
         if run_outbox {
             tasks.spawn(outbox.run(stop.clone()));
         }
-        tasks.spawn(housekeeping(state.clone(), stop));
+        tasks.spawn(housekeeping(state.clone(), stop.clone()));
+        tasks.spawn(retention(state.clone(), stop));
         let router = crate::http::router(state.clone());
         Ok(Self {
             state,
@@ -188,7 +189,8 @@ impl Gateway {
     }
 }
 
-/// Periodic chores: error-store cleanup, flushing buffered error entries, metric upkeep.
+/// Periodic chores: error-store cleanup, flushing buffered error entries, metric upkeep
+/// (database retention runs apart: [`retention`]).
 async fn housekeeping(state: AppState, mut stop: watch::Receiver<bool>) {
     let cleanup_every = Duration::from_secs(state.config.errors.cleanup_interval_secs.max(1));
     let mut cleanup = tokio::time::interval(cleanup_every);
@@ -205,13 +207,6 @@ async fn housekeeping(state: AppState, mut stop: watch::Receiver<bool>) {
                     Ok(n) => tracing::info!(removed = n, "error store cleanup"),
                     Err(e) => tracing::warn!(error = %e, "error store cleanup failed"),
                 }
-                let hours = |h: u64| Duration::from_secs(h.saturating_mul(3600));
-                let d = &state.config.database;
-                match db::prune(&state.db, hours(d.delivery_retention_hours), hours(d.done_job_retention_hours)).await {
-                    Ok((0, 0)) => {}
-                    Ok((deliveries, jobs)) => tracing::info!(deliveries, jobs, "database retention"),
-                    Err(e) => tracing::warn!(error = %e, "database retention failed"),
-                }
             }
             _ = tick.tick() => {
                 if state.reporter.buffered() > 0 {
@@ -219,6 +214,38 @@ async fn housekeeping(state: AppState, mut stop: watch::Receiver<bool>) {
                 }
                 state.metrics.run_upkeep();
             }
+        }
+    }
+}
+
+/// Database retention ([`db::prune`]) at the error store's cleanup interval, apart from the
+/// other chores: it deletes in chunks with pauses, which after a busy hour takes a while, and
+/// the error buffer's flush and the metrics' upkeep must not wait for it. A stop drops it
+/// where it waits: each chunk is a statement of its own, so what went stays gone and the rest
+/// waits for the next pass.
+async fn retention(state: AppState, mut stop: watch::Receiver<bool>) {
+    let every = Duration::from_secs(state.config.errors.cleanup_interval_secs.max(1));
+    let mut interval = tokio::time::interval(every);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let hours = |h: u64| Duration::from_secs(h.saturating_mul(3600));
+    let d = &state.config.database;
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = interval.tick() => {}
+        }
+        let prune = db::prune(
+            &state.db,
+            hours(d.delivery_retention_hours),
+            hours(d.done_job_retention_hours),
+        );
+        tokio::select! {
+            _ = stop.changed() => return,
+            result = prune => match result {
+                Ok((0, 0)) => {}
+                Ok((deliveries, jobs)) => tracing::info!(deliveries, jobs, "database retention"),
+                Err(e) => tracing::warn!(error = %e, "database retention failed"),
+            },
         }
     }
 }

@@ -29,6 +29,7 @@ const LIMITS: Limits = Limits {
 on_databases!(
     the_later_migrations_apply_and_roll_back,
     retention_deletes_what_is_past_its_age_and_nothing_younger,
+    the_gateway_applies_retention_on_its_own,
     one_transaction_applies_a_batch_as_if_one_by_one,
     a_video_callback_reads_only_its_scene,
     a_failing_statement_costs_only_its_own_delivery,
@@ -509,6 +510,29 @@ async fn retention_deletes_what_is_past_its_age_and_nothing_younger(backend: Bac
         (many as u64, many as u64)
     );
     assert_eq!(ids().await, [100 + many]);
+}
+
+/// The gateway prunes at every cleanup interval, without being asked.
+async fn the_gateway_applies_retention_on_its_own(backend: Backend) {
+    let Some(mut config) = config(backend, "ingest_retention_task").await else {
+        return;
+    };
+    config.errors.cleanup_interval_secs = 1;
+    let app = TestApp::start_with(config, false).await;
+    db(&app)
+        .execute_unprepared(
+            "INSERT INTO webhook_deliveries (id, kind, delivery_key, outcome, received_at) \
+             VALUES (1, 'video-complete', 'old', 'accepted', '2020-01-01T00:00:00+00:00')",
+        )
+        .await
+        .unwrap();
+    let sql = "SELECT COUNT(*) FROM webhook_deliveries";
+    eventually(
+        std::time::Duration::from_secs(10),
+        "the old delivery pruned",
+        || async { count(&app, sql).await == 0 },
+    )
+    .await;
 }
 
 /// The ingestion statements run prepared, with the plan Postgres makes for any values (a
