@@ -466,6 +466,20 @@ impl Config {
             problems
                 .push("SCENEHOOK_DATABASE__INGEST_BATCH_MAX must be between 1 and 1000".to_owned());
         }
+        // Ten years at most; deliveries at least an hour, as their rows are the idempotency
+        // window (with none, every redelivery would be taken as new).
+        const TEN_YEARS_IN_HOURS: u64 = 10 * 366 * 24;
+        if !(1..=TEN_YEARS_IN_HOURS).contains(&d.delivery_retention_hours) {
+            problems.push(format!(
+                "SCENEHOOK_DATABASE__DELIVERY_RETENTION_HOURS must be between 1 and \
+                 {TEN_YEARS_IN_HOURS}"
+            ));
+        }
+        if d.done_job_retention_hours > TEN_YEARS_IN_HOURS {
+            problems.push(format!(
+                "SCENEHOOK_DATABASE__DONE_JOB_RETENTION_HOURS must be at most {TEN_YEARS_IN_HOURS}"
+            ));
+        }
         if !(1..=4096).contains(&d.sqlite_wal_max_mib) {
             problems.push(
                 "SCENEHOOK_DATABASE__SQLITE_WAL_MAX_MIB must be between 1 and 4096".to_owned(),
@@ -690,6 +704,17 @@ mod tests {
             ])
             .is_ok()
         );
+    }
+
+    #[test]
+    fn retention_is_bounded() {
+        refused(
+            "SCENEHOOK_DATABASE__DELIVERY_RETENTION_HOURS",
+            &["0", "87841", "18446744073709551615"],
+        );
+        refused("SCENEHOOK_DATABASE__DONE_JOB_RETENTION_HOURS", &["87841"]);
+        let config = with_env(&[("SCENEHOOK_DATABASE__DONE_JOB_RETENTION_HOURS", "0")]).unwrap();
+        assert_eq!(config.database.done_job_retention_hours, 0);
     }
 
     #[test]

@@ -163,8 +163,12 @@ pub async fn prune(
     delivery_retention: Duration,
     done_job_retention: Duration,
 ) -> Result<(u64, u64), DbErr> {
+    // An age beyond what a timestamp holds keeps everything.
     let before = |age: Duration| {
-        chrono::Utc::now() - chrono::Duration::from_std(age).unwrap_or(chrono::Duration::MAX)
+        chrono::Duration::from_std(age)
+            .ok()
+            .and_then(|age| chrono::Utc::now().checked_sub_signed(age))
+            .unwrap_or(chrono::DateTime::UNIX_EPOCH)
     };
     let deliveries = prune_deliveries(db, before(delivery_retention)).await?;
     let jobs = outbox::prune_done(db, before(done_job_retention)).await?;
