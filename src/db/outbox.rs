@@ -21,7 +21,7 @@ pub const NOT_DONE: [&str; 3] = ["pending", "in_flight", "dead"];
 
 /// Every service, as the first condition of a query by status: it lets the claims' index,
 /// which starts with the service, find the rows (a lookup per service).
-pub fn of_any_service() -> SimpleExpr {
+fn of_any_service() -> SimpleExpr {
     outbox_job::Column::Service.is_in(Service::ALL.map(Service::as_str))
 }
 
@@ -155,12 +155,11 @@ fn listing(status: Option<&str>, service: Option<&str>, limit: u64) -> Select<ou
     let mut query = outbox_job::Entity::find()
         .order_by_desc(outbox_job::Column::UpdatedAt)
         .limit(limit);
+    if status.is_some() || service.is_some() {
+        query = query.filter(of_service(service));
+    }
     if let Some(status) = status {
-        query = query
-            .filter(of_service(service))
-            .filter(outbox_job::Column::Status.eq(status));
-    } else if let Some(service) = service {
-        query = query.filter(outbox_job::Column::Service.eq(service));
+        query = query.filter(outbox_job::Column::Status.eq(status));
     }
     query
 }
