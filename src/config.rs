@@ -41,6 +41,8 @@ pub struct Config {
     pub log_format: String,
     pub shutdown_grace_secs: u64,
     pub max_body_bytes: usize,
+    /// How long a request may take, its body included, before it is answered 408.
+    pub request_timeout_secs: u64,
     #[serde(deserialize_with = "comma_list")]
     pub cors_allowed_origins: Vec<String>,
     #[serde(deserialize_with = "comma_list")]
@@ -485,6 +487,9 @@ impl Config {
                 "SCENEHOOK_DATABASE__SQLITE_WAL_MAX_MIB must be between 1 and 4096".to_owned(),
             );
         }
+        if !(1..=3600).contains(&self.request_timeout_secs) {
+            problems.push("SCENEHOOK_REQUEST_TIMEOUT_SECS must be between 1 and 3600".to_owned());
+        }
         if self.rate_limit.window_secs == 0 {
             problems.push("SCENEHOOK_RATE_LIMIT__WINDOW_SECS must be at least 1".to_owned());
         }
@@ -563,6 +568,10 @@ impl Config {
 
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_secs)
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_secs)
     }
 }
 
@@ -704,6 +713,13 @@ mod tests {
             ])
             .is_ok()
         );
+    }
+
+    #[test]
+    fn the_request_timeout_is_bounded() {
+        refused("SCENEHOOK_REQUEST_TIMEOUT_SECS", &["0", "3601"]);
+        let config = with_env(&[("SCENEHOOK_REQUEST_TIMEOUT_SECS", "5")]).unwrap();
+        assert_eq!(config.request_timeout(), Duration::from_secs(5));
     }
 
     #[test]

@@ -437,6 +437,7 @@ on_all_backends!(
     concurrent_duplicates_have_one_effect,
     bad_input_is_a_clear_4xx,
     get_is_a_health_check,
+    a_request_past_its_time_limit_is_answered_408,
 );
 
 /// Two instances on one Redis and one Postgres share the limit and deduplicate together.
@@ -473,4 +474,38 @@ async fn two_instances_share_limits_and_idempotency() {
         }
     }
     assert_eq!(allowed, 100);
+}
+
+/// A body that does not arrive within `request_timeout_secs` is answered 408 with the JSON
+/// error body, instead of holding the connection and its task for as long as the client likes.
+async fn a_request_past_its_time_limit_is_answered_408(backend: Backend) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Some(mut config) = config(backend, "slow_body").await else {
+        return;
+    };
+    config.request_timeout_secs = 1;
+    let app = TestApp::start_with(config, false).await;
+    let mut stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    stream
+        .write_all(
+            b"POST /api/webhooks/video-complete HTTP/1.1\r\nHost: gateway\r\n\
+              Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{",
+        )
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut answer = Vec::new();
+    let mut buffer = [0; 1024];
+    while !String::from_utf8_lossy(&answer).contains("}}") {
+        let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buffer))
+            .await
+            .expect("an answer within 10 s")
+            .unwrap();
+        assert!(read > 0, "closed without an answer: {answer:?}");
+        answer.extend_from_slice(&buffer[..read]);
+    }
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains(r#""code":"request_timeout""#), "{answer}");
+    assert!(started.elapsed() >= Duration::from_millis(900), "{answer}");
 }

@@ -12,7 +12,7 @@ use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::{
     Json, Router,
-    extract::{ConnectInfo, FromRequest, MatchedPath, Request, rejection::JsonRejection},
+    extract::{ConnectInfo, FromRequest, MatchedPath, Request, State, rejection::JsonRejection},
     http::{HeaderName, HeaderValue, Method, StatusCode, header},
     middleware,
     response::{IntoResponse, Response},
@@ -130,7 +130,10 @@ pub fn router(state: AppState) -> Router {
                     AppError::Internal("handler panicked".into()).into_response()
                 }))
                 .layer(cors(&state.config.cors_allowed_origins))
-                .layer(middleware::from_fn(track_http)),
+                .layer(middleware::from_fn_with_state(
+                    state.config.request_timeout(),
+                    track_http,
+                )),
         )
         .with_state(state)
 }
@@ -152,11 +155,22 @@ fn cors(origins: &[String]) -> CorsLayer {
 }
 
 /// Counts requests by route template (never the raw path: ids would explode cardinality).
-async fn track_http(request: Request, next: middleware::Next) -> Response {
+async fn track_http(
+    State(time_limit): State<Duration>,
+    request: Request,
+    next: middleware::Next,
+) -> Response {
     let started = std::time::Instant::now();
     let route = request.extensions().get::<MatchedPath>().cloned();
     let method = method_label(request.method());
-    let response = next.run(request).await;
+    // A client that sends its body slowly, or a handler stuck on a dependency, holds a task and
+    // a connection: past the limit the request is answered 408 and its handler dropped. A
+    // webhook dropped so may still have been committed by the writer: its redelivery is then
+    // answered as a duplicate.
+    let response = match tokio::time::timeout(time_limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => AppError::RequestTimeout(time_limit.as_secs()).into_response(),
+    };
     let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
     HttpSeries::record(route, method, response.status(), started.elapsed());
     response
