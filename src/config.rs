@@ -43,6 +43,9 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// How long a request may take, its body included, before it is answered 408.
     pub request_timeout_secs: u64,
+    /// How long a client may take to send a request's headers, or stay idle between requests,
+    /// before its connection is closed.
+    pub header_read_timeout_secs: u64,
     #[serde(deserialize_with = "comma_list")]
     pub cors_allowed_origins: Vec<String>,
     #[serde(deserialize_with = "comma_list")]
@@ -490,6 +493,10 @@ impl Config {
         if !(1..=3600).contains(&self.request_timeout_secs) {
             problems.push("SCENEHOOK_REQUEST_TIMEOUT_SECS must be between 1 and 3600".to_owned());
         }
+        if !(1..=3600).contains(&self.header_read_timeout_secs) {
+            problems
+                .push("SCENEHOOK_HEADER_READ_TIMEOUT_SECS must be between 1 and 3600".to_owned());
+        }
         if self.rate_limit.window_secs == 0 {
             problems.push("SCENEHOOK_RATE_LIMIT__WINDOW_SECS must be at least 1".to_owned());
         }
@@ -572,6 +579,10 @@ impl Config {
 
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs(self.request_timeout_secs)
+    }
+
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_secs(self.header_read_timeout_secs)
     }
 }
 
@@ -716,8 +727,9 @@ mod tests {
     }
 
     #[test]
-    fn the_request_timeout_is_bounded() {
+    fn the_request_timeouts_are_bounded() {
         refused("SCENEHOOK_REQUEST_TIMEOUT_SECS", &["0", "3601"]);
+        refused("SCENEHOOK_HEADER_READ_TIMEOUT_SECS", &["0", "3601"]);
         let config = with_env(&[("SCENEHOOK_REQUEST_TIMEOUT_SECS", "5")]).unwrap();
         assert_eq!(config.request_timeout(), Duration::from_secs(5));
     }

@@ -42,6 +42,7 @@ pub async fn run(mut config: Config) -> ExitCode {
     if config.database_url.starts_with("sqlite:") {
         config.database_url = "sqlite://data/demo.db?mode=rwc".into();
     }
+    let header_read_timeout = config.header_read_timeout();
     let gateway = match Gateway::start(config).await {
         Ok(g) => g,
         Err(e) => {
@@ -52,6 +53,7 @@ pub async fn run(mut config: Config) -> ExitCode {
     tokio::spawn(serve(
         listener,
         gateway.router.clone(),
+        header_read_timeout,
         std::future::pending(),
     ));
     let db = gateway.state.db.clone();

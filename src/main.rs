@@ -50,6 +50,7 @@ async fn run(config: Config) -> ExitCode {
     let bind = config.bind_addr;
     let metrics_bind = config.metrics_bind_addr.clone();
     let grace = config.shutdown_grace();
+    let header_read_timeout = config.header_read_timeout();
     let gateway = match Gateway::start(config).await {
         Ok(g) => g,
         Err(e) => {
@@ -68,7 +69,9 @@ async fn run(config: Config) -> ExitCode {
         match tokio::net::TcpListener::bind(addr).await {
             Ok(l) => {
                 let router = gateway.router.clone();
-                tokio::spawn(async move { serve(l, router, std::future::pending()).await });
+                tokio::spawn(async move {
+                    serve(l, router, header_read_timeout, std::future::pending()).await
+                });
             }
             Err(e) => {
                 tracing::warn!(%addr, error = %e, "cannot serve metrics on the separate port")
@@ -76,7 +79,13 @@ async fn run(config: Config) -> ExitCode {
         }
     }
     tracing::info!(%bind, version = env!("CARGO_PKG_VERSION"), "scenehook listening");
-    let served = serve(listener, gateway.router.clone(), shutdown_signal()).await;
+    let served = serve(
+        listener,
+        gateway.router.clone(),
+        header_read_timeout,
+        shutdown_signal(),
+    )
+    .await;
     tracing::info!("stopped accepting; finishing background work");
     gateway.stop(grace).await;
     match served {

@@ -438,6 +438,7 @@ on_all_backends!(
     bad_input_is_a_clear_4xx,
     get_is_a_health_check,
     a_request_past_its_time_limit_is_answered_408,
+    headers_sent_too_slowly_cost_the_connection,
 );
 
 /// Two instances on one Redis and one Postgres share the limit and deduplicate together.
@@ -508,4 +509,34 @@ async fn a_request_past_its_time_limit_is_answered_408(backend: Backend) {
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains(r#""code":"request_timeout""#), "{answer}");
     assert!(started.elapsed() >= Duration::from_millis(900), "{answer}");
+}
+
+/// A client that does not finish its headers within `header_read_timeout_secs` loses its
+/// connection (hyper's limit, which needs the timer `app::serve` gives it).
+async fn headers_sent_too_slowly_cost_the_connection(backend: Backend) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Some(mut config) = config(backend, "slow_headers").await else {
+        return;
+    };
+    config.header_read_timeout_secs = 1;
+    let app = TestApp::start_with(config, false).await;
+    let mut stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    stream
+        .write_all(b"POST /api/webhooks/video-complete HTTP/1.1\r\nHost: gateway\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut rest))
+        .await
+        .expect("the connection closed within 10 s");
+    // Closed, with or without an answer (hyper may send a 408 first), or reset.
+    if let Ok(n) = read {
+        let answer = String::from_utf8_lossy(&rest[..n]);
+        assert!(
+            answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+            "{answer}"
+        );
+    }
+    assert!(started.elapsed() >= Duration::from_millis(900));
 }

@@ -119,12 +119,14 @@ impl TestApp {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         config.app_url = format!("http://{addr}").parse().unwrap();
+        let header_read_timeout = config.header_read_timeout();
         let gateway = Gateway::start_with(config, outbox)
             .await
             .expect("the gateway starts");
         tokio::spawn(serve(
             listener,
             gateway.router.clone(),
+            header_read_timeout,
             std::future::pending(),
         ));
         Self {
