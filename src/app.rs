@@ -262,11 +262,11 @@ pub async fn build_app(config: Config) -> Result<Gateway, StartError> {
 /// connection for as long as it likes. Past `header_read_timeout` hyper closes it; the body
 /// and the handler have `request_timeout_secs` (the HTTP metrics layer).
 pub async fn serve(
-    listener: tokio::net::TcpListener,
+    mut listener: tokio::net::TcpListener,
     router: Router,
     header_read_timeout: Duration,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+) {
     use hyper_util::{
         rt::{TokioExecutor, TokioIo, TokioTimer},
         server::{conn::auto, graceful::GracefulShutdown},
@@ -281,16 +281,10 @@ pub async fn serve(
     let connections = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
+        // axum's accept: it retries a failed accept, after a pause if the process is out of
+        // file descriptors.
         let (stream, client) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                // Out of file descriptors, say: wait for some to close rather than spin.
-                Err(e) => {
-                    tracing::warn!(error = %e, "accepting a connection failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            accepted = axum::serve::Listener::accept(&mut listener) => accepted,
             () = &mut shutdown => break,
         };
         let service = router.clone().map_request(
@@ -313,5 +307,4 @@ pub async fn serve(
     }
     drop(listener);
     connections.shutdown().await;
-    Ok(())
 }

@@ -69,9 +69,12 @@ async fn run(config: Config) -> ExitCode {
         match tokio::net::TcpListener::bind(addr).await {
             Ok(l) => {
                 let router = gateway.router.clone();
-                tokio::spawn(async move {
-                    serve(l, router, header_read_timeout, std::future::pending()).await
-                });
+                tokio::spawn(serve(
+                    l,
+                    router,
+                    header_read_timeout,
+                    std::future::pending(),
+                ));
             }
             Err(e) => {
                 tracing::warn!(%addr, error = %e, "cannot serve metrics on the separate port")
@@ -79,7 +82,7 @@ async fn run(config: Config) -> ExitCode {
         }
     }
     tracing::info!(%bind, version = env!("CARGO_PKG_VERSION"), "scenehook listening");
-    let served = serve(
+    serve(
         listener,
         gateway.router.clone(),
         header_read_timeout,
@@ -88,13 +91,7 @@ async fn run(config: Config) -> ExitCode {
     .await;
     tracing::info!("stopped accepting; finishing background work");
     gateway.stop(grace).await;
-    match served {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("server error: {e}");
-            ExitCode::from(1)
-        }
-    }
+    ExitCode::SUCCESS
 }
 
 /// SIGTERM (orchestrators) or SIGINT (a terminal).
