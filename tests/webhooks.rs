@@ -477,24 +477,38 @@ async fn two_instances_share_limits_and_idempotency() {
     assert_eq!(allowed, 100);
 }
 
+/// A gateway configured by `configure` and a connection to it on which `sent` was written and
+/// nothing after, with the moment it was written.
+async fn stalled_client(
+    backend: Backend,
+    test: &str,
+    configure: impl FnOnce(&mut scenehook::config::Config),
+    sent: &[u8],
+) -> Option<(TestApp, tokio::net::TcpStream, std::time::Instant)> {
+    use tokio::io::AsyncWriteExt;
+    let mut config = config(backend, test).await?;
+    configure(&mut config);
+    let app = TestApp::start_with(config, false).await;
+    let mut stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    stream.write_all(sent).await.unwrap();
+    Some((app, stream, std::time::Instant::now()))
+}
+
 /// A body that does not arrive within `request_timeout_secs` is answered 408 with the JSON
 /// error body, instead of holding the connection and its task for as long as the client likes.
 async fn a_request_past_its_time_limit_is_answered_408(backend: Backend) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Some(mut config) = config(backend, "slow_body").await else {
+    use tokio::io::AsyncReadExt;
+    let Some((_app, mut stream, started)) = stalled_client(
+        backend,
+        "slow_body",
+        |config| config.request_timeout_secs = 1,
+        b"POST /api/webhooks/video-complete HTTP/1.1\r\nHost: gateway\r\n\
+          Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{",
+    )
+    .await
+    else {
         return;
     };
-    config.request_timeout_secs = 1;
-    let app = TestApp::start_with(config, false).await;
-    let mut stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
-    stream
-        .write_all(
-            b"POST /api/webhooks/video-complete HTTP/1.1\r\nHost: gateway\r\n\
-              Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{",
-        )
-        .await
-        .unwrap();
-    let started = std::time::Instant::now();
     let mut answer = Vec::new();
     let mut buffer = [0; 1024];
     while !String::from_utf8_lossy(&answer).contains("}}") {
@@ -514,18 +528,17 @@ async fn a_request_past_its_time_limit_is_answered_408(backend: Backend) {
 /// A client that does not finish its headers within `header_read_timeout_secs` loses its
 /// connection (hyper's limit, which needs the timer `app::serve` gives it).
 async fn headers_sent_too_slowly_cost_the_connection(backend: Backend) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Some(mut config) = config(backend, "slow_headers").await else {
+    use tokio::io::AsyncReadExt;
+    let Some((_app, mut stream, started)) = stalled_client(
+        backend,
+        "slow_headers",
+        |config| config.header_read_timeout_secs = 1,
+        b"POST /api/webhooks/video-complete HTTP/1.1\r\nHost: gateway\r\n",
+    )
+    .await
+    else {
         return;
     };
-    config.header_read_timeout_secs = 1;
-    let app = TestApp::start_with(config, false).await;
-    let mut stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
-    stream
-        .write_all(b"POST /api/webhooks/video-complete HTTP/1.1\r\nHost: gateway\r\n")
-        .await
-        .unwrap();
-    let started = std::time::Instant::now();
     let mut rest = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut rest))
         .await
