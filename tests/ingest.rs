@@ -30,6 +30,7 @@ on_databases!(
     the_later_migrations_apply_and_roll_back,
     retention_deletes_what_is_past_its_age_and_nothing_younger,
     the_gateway_applies_retention_on_its_own,
+    the_job_queries_by_status_cover_every_service,
     one_transaction_applies_a_batch_as_if_one_by_one,
     a_video_callback_reads_only_its_scene,
     a_failing_statement_costs_only_its_own_delivery,
@@ -151,6 +152,24 @@ async fn count(app: &TestApp, sql: &str) -> i64 {
         .unwrap()
         .unwrap();
     row.try_get_by_index::<i64>(0).unwrap()
+}
+
+/// Inserts outbox jobs given as (id, service, status, time): created, updated and due then.
+async fn insert_jobs(app: &TestApp, rows: &[(String, &str, &str, &str)]) {
+    let values: Vec<String> = rows
+        .iter()
+        .map(|(id, service, status, at)| {
+            format!("('{id}', 'k', '{service}', '{{}}', '{status}', 1, '{at}', '{at}', '{at}')")
+        })
+        .collect();
+    db(app)
+        .execute_unprepared(&format!(
+            "INSERT INTO outbox_jobs (id, kind, service, payload, status, attempts, \
+             next_attempt_at, created_at, updated_at) VALUES {}",
+            values.join(", ")
+        ))
+        .await
+        .unwrap();
 }
 
 async fn scene(app: &TestApp, id: &str) -> entity::scene::Model {
@@ -412,20 +431,6 @@ async fn retention_deletes_what_is_past_its_age_and_nothing_younger(backend: Bac
             values.join(", ")
         )
     };
-    // (id, service, status, when due or done)
-    let jobs = |rows: &[(String, &str, &str, &str)]| {
-        let values: Vec<String> = rows
-            .iter()
-            .map(|(id, service, status, at)| {
-                format!("('{id}', 'k', '{service}', '{{}}', '{status}', 1, '{at}', '{at}', '{at}')")
-            })
-            .collect();
-        format!(
-            "INSERT INTO outbox_jobs (id, kind, service, payload, status, attempts, \
-             next_attempt_at, created_at, updated_at) VALUES {}",
-            values.join(", ")
-        )
-    };
     let ids = async || -> Vec<i64> {
         let rows = db(&app)
             .query_all_raw(sea_orm::Statement::from_string(
@@ -462,10 +467,7 @@ async fn retention_deletes_what_is_past_its_age_and_nothing_younger(backend: Bac
             done_and_not.push((id, service.as_str(), status, at));
         }
     }
-    db(&app)
-        .execute_unprepared(&jobs(&done_and_not))
-        .await
-        .unwrap();
+    insert_jobs(&app, &done_and_not).await;
     let day = std::time::Duration::from_secs(24 * 3600);
     let services = scenehook::outbox::Service::ALL.len() as u64;
     assert_eq!(db::prune(db(&app), day, day).await.unwrap(), (2, services));
@@ -504,12 +506,69 @@ async fn retention_deletes_what_is_past_its_age_and_nothing_younger(backend: Bac
     let done: Vec<_> = (0..many)
         .map(|n| (format!("done_{n}"), "video", "done", OLD))
         .collect();
-    db(&app).execute_unprepared(&jobs(&done)).await.unwrap();
+    insert_jobs(&app, &done).await;
     assert_eq!(
         db::prune(db(&app), day, day).await.unwrap(),
         (many as u64, many as u64)
     );
     assert_eq!(ids().await, [100 + many]);
+}
+
+/// The queries by status, which go through the claims' index by naming every service, find
+/// the jobs of every service: the gauges' counts (done jobs left out), the oldest pending job,
+/// the listing by status and the replay of dead jobs.
+async fn the_job_queries_by_status_cover_every_service(backend: Backend) {
+    let Some(app) = started(backend, "ingest_job_status", &[]).await else {
+        return;
+    };
+    const OLD: &str = "2020-01-01T00:00:00+00:00";
+    const NEW: &str = "2021-01-01T00:00:00+00:00";
+    let rows: Vec<_> = [
+        ("v1", "video", "pending", NEW),
+        ("v2", "video", "pending", OLD),
+        ("l1", "last_frame", "in_flight", NEW),
+        ("s1", "stitch", "dead", NEW),
+        ("n1", "notification", "dead", NEW),
+        ("n2", "notification", "done", OLD),
+    ]
+    .into_iter()
+    .map(|(id, service, status, at)| (id.to_owned(), service, status, at))
+    .collect();
+    insert_jobs(&app, &rows).await;
+    let stats = db::outbox::stats(db(&app)).await.unwrap();
+    let mut counts: Vec<_> = stats
+        .counts
+        .iter()
+        .map(|(service, status, n)| (service.as_str(), status.as_str(), *n))
+        .collect();
+    counts.sort();
+    assert_eq!(
+        counts,
+        [
+            ("last_frame", "in_flight", 1),
+            ("notification", "dead", 1),
+            ("stitch", "dead", 1),
+            ("video", "pending", 2),
+        ]
+    );
+    let oldest: chrono::DateTime<chrono::Utc> = OLD.parse().unwrap();
+    let since_2020 = (chrono::Utc::now() - oldest).num_seconds() as f64;
+    assert!((stats.oldest_pending_secs - since_2020).abs() < 60.0);
+    let app = &app;
+    let listed = |status: &'static str| async move {
+        let mut ids: Vec<String> = db::outbox::list(db(app), Some(status), None, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|job| job.id)
+            .collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(listed("dead").await, ["n1", "s1"]);
+    assert_eq!(listed("done").await, ["n2"]);
+    assert_eq!(db::outbox::replay(db(app), None, None).await.unwrap(), 2);
+    assert_eq!(listed("pending").await, ["n1", "s1", "v1", "v2"]);
 }
 
 /// The gateway prunes at every cleanup interval, without being asked.
