@@ -175,6 +175,21 @@ impl Gateway {
         })
     }
 
+    /// Serves this gateway's routes on `listener` until `shutdown` resolves ([`serve`]), with
+    /// its configured header read timeout. The future owns what it needs, so it can be spawned.
+    pub fn serve(
+        &self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        serve(
+            listener,
+            self.router.clone(),
+            self.state.config.header_read_timeout(),
+            shutdown,
+        )
+    }
+
     /// Stops the background tasks, letting the outbox finish the batch it is sending.
     pub async fn stop(mut self, grace: Duration) {
         let _ = self.shutdown.send(true);
@@ -192,11 +207,8 @@ impl Gateway {
 /// Periodic chores: error-store cleanup, flushing buffered error entries, metric upkeep
 /// (database retention runs apart: [`retention`]).
 async fn housekeeping(state: AppState, mut stop: watch::Receiver<bool>) {
-    let cleanup_every = Duration::from_secs(state.config.errors.cleanup_interval_secs.max(1));
-    let mut cleanup = tokio::time::interval(cleanup_every);
-    let mut tick = tokio::time::interval(Duration::from_secs(2));
-    cleanup.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut cleanup = ticker(state.config.errors.cleanup_interval());
+    let mut tick = ticker(Duration::from_secs(2));
     loop {
         tokio::select! {
             _ = stop.changed() => return,
@@ -218,27 +230,27 @@ async fn housekeeping(state: AppState, mut stop: watch::Receiver<bool>) {
     }
 }
 
+/// An interval whose missed ticks are put off rather than fired in a burst after a slow one.
+fn ticker(period: Duration) -> tokio::time::Interval {
+    let mut interval = tokio::time::interval(period);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    interval
+}
+
 /// Database retention ([`db::prune`]) at the error store's cleanup interval, apart from the
 /// other chores: it deletes in chunks with pauses, which after a busy hour takes a while, and
 /// the error buffer's flush and the metrics' upkeep must not wait for it. A stop drops it
 /// where it waits: each chunk is a statement of its own, so what went stays gone and the rest
 /// waits for the next pass.
 async fn retention(state: AppState, mut stop: watch::Receiver<bool>) {
-    let every = Duration::from_secs(state.config.errors.cleanup_interval_secs.max(1));
-    let mut interval = tokio::time::interval(every);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let hours = |h: u64| Duration::from_secs(h.saturating_mul(3600));
+    let mut interval = ticker(state.config.errors.cleanup_interval());
     let d = &state.config.database;
     loop {
         tokio::select! {
             _ = stop.changed() => return,
             _ = interval.tick() => {}
         }
-        let prune = db::prune(
-            &state.db,
-            hours(d.delivery_retention_hours),
-            hours(d.done_job_retention_hours),
-        );
+        let prune = db::prune(&state.db, d.delivery_retention(), d.done_job_retention());
         tokio::select! {
             _ = stop.changed() => return,
             result = prune => match result {
@@ -261,7 +273,7 @@ pub async fn build_app(config: Config) -> Result<Gateway, StartError> {
 /// that sends its headers a byte at a time, or never sends another request, holds a
 /// connection for as long as it likes. Past `header_read_timeout` hyper closes it; the body
 /// and the handler have `request_timeout_secs` (the HTTP metrics layer).
-pub async fn serve(
+async fn serve(
     mut listener: tokio::net::TcpListener,
     router: Router,
     header_read_timeout: Duration,

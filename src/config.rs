@@ -76,6 +76,16 @@ pub struct DatabaseConfig {
     pub done_job_retention_hours: u64,
 }
 
+impl DatabaseConfig {
+    pub fn delivery_retention(&self) -> Duration {
+        Duration::from_secs(self.delivery_retention_hours.saturating_mul(3600))
+    }
+
+    pub fn done_job_retention(&self) -> Duration {
+        Duration::from_secs(self.done_job_retention_hours.saturating_mul(3600))
+    }
+}
+
 #[derive(Clone, Deserialize)]
 pub struct WebhookConfig {
     #[serde(deserialize_with = "comma_list")]
@@ -192,6 +202,13 @@ pub struct ErrorStoreConfig {
     pub retention_secs: u64,
     pub cleanup_interval_secs: u64,
     pub max_entries: u64,
+}
+
+impl ErrorStoreConfig {
+    /// How often the error store is cleaned and database retention runs (at least a second).
+    pub fn cleanup_interval(&self) -> Duration {
+        Duration::from_secs(self.cleanup_interval_secs.max(1))
+    }
 }
 
 /// A secret value. Its `Debug` never shows the value, so it cannot reach a log line.

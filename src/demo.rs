@@ -9,7 +9,6 @@ use scenehook::{
     config::Config,
     db::pipeline::{self, NewProject},
     fakes::{FakeConfig, FakeServices},
-    serve,
 };
 
 pub async fn run(mut config: Config) -> ExitCode {
@@ -42,7 +41,6 @@ pub async fn run(mut config: Config) -> ExitCode {
     if config.database_url.starts_with("sqlite:") {
         config.database_url = "sqlite://data/demo.db?mode=rwc".into();
     }
-    let header_read_timeout = config.header_read_timeout();
     let gateway = match Gateway::start(config).await {
         Ok(g) => g,
         Err(e) => {
@@ -50,12 +48,7 @@ pub async fn run(mut config: Config) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    tokio::spawn(serve(
-        listener,
-        gateway.router.clone(),
-        header_read_timeout,
-        std::future::pending(),
-    ));
+    tokio::spawn(gateway.serve(listener, std::future::pending()));
     let db = gateway.state.db.clone();
     let id = format!("demo_{}", scenehook::domain::ids::random_token(6));
     let prompts = [

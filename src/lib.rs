@@ -17,4 +17,4 @@ pub mod signature;
 pub mod store;
 pub mod telemetry;
 
-pub use app::{Gateway, build_app, serve};
+pub use app::{Gateway, build_app};

@@ -3,7 +3,7 @@
 
 use std::{process::ExitCode, time::Duration};
 
-use scenehook::{Gateway, config::Config, serve, telemetry};
+use scenehook::{Gateway, config::Config, telemetry};
 
 mod demo;
 
@@ -50,7 +50,6 @@ async fn run(config: Config) -> ExitCode {
     let bind = config.bind_addr;
     let metrics_bind = config.metrics_bind_addr.clone();
     let grace = config.shutdown_grace();
-    let header_read_timeout = config.header_read_timeout();
     let gateway = match Gateway::start(config).await {
         Ok(g) => g,
         Err(e) => {
@@ -68,13 +67,7 @@ async fn run(config: Config) -> ExitCode {
     if let Ok(addr) = metrics_bind.parse::<std::net::SocketAddr>() {
         match tokio::net::TcpListener::bind(addr).await {
             Ok(l) => {
-                let router = gateway.router.clone();
-                tokio::spawn(serve(
-                    l,
-                    router,
-                    header_read_timeout,
-                    std::future::pending(),
-                ));
+                tokio::spawn(gateway.serve(l, std::future::pending()));
             }
             Err(e) => {
                 tracing::warn!(%addr, error = %e, "cannot serve metrics on the separate port")
@@ -82,13 +75,7 @@ async fn run(config: Config) -> ExitCode {
         }
     }
     tracing::info!(%bind, version = env!("CARGO_PKG_VERSION"), "scenehook listening");
-    serve(
-        listener,
-        gateway.router.clone(),
-        header_read_timeout,
-        shutdown_signal(),
-    )
-    .await;
+    gateway.serve(listener, shutdown_signal()).await;
     tracing::info!("stopped accepting; finishing background work");
     gateway.stop(grace).await;
     ExitCode::SUCCESS
