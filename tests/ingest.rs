@@ -154,6 +154,22 @@ async fn count(app: &TestApp, sql: &str) -> i64 {
     row.try_get_by_index::<i64>(0).unwrap()
 }
 
+/// Inserts video-complete deliveries given as (id, time received), each keyed `k<id>`.
+async fn insert_deliveries(app: &TestApp, rows: &[(i64, &str)]) {
+    let values: Vec<String> = rows
+        .iter()
+        .map(|(id, at)| format!("({id}, 'video-complete', 'k{id}', 'accepted', '{at}')"))
+        .collect();
+    db(app)
+        .execute_unprepared(&format!(
+            "INSERT INTO webhook_deliveries (id, kind, delivery_key, outcome, received_at) \
+             VALUES {}",
+            values.join(", ")
+        ))
+        .await
+        .unwrap();
+}
+
 /// Inserts outbox jobs given as (id, service, status, time): created, updated and due then.
 async fn insert_jobs(app: &TestApp, rows: &[(String, &str, &str, &str)]) {
     let values: Vec<String> = rows
@@ -360,14 +376,8 @@ async fn the_later_migrations_apply_and_roll_back(backend: Backend) {
         WHERE name = 'webhook_deliveries' AND sql LIKE '%AUTOINCREMENT%'";
     // A delivery recorded before, which SQLite's rebuilds must carry over with its id.
     let kept = "SELECT COUNT(*) FROM webhook_deliveries \
-        WHERE id = 7 AND delivery_key = 'kept' AND received_at = '2026-11-30T00:00:00+00:00'";
-    db(&app)
-        .execute_unprepared(
-            "INSERT INTO webhook_deliveries (id, kind, delivery_key, outcome, received_at) \
-             VALUES (7, 'video-complete', 'kept', 'accepted', '2026-11-30T00:00:00+00:00')",
-        )
-        .await
-        .unwrap();
+        WHERE id = 7 AND delivery_key = 'k7' AND received_at = '2026-11-30T00:00:00+00:00'";
+    insert_deliveries(&app, &[(7, "2026-11-30T00:00:00+00:00")]).await;
     // (age index, project index, key index, fillfactor, AUTOINCREMENT, the delivery kept, jobs'
     // status index); SQLite has no fillfactor and Postgres no AUTOINCREMENT: their columns
     // stay put there.
@@ -420,17 +430,6 @@ async fn retention_deletes_what_is_past_its_age_and_nothing_younger(backend: Bac
     };
     const OLD: &str = "2020-01-01T00:00:00+00:00";
     const YOUNG: &str = "2999-01-01T00:00:00+00:00";
-    let deliveries = |rows: &[(i64, &str)]| {
-        let values: Vec<String> = rows
-            .iter()
-            .map(|(id, at)| format!("({id}, 'video-complete', 'k{id}', 'accepted', '{at}')"))
-            .collect();
-        format!(
-            "INSERT INTO webhook_deliveries (id, kind, delivery_key, outcome, received_at) \
-             VALUES {}",
-            values.join(", ")
-        )
-    };
     let ids = async || -> Vec<i64> {
         let rows = db(&app)
             .query_all_raw(sea_orm::Statement::from_string(
@@ -445,16 +444,11 @@ async fn retention_deletes_what_is_past_its_age_and_nothing_younger(backend: Bac
     };
     // 4 was stamped after 3 by a clock set back: the search for the first young id stops at 3
     // in the first pass.
-    db(&app)
-        .execute_unprepared(&deliveries(&[
-            (1, OLD),
-            (2, OLD),
-            (3, YOUNG),
-            (4, OLD),
-            (5, YOUNG),
-        ]))
-        .await
-        .unwrap();
+    insert_deliveries(
+        &app,
+        &[(1, OLD), (2, OLD), (3, YOUNG), (4, OLD), (5, YOUNG)],
+    )
+    .await;
     let mut done_and_not = Vec::new();
     for service in scenehook::outbox::Service::ALL {
         for (status, at) in [
@@ -499,10 +493,7 @@ async fn retention_deletes_what_is_past_its_age_and_nothing_younger(backend: Bac
     let many = 2 * db::PRUNE_CHUNK as i64 + 500;
     let mut rows: Vec<(i64, &str)> = (100..100 + many).map(|id| (id, OLD)).collect();
     rows.push((100 + many, YOUNG));
-    db(&app)
-        .execute_unprepared(&deliveries(&rows))
-        .await
-        .unwrap();
+    insert_deliveries(&app, &rows).await;
     let done: Vec<_> = (0..many)
         .map(|n| (format!("done_{n}"), "video", "done", OLD))
         .collect();
@@ -578,13 +569,7 @@ async fn the_gateway_applies_retention_on_its_own(backend: Backend) {
     };
     config.errors.cleanup_interval_secs = 1;
     let app = TestApp::start_with(config, false).await;
-    db(&app)
-        .execute_unprepared(
-            "INSERT INTO webhook_deliveries (id, kind, delivery_key, outcome, received_at) \
-             VALUES (1, 'video-complete', 'old', 'accepted', '2020-01-01T00:00:00+00:00')",
-        )
-        .await
-        .unwrap();
+    insert_deliveries(&app, &[(1, "2020-01-01T00:00:00+00:00")]).await;
     let sql = "SELECT COUNT(*) FROM webhook_deliveries";
     eventually(
         std::time::Duration::from_secs(10),

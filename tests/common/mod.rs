@@ -4,7 +4,7 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use scenehook::{Gateway, config::Config, serve, signature::sign_hex};
+use scenehook::{Gateway, config::Config, signature::sign_hex};
 use sea_orm::{ConnectionTrait, Database};
 
 pub const VIDEO_SECRET: &str = "test-video-secret-0123456789abcdef0123";
@@ -119,16 +119,10 @@ impl TestApp {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         config.app_url = format!("http://{addr}").parse().unwrap();
-        let header_read_timeout = config.header_read_timeout();
         let gateway = Gateway::start_with(config, outbox)
             .await
             .expect("the gateway starts");
-        tokio::spawn(serve(
-            listener,
-            gateway.router.clone(),
-            header_read_timeout,
-            std::future::pending(),
-        ));
+        tokio::spawn(gateway.serve(listener, std::future::pending()));
         Self {
             addr,
             url: format!("http://{addr}"),
