@@ -16,5 +16,6 @@ pub mod reporter;
 pub mod signature;
 pub mod store;
 pub mod telemetry;
+mod text_enum;
 
 pub use app::{Gateway, build_app};

@@ -15,7 +15,7 @@ use scenehook::{
         Job, Limits, TransitionError,
         webhook::{WebhookKind, parse_callback},
     },
-    outbox::JobContext,
+    outbox::{JobContext, JobStatus},
 };
 use sea_orm::{ConnectionTrait, DatabaseConnection};
 use serde_json::json;
@@ -546,7 +546,7 @@ async fn the_job_queries_by_status_cover_every_service(backend: Backend) {
     let since_2020 = (chrono::Utc::now() - oldest).num_seconds() as f64;
     assert!((stats.oldest_pending_secs - since_2020).abs() < 60.0);
     let app = &app;
-    let listed = |status: &'static str| async move {
+    let listed = |status: JobStatus| async move {
         let mut ids: Vec<String> = db::outbox::list(db(app), Some(status), None, 10)
             .await
             .unwrap()
@@ -556,10 +556,10 @@ async fn the_job_queries_by_status_cover_every_service(backend: Backend) {
         ids.sort();
         ids
     };
-    assert_eq!(listed("dead").await, ["n1", "s1"]);
-    assert_eq!(listed("done").await, ["n2"]);
+    assert_eq!(listed(JobStatus::Dead).await, ["n1", "s1"]);
+    assert_eq!(listed(JobStatus::Done).await, ["n2"]);
     assert_eq!(db::outbox::replay(db(app), None, None).await.unwrap(), 2);
-    assert_eq!(listed("pending").await, ["n1", "s1", "v1", "v2"]);
+    assert_eq!(listed(JobStatus::Pending).await, ["n1", "s1", "v1", "v2"]);
 }
 
 /// The gateway prunes at every cleanup interval, without being asked.

@@ -272,7 +272,43 @@ async fn project_api_refuses_taken_ids_and_bad_input(backend: Backend) {
     );
 }
 
+async fn outbox_api_refuses_unknown_statuses_and_services(backend: Backend) {
+    let Some(cfg) = config(backend, "outbox_api").await else {
+        return;
+    };
+    let app = TestApp::start_with(cfg, false).await;
+    for (query, code) in [
+        ("status=nope", "invalid_status"),
+        ("status=Dead", "invalid_status"),
+        ("service=nope", "invalid_service"),
+        ("status=dead&service=last-frame", "invalid_service"),
+    ] {
+        let (status, body) = app.get(&format!("/outbox?{query}")).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (400, Some(code)),
+            "{query}"
+        );
+    }
+    for query in ["status=in_flight&service=last_frame", "status=done", ""] {
+        let (status, body) = app.get(&format!("/outbox?{query}")).await;
+        assert_eq!(status, 200, "{query}: {body}");
+    }
+    let (status, body) = app
+        .post("/outbox/replay", json!({"all": true, "service": "nope"}))
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("invalid_service"))
+    );
+    assert_eq!(
+        app.post("/outbox/job_nope/replay", json!(null)).await.0,
+        404
+    );
+}
+
 on_all_backends!(
+    outbox_api_refuses_unknown_statuses_and_services,
     project_api_refuses_taken_ids_and_bad_input,
     five_scenes_chain_stitch_and_notify,
     breaker_opens_during_an_outage_and_nothing_is_lost,

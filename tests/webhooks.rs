@@ -6,6 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use scenehook::outbox::Service;
 use serde_json::json;
 
 const SEED: &str = r#"{"task_id":"test_123","status":"completed","scene_id":"scene_001","project_id":"proj_test","video_url":"https://example.com/test.mp4","timestamp":"2025-10-04T10:30:00.000Z"}"#;
@@ -32,7 +33,7 @@ async fn seeded(backend: Backend, test: &str) -> Option<TestApp> {
     Some(app)
 }
 
-async fn outbox_count(app: &TestApp, service: &str) -> usize {
+async fn outbox_count(app: &TestApp, service: Service) -> usize {
     scenehook::db::outbox::list(&app.gateway.state.db, None, Some(service), 1000)
         .await
         .unwrap()
@@ -93,7 +94,7 @@ async fn seed_manual_test_with_openssl_signature(backend: Backend) {
         "https://example.com/test.mp4"
     );
     assert_eq!(project["scenes"][0]["status"], "extracting");
-    assert_eq!(outbox_count(&app, "last_frame").await, 1);
+    assert_eq!(outbox_count(&app, Service::LastFrame).await, 1);
 }
 
 async fn forged_truncated_empty_and_rotated_signatures(backend: Backend) {
@@ -230,7 +231,7 @@ async fn duplicate_delivery_has_one_effect(backend: Backend) {
         second.json::<serde_json::Value>().await.unwrap(),
         json!({"ok": true, "duplicate": true})
     );
-    assert_eq!(outbox_count(&app, "last_frame").await, 1);
+    assert_eq!(outbox_count(&app, Service::LastFrame).await, 1);
 }
 
 async fn concurrent_duplicates_have_one_effect(backend: Backend) {
@@ -247,7 +248,7 @@ async fn concurrent_duplicates_have_one_effect(backend: Backend) {
         }
     }
     assert_eq!(duplicates, 7);
-    assert_eq!(outbox_count(&app, "last_frame").await, 1);
+    assert_eq!(outbox_count(&app, Service::LastFrame).await, 1);
 }
 
 async fn bad_input_is_a_clear_4xx(backend: Backend) {
@@ -322,7 +323,7 @@ async fn bad_input_is_a_clear_4xx(backend: Backend) {
         .await;
     assert_eq!(error_code(r).await, (409, "invalid_transition".into()));
     // None of it wrote anything.
-    assert_eq!(outbox_count(&app, "last_frame").await, 0);
+    assert_eq!(outbox_count(&app, Service::LastFrame).await, 0);
     let (_, project) = app.get("/projects/proj_test").await;
     assert_eq!(project["scenes"][0]["status"], "generating");
     // Errors were recorded for operators.
@@ -388,9 +389,10 @@ async fn unfit_request_ids_are_replaced_and_fit_ones_echoed(backend: Backend) {
         .unwrap()
         .to_owned();
     assert!(echoed != long && echoed.len() <= 64, "{echoed}");
-    let jobs = scenehook::db::outbox::list(&app.gateway.state.db, None, Some("last_frame"), 10)
-        .await
-        .unwrap();
+    let jobs =
+        scenehook::db::outbox::list(&app.gateway.state.db, None, Some(Service::LastFrame), 10)
+            .await
+            .unwrap();
     assert_eq!(jobs[0].request_id.as_deref(), Some(echoed.as_str()));
     let plain = send("trace-abc.123".into()).await.unwrap();
     assert_eq!(plain.headers()["x-request-id"], "trace-abc.123");
@@ -465,7 +467,7 @@ async fn two_instances_share_limits_and_idempotency() {
     });
     let responses = futures::future::join_all(sends).await;
     assert!(responses.iter().all(|r| r.status() == 200));
-    assert_eq!(outbox_count(&a, "last_frame").await, 1);
+    assert_eq!(outbox_count(&a, Service::LastFrame).await, 1);
     // 100 requests per minute across both instances, not per instance (6 already counted).
     let mut allowed = 6;
     for i in 0..120 {

@@ -1,13 +1,15 @@
 -- wrk script: sends each prepared delivery (body<TAB>signature per line) once, in order.
 -- Run with one thread (-t1) so deliveries stay distinct; prints one JSON line at the end.
+-- Arguments: the deliveries' file, then the webhook (video-complete unless given).
 local prepared = {}
 local next_index = 1
 
 function init(args)
+  local path = "/api/webhooks/" .. (args[2] or "video-complete")
   for line in io.lines(args[1]) do
     local body, signature = line:match("^(.-)\t(%x+)$")
     if body then
-      prepared[#prepared + 1] = wrk.format("POST", "/api/webhooks/video-complete",
+      prepared[#prepared + 1] = wrk.format("POST", path,
         { ["Content-Type"] = "application/json", ["X-Webhook-Signature"] = signature }, body)
     end
   end

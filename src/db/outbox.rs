@@ -14,10 +14,7 @@ use sea_orm::{
     sea_query::{Expr, Query, SimpleExpr},
 };
 
-use crate::outbox::Service;
-
-/// The statuses a job is in until it is done.
-pub const NOT_DONE: [&str; 3] = ["pending", "in_flight", "dead"];
+use crate::outbox::{JobStatus, Service};
 
 /// Every service, as the first condition of a query by status: it lets the claims' index,
 /// which starts with the service, find the rows (a lookup per service).
@@ -26,9 +23,9 @@ fn of_any_service() -> SimpleExpr {
 }
 
 /// `service`, or every service.
-fn of_service(service: Option<&str>) -> SimpleExpr {
+fn of_service(service: Option<Service>) -> SimpleExpr {
     match service {
-        Some(service) => outbox_job::Column::Service.eq(service),
+        Some(service) => outbox_job::Column::Service.eq(service.as_str()),
         None => of_any_service(),
     }
 }
@@ -79,13 +76,13 @@ pub async fn claim(
 async fn settle(
     db: &DatabaseConnection,
     job: &outbox_job::Model,
-    status: &str,
+    status: JobStatus,
     next_attempt_at: DateTime<Utc>,
     attempts: i32,
     last_error: Option<String>,
 ) -> Result<bool, DbErr> {
     let result = outbox_job::Entity::update_many()
-        .col_expr(outbox_job::Column::Status, Expr::value(status))
+        .col_expr(outbox_job::Column::Status, Expr::value(status.as_str()))
         .col_expr(
             outbox_job::Column::NextAttemptAt,
             Expr::value(next_attempt_at),
@@ -94,7 +91,7 @@ async fn settle(
         .col_expr(outbox_job::Column::LastError, Expr::value(last_error))
         .col_expr(outbox_job::Column::UpdatedAt, Expr::value(Utc::now()))
         .filter(outbox_job::Column::Id.eq(job.id.as_str()))
-        .filter(outbox_job::Column::Status.eq("in_flight"))
+        .filter(outbox_job::Column::Status.eq(JobStatus::InFlight.as_str()))
         .filter(outbox_job::Column::Attempts.eq(job.attempts))
         .exec(db)
         .await?;
@@ -102,7 +99,7 @@ async fn settle(
 }
 
 pub async fn complete(db: &DatabaseConnection, job: &outbox_job::Model) -> Result<bool, DbErr> {
-    settle(db, job, "done", Utc::now(), job.attempts, None).await
+    settle(db, job, JobStatus::Done, Utc::now(), job.attempts, None).await
 }
 
 /// Schedules the next attempt after `delay`.
@@ -113,7 +110,7 @@ pub async fn retry_later(
     error: String,
 ) -> Result<bool, DbErr> {
     let at = Utc::now() + ChronoDuration::from_std(delay).unwrap_or(ChronoDuration::seconds(60));
-    settle(db, job, "pending", at, job.attempts, Some(error)).await
+    settle(db, job, JobStatus::Pending, at, job.attempts, Some(error)).await
 }
 
 /// Puts a job back without counting the attempt (its breaker was open, or we shut down).
@@ -126,7 +123,7 @@ pub async fn release(
     settle(
         db,
         job,
-        "pending",
+        JobStatus::Pending,
         at,
         job.attempts - 1,
         job.last_error.clone(),
@@ -139,19 +136,31 @@ pub async fn kill(
     job: &outbox_job::Model,
     error: String,
 ) -> Result<bool, DbErr> {
-    settle(db, job, "dead", Utc::now(), job.attempts, Some(error)).await
+    settle(
+        db,
+        job,
+        JobStatus::Dead,
+        Utc::now(),
+        job.attempts,
+        Some(error),
+    )
+    .await
 }
 
 pub async fn list(
     db: &DatabaseConnection,
-    status: Option<&str>,
-    service: Option<&str>,
+    status: Option<JobStatus>,
+    service: Option<Service>,
     limit: u64,
 ) -> Result<Vec<outbox_job::Model>, DbErr> {
     listing(status, service, limit).all(db).await
 }
 
-fn listing(status: Option<&str>, service: Option<&str>, limit: u64) -> Select<outbox_job::Entity> {
+fn listing(
+    status: Option<JobStatus>,
+    service: Option<Service>,
+    limit: u64,
+) -> Select<outbox_job::Entity> {
     let mut query = outbox_job::Entity::find()
         .order_by_desc(outbox_job::Column::UpdatedAt)
         .limit(limit);
@@ -159,7 +168,7 @@ fn listing(status: Option<&str>, service: Option<&str>, limit: u64) -> Select<ou
         query = query.filter(of_service(service));
     }
     if let Some(status) = status {
-        query = query.filter(outbox_job::Column::Status.eq(status));
+        query = query.filter(outbox_job::Column::Status.eq(status.as_str()));
     }
     query
 }
@@ -168,20 +177,23 @@ fn listing(status: Option<&str>, service: Option<&str>, limit: u64) -> Select<ou
 pub async fn replay(
     db: &DatabaseConnection,
     id: Option<&str>,
-    service: Option<&str>,
+    service: Option<Service>,
 ) -> Result<u64, DbErr> {
     Ok(replaying(id, service).exec(db).await?.rows_affected)
 }
 
-fn replaying(id: Option<&str>, service: Option<&str>) -> UpdateMany<outbox_job::Entity> {
+fn replaying(id: Option<&str>, service: Option<Service>) -> UpdateMany<outbox_job::Entity> {
     let now = Utc::now();
     let mut update = outbox_job::Entity::update_many()
-        .col_expr(outbox_job::Column::Status, Expr::value("pending"))
+        .col_expr(
+            outbox_job::Column::Status,
+            Expr::value(JobStatus::Pending.as_str()),
+        )
         .col_expr(outbox_job::Column::Attempts, Expr::value(0))
         .col_expr(outbox_job::Column::NextAttemptAt, Expr::value(now))
         .col_expr(outbox_job::Column::UpdatedAt, Expr::value(now))
         .filter(of_service(service))
-        .filter(outbox_job::Column::Status.eq("dead"));
+        .filter(outbox_job::Column::Status.eq(JobStatus::Dead.as_str()));
     if let Some(id) = id {
         update = update.filter(outbox_job::Column::Id.eq(id));
     }
@@ -200,7 +212,7 @@ fn done_before(cutoff: DateTime<Utc>) -> DeleteMany<outbox_job::Entity> {
         .column(outbox_job::Column::Id)
         .from(outbox_job::Entity)
         .and_where(of_any_service())
-        .and_where(outbox_job::Column::Status.eq("done"))
+        .and_where(outbox_job::Column::Status.eq(JobStatus::Done.as_str()))
         .and_where(outbox_job::Column::NextAttemptAt.lt(cutoff))
         .and_where(outbox_job::Column::UpdatedAt.lt(cutoff))
         .limit(super::PRUNE_CHUNK)
@@ -246,7 +258,7 @@ fn not_done_counts() -> Select<outbox_job::Entity> {
         .column(outbox_job::Column::Status)
         .column_as(outbox_job::Column::Id.count(), "n")
         .filter(of_any_service())
-        .filter(outbox_job::Column::Status.is_in(NOT_DONE))
+        .filter(outbox_job::Column::Status.is_in(JobStatus::NOT_DONE.map(JobStatus::as_str)))
         .group_by(outbox_job::Column::Service)
         .group_by(outbox_job::Column::Status)
 }
@@ -254,7 +266,7 @@ fn not_done_counts() -> Select<outbox_job::Entity> {
 fn oldest_pending() -> Select<outbox_job::Entity> {
     outbox_job::Entity::find()
         .filter(of_any_service())
-        .filter(outbox_job::Column::Status.eq("pending"))
+        .filter(outbox_job::Column::Status.eq(JobStatus::Pending.as_str()))
         .order_by_asc(outbox_job::Column::CreatedAt)
 }
 
@@ -272,11 +284,11 @@ mod tests {
         let (_, db) = crate::db::migrated_sqlite(dir.path()).await;
         let sqlite = DbBackend::Sqlite;
         for statement in [
-            listing(Some("dead"), None, 10).build(sqlite),
-            listing(Some("pending"), Some("video"), 10).build(sqlite),
-            listing(None, Some("video"), 10).build(sqlite),
+            listing(Some(JobStatus::Dead), None, 10).build(sqlite),
+            listing(Some(JobStatus::Pending), Some(Service::Video), 10).build(sqlite),
+            listing(None, Some(Service::Video), 10).build(sqlite),
             replaying(None, None).build(sqlite),
-            replaying(None, Some("stitch")).build(sqlite),
+            replaying(None, Some(Service::Stitch)).build(sqlite),
             done_before(Utc::now()).build(sqlite),
             not_done_counts().build(sqlite),
             oldest_pending().build(sqlite),

@@ -10,35 +10,10 @@
 //! [`Job`]s and operator [`Report`]s the change causes; the caller persists all of it in one
 //! transaction.
 
-use std::fmt;
-
 use super::webhook::{Callback, Outcome};
+use crate::text_enum::text_enum;
 
-macro_rules! status_enum {
-    ($(#[$meta:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
-        $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-        pub enum $name { $($variant),+ }
-
-        impl $name {
-            pub const ALL: &'static [$name] = &[$($name::$variant),+];
-            pub fn as_str(self) -> &'static str {
-                match self { $($name::$variant => $text),+ }
-            }
-            pub fn parse(text: &str) -> Option<Self> {
-                match text { $($text => Some($name::$variant),)+ _ => None }
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-    };
-}
-
-status_enum!(
+text_enum!(
     /// Where a project is in its life.
     ProjectStatus {
         Draft => "draft",
@@ -49,7 +24,7 @@ status_enum!(
     }
 );
 
-status_enum!(
+text_enum!(
     /// Where a scene is in its life.
     SceneStatus {
         Pending => "pending",
@@ -246,20 +221,35 @@ fn check_task(scene: &SceneState, task_id: &str) -> Result<(), TransitionError> 
 }
 
 /// The scenes [`apply_callback`] reads for a callback. A caller may hand it a project holding
-/// only these scenes (in position order, as always) and gets the same result as with all of
-/// them: a video callback reads its own scene alone (a retry starts from the scene's own first
-/// frame); the other callbacks decide on the whole project (which scene is next, every clip
-/// for stitching).
+/// these scenes (in position order, as always), or any more of the project's, and gets the
+/// same result as with all of them.
+///
+/// This rests on how a project moves: its scenes are generated one after another, each from
+/// the last frame of the one before, so at any time they are some verified scenes, then at
+/// most one in progress, then pending ones (`partial_reads_decide_as_the_whole_project_does`
+/// walks every state the machine reaches and checks it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ScenesRead<'a> {
+    /// The project row alone: a stitch that completed.
+    Project,
+    /// This scene alone: a video callback (a retry starts from the scene's own first frame).
     Scene(&'a str),
+    /// This scene and the next one by position, or every scene when this one is the last: a
+    /// last-frame callback queues the next scene, or the stitch of every clip.
+    SceneAndNext(&'a str),
+    /// Every scene: a failed stitch, queued again with every clip.
     All,
 }
 
 pub fn scenes_read(callback: &Callback) -> ScenesRead<'_> {
     match callback {
         Callback::Video { scene_id, .. } => ScenesRead::Scene(scene_id.as_str()),
-        Callback::LastFrame { .. } | Callback::Stitch { .. } => ScenesRead::All,
+        Callback::LastFrame { scene_id, .. } => ScenesRead::SceneAndNext(scene_id.as_str()),
+        Callback::Stitch {
+            outcome: Outcome::Completed { .. },
+            ..
+        } => ScenesRead::Project,
+        Callback::Stitch { .. } => ScenesRead::All,
     }
 }
 
@@ -495,6 +485,8 @@ pub fn record_video_task(scene: &mut SceneState, task_id: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::{HashSet, VecDeque};
+
     use super::*;
     use crate::domain::ids::Id;
 
@@ -656,90 +648,149 @@ mod tests {
         );
     }
 
-    /// `p` with only the scenes `scenes_read` names for `callback`.
-    fn only_scenes_read(p: &ProjectState, callback: &Callback) -> ProjectState {
-        let mut part = p.clone();
-        if let ScenesRead::Scene(id) = scenes_read(callback) {
-            part.scenes.retain(|s| s.id == id);
+    /// Which of `p`'s scenes (by index) a loader hands over for `callback`, as
+    /// [`ScenesRead`] tells it to.
+    fn scenes_loaded(p: &ProjectState, callback: &Callback) -> Vec<usize> {
+        let all = (0..p.scenes.len()).collect();
+        let index_of = |id: &str| p.scenes.iter().position(|s| s.id == id);
+        match scenes_read(callback) {
+            ScenesRead::Project => Vec::new(),
+            ScenesRead::Scene(id) => index_of(id).into_iter().collect(),
+            ScenesRead::SceneAndNext(id) => match index_of(id) {
+                Some(i) if i + 1 < p.scenes.len() => vec![i, i + 1],
+                Some(_) => all,
+                None => Vec::new(),
+            },
+            ScenesRead::All => all,
         }
-        part
     }
 
-    #[test]
-    fn a_video_callback_decides_the_same_on_its_scene_alone() {
-        let attempts_left = |p: &mut ProjectState, i: usize, attempts: i32| {
-            p.scenes[i].attempts = attempts;
-            p.clone()
-        };
-        // Scenes 0 and 1 verified, scene 2 generating (task t2), scene 3 pending.
-        let mut chained = project(4);
-        start_generation(&mut chained).unwrap();
-        for i in 0..2 {
+    /// Every callback a project of `scenes` scenes could receive, stale and unknown ones too.
+    fn every_callback(scenes: usize) -> Vec<Callback> {
+        let mut callbacks = vec![stitch(done("http://final")), stitch(failed())];
+        for i in 0..=scenes {
+            // Scene `scenes` does not exist.
             let id = format!("s{i}");
-            let url = format!("http://v/{i}");
-            apply_callback(
-                &mut chained,
-                &video(&id, &format!("t{i}"), done(&url)),
-                &LIMITS,
-            )
-            .unwrap();
-            apply_callback(
-                &mut chained,
-                &frame(&id, done(&format!("http://f/{i}"))),
-                &LIMITS,
-            )
-            .unwrap();
-        }
-        apply_callback(&mut chained, &video("s2", "t2", failed()), &LIMITS).unwrap();
-        let mut first = project(4);
-        start_generation(&mut first).unwrap();
-        let cases = [
-            (chained.clone(), video("s2", "t2", done("http://v/2"))),
-            (chained.clone(), video("s2", "t2", failed())),
-            (
-                attempts_left(&mut chained.clone(), 2, LIMITS.max_scene_attempts),
-                video("s2", "t2", failed()),
-            ),
-            (chained.clone(), video("s2", "other", done("http://v/2"))),
-            (chained.clone(), video("s3", "t3", done("http://v/3"))),
-            (chained.clone(), video("s9", "t9", done("http://v/9"))),
-            (first.clone(), video("s0", "t0", done("http://v/0"))),
-            (first.clone(), video("s0", "t0", failed())),
-        ];
-        for (mut project, callback) in cases {
-            // As loaded from the database: nothing changed yet.
-            project.changed = false;
-            for scene in &mut project.scenes {
-                scene.changed = false;
-                scene.just_verified = false;
+            for outcome in [done(&format!("http://v/{i}")), failed()] {
+                callbacks.push(video(&id, &format!("t{i}"), outcome.clone()));
+                callbacks.push(video(&id, "superseded", outcome));
             }
-            let mut whole = project.clone();
-            let mut part = only_scenes_read(&project, &callback);
-            assert!(part.scenes.len() <= 1);
-            let on_whole = apply_callback(&mut whole, &callback, &LIMITS);
-            let on_part = apply_callback(&mut part, &callback, &LIMITS);
-            assert_eq!(on_whole, on_part, "{callback:?}");
-            for scene in &part.scenes {
-                assert_eq!(Some(scene), whole.scenes.iter().find(|s| s.id == scene.id));
-            }
-            assert!(
-                whole
-                    .scenes
-                    .iter()
-                    .all(|s| !s.changed || part.scenes.iter().any(|p| p.id == s.id))
-            );
-            part.scenes = whole.scenes.clone();
-            assert_eq!(part, whole, "{callback:?}");
+            callbacks.push(frame(&id, done(&format!("http://f/{i}"))));
+            callbacks.push(frame(&id, failed()));
         }
+        callbacks
+    }
+
+    /// `p` as loaded from the database: nothing changed yet.
+    fn as_loaded(mut p: ProjectState) -> ProjectState {
+        p.changed = false;
+        p.just_completed = false;
+        for scene in &mut p.scenes {
+            scene.changed = false;
+            scene.just_verified = false;
+        }
+        p
+    }
+
+    /// Every state a project of `scenes` scenes reaches through callbacks, operators' starts
+    /// and the video service's task ids, from its draft.
+    fn reachable_states(scenes: usize, limits: &Limits) -> Vec<ProjectState> {
+        let callbacks = every_callback(scenes);
+        let mut seen = HashSet::new();
+        let mut states = Vec::new();
+        let mut queue = VecDeque::from([project(scenes)]);
+        while let Some(state) = queue.pop_front() {
+            if !seen.insert(format!("{state:?}")) {
+                continue;
+            }
+            let mut next = Vec::new();
+            let mut started = state.clone();
+            if start_generation(&mut started).is_ok() {
+                next.push(started);
+            }
+            for i in 0..scenes {
+                let mut recorded = state.clone();
+                if record_video_task(&mut recorded.scenes[i], &format!("t{i}")) {
+                    next.push(recorded);
+                }
+            }
+            for callback in &callbacks {
+                let mut moved = state.clone();
+                if apply_callback(&mut moved, callback, limits).is_ok() {
+                    next.push(moved);
+                }
+            }
+            queue.extend(next.into_iter().map(as_loaded));
+            states.push(state);
+        }
+        states
     }
 
     #[test]
-    fn callbacks_other_than_video_read_the_whole_project() {
+    fn partial_reads_decide_as_the_whole_project_does() {
+        // Every step retried once, so that the walk stays small.
+        let limits = Limits {
+            max_scene_attempts: 2,
+            max_extract_attempts: 1,
+            max_stitch_attempts: 2,
+        };
+        let states = reachable_states(3, &limits);
+        // The walk goes everywhere: to the end, to failure, and through resumed scenes.
+        assert!(states.len() > 1_000, "{} states", states.len());
+        assert!(states.iter().any(|p| p.status == ProjectStatus::Completed));
+        assert!(states.iter().any(|p| p.status == ProjectStatus::Failed
+            && p.scenes.iter().all(|s| s.status == SceneStatus::Verified)));
+        let mut partial = 0;
+        for state in &states {
+            for callback in every_callback(3) {
+                let loaded = scenes_loaded(state, &callback);
+                partial += usize::from(loaded.len() < state.scenes.len());
+                // The scenes read, alone and with any other scene of the project beside them
+                // (a batch loads the scenes every callback of the batch reads).
+                let others = (0..state.scenes.len()).filter(|i| !loaded.contains(i));
+                let reads = std::iter::once(loaded.clone())
+                    .chain(others.map(|other| [loaded.clone(), vec![other]].concat()));
+                for mut read in reads {
+                    read.sort_unstable();
+                    let mut whole = state.clone();
+                    let mut part = state.clone();
+                    part.scenes = read.iter().map(|&i| state.scenes[i].clone()).collect();
+                    let on_whole = apply_callback(&mut whole, &callback, &limits);
+                    let on_part = apply_callback(&mut part, &callback, &limits);
+                    assert_eq!(on_whole, on_part, "{callback:?} on {state:?}");
+                    for scene in &part.scenes {
+                        assert_eq!(Some(scene), whole.scenes.iter().find(|s| s.id == scene.id));
+                    }
+                    assert!(
+                        whole
+                            .scenes
+                            .iter()
+                            .all(|s| !s.changed || part.scenes.iter().any(|p| p.id == s.id)),
+                        "{callback:?} changed a scene it did not read, on {state:?}"
+                    );
+                    part.scenes = whole.scenes.clone();
+                    assert_eq!(part, whole, "{callback:?} on {state:?}");
+                }
+            }
+        }
+        assert!(partial > states.len(), "{partial} partial reads");
+    }
+
+    #[test]
+    fn callbacks_read_only_the_scenes_they_decide_on() {
         assert_eq!(
-            scenes_read(&frame("s0", done("http://f/0"))),
-            ScenesRead::All
+            scenes_read(&video("s1", "t1", done("http://v/1"))),
+            ScenesRead::Scene("s1")
         );
-        assert_eq!(scenes_read(&stitch(done("http://final"))), ScenesRead::All);
+        assert_eq!(
+            scenes_read(&frame("s1", done("http://f/1"))),
+            ScenesRead::SceneAndNext("s1")
+        );
+        assert_eq!(
+            scenes_read(&stitch(done("http://final"))),
+            ScenesRead::Project
+        );
+        assert_eq!(scenes_read(&stitch(failed())), ScenesRead::All);
     }
 
     #[test]
@@ -905,16 +956,5 @@ mod tests {
         let effects = start_generation(&mut p).unwrap();
         assert_eq!(p.status, ProjectStatus::Stitching);
         assert!(matches!(effects.jobs.as_slice(), [Job::Stitch { .. }]));
-    }
-
-    #[test]
-    fn statuses_round_trip_through_text() {
-        for s in SceneStatus::ALL {
-            assert_eq!(SceneStatus::parse(s.as_str()), Some(*s));
-        }
-        for s in ProjectStatus::ALL {
-            assert_eq!(ProjectStatus::parse(s.as_str()), Some(*s));
-        }
-        assert_eq!(ProjectStatus::parse("nope"), None);
     }
 }

@@ -87,12 +87,12 @@ async fn metrics(State(app): State<AppState>) -> Response {
 
 async fn refresh_gauges(app: &AppState) {
     use crate::{
-        outbox::Service,
+        outbox::{JobStatus, Service},
         store::{ErrorType, Severity},
     };
     if let Ok(Ok(stats)) = tokio::time::timeout(READY_TIMEOUT, db::outbox::stats(&app.db)).await {
         for service in Service::ALL {
-            for status in db::outbox::NOT_DONE {
+            for status in JobStatus::NOT_DONE.map(JobStatus::as_str) {
                 let n = stats
                     .counts
                     .iter()

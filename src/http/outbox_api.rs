@@ -14,7 +14,7 @@ use crate::{
     app::AppState,
     db,
     error::{AppError, AppResult},
-    outbox::Service,
+    outbox::{JobStatus, Service},
 };
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -54,14 +54,17 @@ struct ServiceList {
     services: Vec<Value>,
 }
 
-fn parse_service(service: Option<&str>) -> AppResult<Option<Service>> {
-    service
-        .map(|s| {
-            Service::parse(s).ok_or_else(|| {
-                AppError::bad_request("invalid_service", format!("unknown service `{s}`"))
-            })
-        })
-        .transpose()
+/// `text`, if given, as one of the words `parse` knows, or a 400 `code` naming it.
+fn parse_word<T>(
+    text: Option<&str>,
+    parse: fn(&str) -> Option<T>,
+    code: &'static str,
+    what: &str,
+) -> AppResult<Option<T>> {
+    text.map(|t| {
+        parse(t).ok_or_else(|| AppError::bad_request(code, format!("unknown {what} `{t}`")))
+    })
+    .transpose()
 }
 
 /// Lists jobs, e.g. the dead letters with `?status=dead`.
@@ -73,19 +76,22 @@ async fn list(
     State(app): State<AppState>,
     AppQuery(params): AppQuery<ListParams>,
 ) -> AppResult<Json<JobList>> {
-    if let Some(status) = params.status.as_deref()
-        && !["pending", "in_flight", "done", "dead"].contains(&status)
-    {
-        return Err(AppError::bad_request(
-            "invalid_status",
-            format!("unknown status `{status}`"),
-        ));
-    }
-    let service = parse_service(params.service.as_deref())?;
+    let status = parse_word(
+        params.status.as_deref(),
+        JobStatus::parse,
+        "invalid_status",
+        "status",
+    )?;
+    let service = parse_word(
+        params.service.as_deref(),
+        Service::parse,
+        "invalid_service",
+        "service",
+    )?;
     let jobs = db::outbox::list(
         &app.db,
-        params.status.as_deref(),
-        service.map(Service::as_str),
+        status,
+        service,
         params.limit.unwrap_or(100).clamp(1, 1000),
     )
     .await?;
@@ -116,7 +122,7 @@ async fn replay_one(
     let job = db::outbox::find(&app.db, &id)
         .await?
         .ok_or_else(|| AppError::not_found("job_not_found", format!("no outbox job `{id}`")))?;
-    if job.status != "dead" {
+    if job.status != JobStatus::Dead.as_str() {
         return Err(AppError::conflict(
             "not_dead",
             format!("job `{id}` is {}, not dead", job.status),
@@ -153,8 +159,13 @@ async fn replay_all(
             "send `\"all\": true` (and optionally `service`)",
         ));
     }
-    let service = parse_service(body.service.as_deref())?;
-    let replayed = db::outbox::replay(&app.db, None, service.map(Service::as_str)).await?;
+    let service = parse_word(
+        body.service.as_deref(),
+        Service::parse,
+        "invalid_service",
+        "service",
+    )?;
+    let replayed = db::outbox::replay(&app.db, None, service).await?;
     for s in service
         .map(|s| vec![s])
         .unwrap_or_else(|| Service::ALL.to_vec())

@@ -4,37 +4,35 @@ use chrono::{DateTime, Utc};
 use entity::outbox_job;
 use serde_json::json;
 
-use crate::domain::{Job, ids::time_ordered_token};
+use crate::{
+    domain::{Job, ids::time_ordered_token},
+    text_enum::text_enum,
+};
 
-/// The downstream services, one circuit breaker and one worker lane each.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Service {
-    Video,
-    LastFrame,
-    Stitch,
-    Notification,
-}
-
-impl Service {
-    pub const ALL: [Service; 4] = [
-        Self::Video,
-        Self::LastFrame,
-        Self::Stitch,
-        Self::Notification,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Video => "video",
-            Self::LastFrame => "last_frame",
-            Self::Stitch => "stitch",
-            Self::Notification => "notification",
-        }
+text_enum!(
+    /// The downstream services, one circuit breaker and one worker lane each.
+    Service {
+        Video => "video",
+        LastFrame => "last_frame",
+        Stitch => "stitch",
+        Notification => "notification",
     }
+);
 
-    pub fn parse(text: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|s| s.as_str() == text)
+text_enum!(
+    /// Where an outbox job is: due or waiting for its next attempt, claimed by a worker (until
+    /// its lease ends), delivered, or out of attempts until an operator replays it.
+    JobStatus {
+        Pending => "pending",
+        InFlight => "in_flight",
+        Done => "done",
+        Dead => "dead",
     }
+);
+
+impl JobStatus {
+    /// The statuses a job is in until it is done.
+    pub const NOT_DONE: [JobStatus; 3] = [Self::Pending, Self::InFlight, Self::Dead];
 }
 
 /// What building a job's request needs besides the job: our public URL and the request id.
@@ -69,7 +67,7 @@ pub fn new_job_rows(
                 kind: kind.to_owned(),
                 service: service.as_str().to_owned(),
                 payload,
-                status: "pending".to_owned(),
+                status: JobStatus::Pending.as_str().to_owned(),
                 attempts: 0,
                 next_attempt_at: now,
                 last_error: None,

@@ -7,4 +7,4 @@ pub mod client;
 pub mod jobs;
 pub mod worker;
 
-pub use jobs::{JobContext, Service};
+pub use jobs::{JobContext, JobStatus, Service};

@@ -171,8 +171,12 @@ fn payload_text(job: &outbox_job::Model) -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum ScenesWanted<'a> {
     All,
-    /// These scenes alone ([`crate::domain::ScenesRead`]).
-    Scenes(Vec<&'a str>),
+    /// These scenes ([`ScenesRead::Scene`]), and these with the next one by position, or
+    /// with every scene when one of them is the last ([`ScenesRead::SceneAndNext`]).
+    Some {
+        scenes: Vec<&'a str>,
+        with_next: Vec<&'a str>,
+    },
 }
 
 /// The rows the claimed submissions' transitions read, by project.
@@ -184,10 +188,17 @@ fn scenes_wanted<'b>(
     for (submission, _) in batch.items.iter().zip(claims).filter(|(_, c)| c.is_some()) {
         let project = wanted
             .entry(submission.callback.project_id().as_str())
-            .or_insert(ScenesWanted::Scenes(Vec::new()));
+            .or_insert(ScenesWanted::Some {
+                scenes: Vec::new(),
+                with_next: Vec::new(),
+            });
         match (scenes_read(&submission.callback), &mut *project) {
-            (ScenesRead::Scene(id), ScenesWanted::Scenes(ids)) => ids.push(id),
-            (ScenesRead::Scene(_), ScenesWanted::All) => {}
+            (ScenesRead::Project, _) => {}
+            (ScenesRead::Scene(id), ScenesWanted::Some { scenes, .. }) => scenes.push(id),
+            (ScenesRead::SceneAndNext(id), ScenesWanted::Some { with_next, .. }) => {
+                with_next.push(id)
+            }
+            (ScenesRead::Scene(_) | ScenesRead::SceneAndNext(_), ScenesWanted::All) => {}
             (ScenesRead::All, _) => *project = ScenesWanted::All,
         }
     }

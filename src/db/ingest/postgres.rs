@@ -47,13 +47,22 @@ const CLAIM_DELIVERIES: &str = "INSERT INTO webhook_deliveries \
 const LOCK_PROJECTS: &str = "SELECT id, name, status, final_video_url, stitch_attempts, \
      last_error, created_at, updated_at, completed_at \
      FROM projects WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE";
-/// Whole projects' scenes ($1), then scenes by id ($2).
+/// Whole projects' scenes ($1); scenes by id ($2); scenes by id ($3) with the next one by
+/// position, and every scene of their project when there is none.
 const SCENES: &str = concat!(
     "SELECT ",
     scene_columns!(),
     " FROM scenes s WHERE s.project_id = ANY($1::text[]) UNION ALL SELECT ",
     scene_columns!(),
-    " FROM scenes s WHERE s.id = ANY($2::text[])"
+    " FROM scenes s WHERE s.id = ANY($2::text[]) UNION ALL SELECT ",
+    scene_columns!(),
+    " FROM scenes c CROSS JOIN LATERAL (SELECT * FROM scenes s \
+     WHERE s.project_id = c.project_id AND s.position >= c.position \
+     ORDER BY s.position LIMIT 2) s WHERE c.id = ANY($3::text[]) UNION ALL SELECT ",
+    scene_columns!(),
+    " FROM scenes c JOIN scenes s ON s.project_id = c.project_id \
+     WHERE c.id = ANY($3::text[]) AND NOT EXISTS (SELECT 1 FROM scenes n \
+     WHERE n.project_id = c.project_id AND n.position > c.position)"
 );
 /// Rejected deliveries are not recorded: once fixed, the sender's retry is applied. Rare, so a
 /// statement of its own, run only then (a statement's plan is made once per connection, and
@@ -189,15 +198,21 @@ async fn load(
     }
     let ids: Vec<&str> = wanted.keys().copied().collect();
     let projects = fetch(txn, sqlx::query(LOCK_PROJECTS).bind(ids), project_row).await?;
-    let mut whole = Vec::new();
-    let mut by_id = Vec::new();
+    let (mut whole, mut by_id, mut with_next) = (Vec::new(), Vec::new(), Vec::new());
     for (&id, want) in wanted {
         match want {
             ScenesWanted::All => whole.push(id),
-            ScenesWanted::Scenes(ids) => by_id.extend(ids.iter().copied()),
+            ScenesWanted::Some {
+                scenes,
+                with_next: after,
+            } => {
+                by_id.extend_from_slice(scenes);
+                with_next.extend_from_slice(after);
+            }
         }
     }
-    let scenes = fetch(txn, sqlx::query(SCENES).bind(whole).bind(by_id), scene_row).await?;
+    let query = sqlx::query(SCENES).bind(whole).bind(by_id).bind(with_next);
+    let scenes = fetch(txn, query, scene_row).await?;
     Ok(assemble(projects, scenes))
 }
 

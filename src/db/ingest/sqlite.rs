@@ -49,6 +49,13 @@ const SCENE: &str = concat!(
     scene_columns!(),
     " FROM scenes s WHERE s.id = (SELECT ?1)"
 );
+/// The scene after position ?2 in project ?1.
+const NEXT_SCENE: &str = concat!(
+    "SELECT ",
+    scene_columns!(),
+    " FROM scenes s WHERE s.project_id = (SELECT ?1) AND s.position > (SELECT ?2) \
+     ORDER BY s.position LIMIT 1"
+);
 const UPDATE_SCENE: &str = "UPDATE scenes SET status = ?2, video_task_id = ?3, video_url = ?4, \
      first_frame_url = ?5, last_frame_url = ?6, attempts = ?7, extract_attempts = ?8, \
      last_error = ?9, verified_at = ?10, status_changed_at = ?11, updated_at = ?12 WHERE id = (SELECT ?1)";
@@ -113,6 +120,7 @@ impl SqliteWriter {
             PROJECT,
             SCENES_OF,
             SCENE,
+            NEXT_SCENE,
             UPDATE_SCENE,
             UPDATE_PROJECT,
             INSERT_JOB,
@@ -176,6 +184,7 @@ fn load(
     let mut project_by_id = txn.prepare_cached(PROJECT)?;
     let mut scenes_of = txn.prepare_cached(SCENES_OF)?;
     let mut scene_by_id = txn.prepare_cached(SCENE)?;
+    let mut next_scene = txn.prepare_cached(NEXT_SCENE)?;
     let mut projects = Vec::with_capacity(wanted.len());
     let mut scenes = Vec::new();
     for (&id, want) in wanted {
@@ -183,18 +192,36 @@ fn load(
             continue;
         };
         projects.push(project);
-        match want {
-            ScenesWanted::All => {
-                for scene in scenes_of.query_map([id], scene_row)? {
-                    scenes.push(scene?);
+        let (by_id, with_next): (&[&str], &[&str]) = match want {
+            ScenesWanted::All => (&[], &[]),
+            ScenesWanted::Some {
+                scenes: ids,
+                with_next,
+            } => (ids, with_next),
+        };
+        let mut whole = matches!(want, ScenesWanted::All);
+        for &scene_id in by_id {
+            scenes.extend(scene_by_id.query_row([scene_id], scene_row).optional()?);
+        }
+        for &scene_id in with_next {
+            let Some(scene) = scene_by_id.query_row([scene_id], scene_row).optional()? else {
+                continue;
+            };
+            // A scene of another project is no one's to read, nor is the scene after it.
+            if scene.project_id == id {
+                match next_scene
+                    .query_row(params![id, scene.position], scene_row)
+                    .optional()?
+                {
+                    Some(next) => scenes.push(next),
+                    None => whole = true,
                 }
             }
-            ScenesWanted::Scenes(ids) => {
-                for scene_id in ids {
-                    if let Some(scene) = scene_by_id.query_row([scene_id], scene_row).optional()? {
-                        scenes.push(scene);
-                    }
-                }
+            scenes.push(scene);
+        }
+        if whole {
+            for scene in scenes_of.query_map([id], scene_row)? {
+                scenes.push(scene?);
             }
         }
     }
@@ -394,7 +421,14 @@ mod tests {
         )
         .unwrap();
         let connection = writer.connection.lock();
-        for sql in [PROJECT, SCENES_OF, SCENE, UPDATE_SCENE, UPDATE_PROJECT] {
+        for sql in [
+            PROJECT,
+            SCENES_OF,
+            SCENE,
+            NEXT_SCENE,
+            UPDATE_SCENE,
+            UPDATE_PROJECT,
+        ] {
             let mut explain = connection
                 .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
                 .unwrap();
