@@ -10,7 +10,7 @@
 //! and outbox rows commit together or not at all, and a rejected delivery leaves no row.
 //!
 //! The writers run on a thread and runtime of their own ([`Ingestor::start`]). Each backend
-//! has statements written for it: Postgres runs five of one shape each, rows bound as arrays,
+//! has statements written for it: Postgres runs a few of one shape each, rows bound as arrays,
 //! on a pool of the writers' own ([`postgres`]); SQLite runs cached statements a row at a time
 //! on a connection of its own driven directly ([`sqlite`]), where the per-statement and
 //! per-row hops of sqlx's SQLite worker thread cost several times what SQLite itself spends.
