@@ -3,7 +3,10 @@
 
 use std::{
     collections::{BTreeSet, HashMap, VecDeque},
-    sync::atomic::{AtomicU64, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -11,9 +14,9 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 
 use super::{
-    DismissOutcome, ErrorEntry, ErrorPage, ErrorPolicy, ErrorStats, ErrorStore, ListQuery,
-    NewError, RateDecision, RateLimitStore, Severity, StoreError, decode_cursor, encode_cursor,
-    new_error_id,
+    DismissOutcome, ErrorEntry, ErrorPage, ErrorPolicy, ErrorStats, ErrorStore, ErrorType,
+    ListQuery, NewError, RateDecision, RateLimitStore, Severity, StoreError, decode_cursor,
+    encode_cursor, new_error_id,
 };
 
 /// Sliding-window log per key, in process memory. Each allowed request is kept as nanoseconds
@@ -92,20 +95,52 @@ pub struct MemoryErrorStore {
     state: Mutex<ErrorState>,
 }
 
+/// An entry's id as the indexes hold it: each index shares the one allocation, so that a kept
+/// entry costs its indexes a pointer each rather than a copy of its id (at the default cap of
+/// 10,000 entries, copies were a good part of the store's memory).
+type Id = Arc<str>;
+
+/// (score, id): the order of every index, as in the Redis store's sorted sets.
+type Scored = (i64, Id);
+
+/// What an entry's place in the indexes and counts depends on.
+#[derive(Clone, Copy)]
+struct IndexKeys {
+    severity: Severity,
+    kind: ErrorType,
+    last_seen_at: i64,
+    auto_dismiss_at: Option<i64>,
+}
+
+impl IndexKeys {
+    fn of(entry: &ErrorEntry) -> Self {
+        Self {
+            severity: entry.severity,
+            kind: entry.kind,
+            last_seen_at: entry.last_seen_at,
+            auto_dismiss_at: entry.auto_dismiss_at,
+        }
+    }
+}
+
 #[derive(Default)]
 struct ErrorState {
-    entries: HashMap<String, (ErrorEntry, String)>,
-    groups: HashMap<String, String>,
+    /// Each entry with its group's fingerprint.
+    entries: HashMap<Id, (ErrorEntry, Arc<str>)>,
+    /// Fingerprint → the group's entry.
+    groups: HashMap<Arc<str>, Id>,
     /// (last seen, id) of active entries, all and per severity (for eviction).
-    active: BTreeSet<(i64, String)>,
-    active_by_severity: HashMap<Severity, BTreeSet<(i64, String)>>,
+    active: BTreeSet<Scored>,
+    active_by_severity: HashMap<Severity, BTreeSet<Scored>>,
     /// (last seen, id) of every entry.
-    all: BTreeSet<(i64, String)>,
+    all: BTreeSet<Scored>,
     /// (dismissed at, id).
-    dismissed: BTreeSet<(i64, String)>,
+    dismissed: BTreeSet<Scored>,
     /// (auto-dismiss at, id).
-    auto: BTreeSet<(i64, String)>,
-    stats: ErrorStats,
+    auto: BTreeSet<Scored>,
+    /// Active entries by severity and type; the stats' maps are made from it when asked.
+    active_counts: HashMap<(Severity, ErrorType), u64>,
+    dismissed_count: u64,
 }
 
 impl MemoryErrorStore {
@@ -118,58 +153,47 @@ impl MemoryErrorStore {
 }
 
 impl ErrorState {
-    fn index(&mut self, entry: &ErrorEntry, at: i64) {
-        self.active.insert((at, entry.id.clone()));
+    /// The indexes' shared copy of `id`.
+    fn id(&self, id: &str) -> Option<Id> {
+        self.entries.get_key_value(id).map(|(id, _)| id.clone())
+    }
+
+    fn index(&mut self, id: &Id, entry: &ErrorEntry, at: i64) {
+        self.active.insert((at, id.clone()));
         self.active_by_severity
             .entry(entry.severity)
             .or_default()
-            .insert((at, entry.id.clone()));
+            .insert((at, id.clone()));
         if let Some(due) = entry.auto_dismiss_at {
-            self.auto.insert((due, entry.id.clone()));
+            self.auto.insert((due, id.clone()));
         }
     }
 
-    fn unindex(&mut self, entry: &ErrorEntry) {
-        let key = (entry.last_seen_at, entry.id.clone());
+    fn unindex(&mut self, id: &Id, keys: IndexKeys) {
+        let key = (keys.last_seen_at, id.clone());
         self.active.remove(&key);
-        if let Some(set) = self.active_by_severity.get_mut(&entry.severity) {
+        if let Some(set) = self.active_by_severity.get_mut(&keys.severity) {
             set.remove(&key);
         }
-        if let Some(due) = entry.auto_dismiss_at {
-            self.auto.remove(&(due, entry.id.clone()));
+        if let Some(due) = keys.auto_dismiss_at {
+            self.auto.remove(&(due, id.clone()));
         }
     }
 
-    fn count_active(&mut self, entry: &ErrorEntry, delta: i64) {
-        let bump = |n: &mut u64| *n = n.saturating_add_signed(delta);
-        bump(&mut self.stats.active);
-        bump(
-            self.stats
-                .by_severity
-                .entry(entry.severity.as_str().into())
-                .or_default(),
-        );
-        bump(
-            self.stats
-                .by_type
-                .entry(entry.kind.as_str().into())
-                .or_default(),
-        );
-        bump(
-            self.stats
-                .by_severity_and_type
-                .entry((entry.severity.as_str().into(), entry.kind.as_str().into()))
-                .or_default(),
-        );
-        self.stats.by_severity.retain(|_, n| *n > 0);
-        self.stats.by_type.retain(|_, n| *n > 0);
-        self.stats.by_severity_and_type.retain(|_, n| *n > 0);
+    fn count_active(&mut self, keys: IndexKeys, delta: i64) {
+        let key = (keys.severity, keys.kind);
+        let n = self.active_counts.entry(key).or_default();
+        *n = n.saturating_add_signed(delta);
+        if *n == 0 {
+            self.active_counts.remove(&key);
+        }
     }
 
     fn dismiss(&mut self, id: &str, by: &str, reason: Option<&str>, now: i64) {
-        let Some((entry, _)) = self.entries.get_mut(id) else {
+        let Some(id) = self.id(id) else {
             return;
         };
+        let (entry, _) = self.entries.get_mut(&id).expect("the id was just found");
         if entry.dismissed {
             return;
         }
@@ -177,41 +201,38 @@ impl ErrorState {
         entry.dismissed_at = Some(now);
         entry.dismissed_by = Some(by.to_owned());
         entry.dismiss_reason = reason.map(str::to_owned);
-        let entry = entry.clone();
-        self.unindex(&entry);
-        self.dismissed.insert((now, entry.id.clone()));
-        self.count_active(&entry, -1);
-        self.stats.dismissed += 1;
+        let keys = IndexKeys::of(entry);
+        self.unindex(&id, keys);
+        self.count_active(keys, -1);
+        self.dismissed.insert((now, id));
+        self.dismissed_count += 1;
     }
 
     /// Dismisses entries whose auto-dismiss time has come.
     fn expire(&mut self, now: i64) {
-        let due: Vec<String> = self
-            .auto
-            .iter()
-            .take_while(|(at, _)| *at <= now)
-            .map(|(_, id)| id.clone())
-            .collect();
-        for id in due {
+        while let Some((at, id)) = self.auto.first().cloned()
+            && at <= now
+        {
             self.dismiss(&id, "auto", Some("auto-dismissed"), now);
         }
     }
 
     fn remove(&mut self, id: &str) {
-        let Some((entry, fp)) = self.entries.remove(id) else {
+        let Some((id, (entry, fp))) = self.entries.remove_entry(id) else {
             return;
         };
-        if self.groups.get(&fp).is_some_and(|g| g == id) {
+        if self.groups.get(&fp).is_some_and(|g| *g == id) {
             self.groups.remove(&fp);
         }
-        self.all.remove(&(entry.last_seen_at, entry.id.clone()));
+        self.all.remove(&(entry.last_seen_at, id.clone()));
         if entry.dismissed {
             self.dismissed
-                .remove(&(entry.dismissed_at.unwrap_or_default(), entry.id.clone()));
-            self.stats.dismissed = self.stats.dismissed.saturating_sub(1);
+                .remove(&(entry.dismissed_at.unwrap_or_default(), id));
+            self.dismissed_count = self.dismissed_count.saturating_sub(1);
         } else {
-            self.unindex(&entry);
-            self.count_active(&entry, -1);
+            let keys = IndexKeys::of(&entry);
+            self.unindex(&id, keys);
+            self.count_active(keys, -1);
         }
     }
 
@@ -237,7 +258,21 @@ impl ErrorState {
     }
 
     fn totals(&self) -> ErrorStats {
-        let mut stats = self.stats.clone();
+        let mut stats = ErrorStats {
+            dismissed: self.dismissed_count,
+            ..ErrorStats::default()
+        };
+        for (&(severity, kind), &n) in &self.active_counts {
+            stats.active += n;
+            *stats
+                .by_severity
+                .entry(severity.as_str().into())
+                .or_default() += n;
+            *stats.by_type.entry(kind.as_str().into()).or_default() += n;
+            stats
+                .by_severity_and_type
+                .insert((severity.as_str().into(), kind.as_str().into()), n);
+        }
         stats.total = stats.active + stats.dismissed;
         stats
     }
@@ -250,35 +285,36 @@ impl ErrorStore for MemoryErrorStore {
         let ttl = self.policy.ttl_ms(&new);
         let mut s = self.state.lock();
         s.expire(now);
-        if let Some(id) = s.groups.get(&fp).cloned()
-            && let Some((existing, _)) = s.entries.get(&id).cloned()
+        if let Some(id) = s.groups.get(fp.as_str()).cloned()
+            && let Some((mut entry, fp)) = s.entries.remove(&id)
         {
-            let mut entry = existing.clone();
-            entry.count += 1;
-            entry.last_seen_at = now;
-            s.all.remove(&(existing.last_seen_at, id.clone()));
+            let before = IndexKeys::of(&entry);
+            s.all.remove(&(entry.last_seen_at, id.clone()));
             s.all.insert((now, id.clone()));
-            if existing.dismissed {
+            if entry.dismissed {
                 s.dismissed
-                    .remove(&(existing.dismissed_at.unwrap_or_default(), id.clone()));
-                s.stats.dismissed = s.stats.dismissed.saturating_sub(1);
+                    .remove(&(entry.dismissed_at.unwrap_or_default(), id.clone()));
+                s.dismissed_count = s.dismissed_count.saturating_sub(1);
                 entry.dismissed = false;
                 entry.reopened_count += 1;
-                s.count_active(&entry, 1);
+                s.count_active(before, 1);
             } else {
-                s.unindex(&existing);
+                s.unindex(&id, before);
             }
+            entry.count += 1;
+            entry.last_seen_at = now;
             entry.auto_dismiss_at = ttl.map(|t| now + t);
-            s.index(&entry, now);
+            s.index(&id, &entry, now);
             s.entries.insert(id, (entry.clone(), fp));
             return Ok(entry);
         }
         let entry = new.into_entry(new_error_id(now), now, &self.policy);
-        let id = entry.id.clone();
+        let id: Id = entry.id.as_str().into();
+        let fp: Arc<str> = fp.into();
         s.groups.insert(fp.clone(), id.clone());
         s.all.insert((now, id.clone()));
-        s.index(&entry, now);
-        s.count_active(&entry, 1);
+        s.index(&id, &entry, now);
+        s.count_active(IndexKeys::of(&entry), 1);
         s.entries.insert(id, (entry.clone(), fp));
         s.enforce_cap(self.policy.max_entries);
         Ok(entry)
@@ -304,7 +340,7 @@ impl ErrorStore for MemoryErrorStore {
         let mut next_cursor = None;
         for (score, id) in index.iter().rev() {
             if let Some((cs, cid)) = &after
-                && (*score, id) >= (*cs, cid)
+                && (*score, &**id) >= (*cs, cid.as_str())
             {
                 continue;
             }
@@ -360,7 +396,7 @@ impl ErrorStore for MemoryErrorStore {
             .active
             .iter()
             .filter(|(_, id)| s.entries.get(id).is_some_and(|(e, _)| e.dismissible))
-            .map(|(_, id)| id.clone())
+            .map(|(_, id)| id.to_string())
             .collect();
         for id in &ids {
             s.dismiss(id, by, reason, now);
@@ -378,7 +414,7 @@ impl ErrorStore for MemoryErrorStore {
         let mut s = self.state.lock();
         s.expire(now);
         let cutoff = now - self.policy.retention_ms;
-        let old: Vec<String> = s
+        let old: Vec<Id> = s
             .dismissed
             .iter()
             .take_while(|(at, _)| *at < cutoff)
