@@ -173,8 +173,8 @@ pub(super) enum ScenesWanted<'a> {
     All,
     /// These scenes ([`ScenesRead::Scene`]), and these with the next one by position, or
     /// with every scene when one of them is the last ([`ScenesRead::SceneAndNext`]).
-    Some {
-        scenes: Vec<&'a str>,
+    Named {
+        by_id: Vec<&'a str>,
         with_next: Vec<&'a str>,
     },
 }
@@ -188,14 +188,14 @@ fn scenes_wanted<'b>(
     for (submission, _) in batch.items.iter().zip(claims).filter(|(_, c)| c.is_some()) {
         let project = wanted
             .entry(submission.callback.project_id().as_str())
-            .or_insert(ScenesWanted::Some {
-                scenes: Vec::new(),
+            .or_insert(ScenesWanted::Named {
+                by_id: Vec::new(),
                 with_next: Vec::new(),
             });
         match (scenes_read(&submission.callback), &mut *project) {
             (ScenesRead::Project, _) => {}
-            (ScenesRead::Scene(id), ScenesWanted::Some { scenes, .. }) => scenes.push(id),
-            (ScenesRead::SceneAndNext(id), ScenesWanted::Some { with_next, .. }) => {
+            (ScenesRead::Scene(id), ScenesWanted::Named { by_id, .. }) => by_id.push(id),
+            (ScenesRead::SceneAndNext(id), ScenesWanted::Named { with_next, .. }) => {
                 with_next.push(id)
             }
             (ScenesRead::Scene(_) | ScenesRead::SceneAndNext(_), ScenesWanted::All) => {}

@@ -215,12 +215,12 @@ async fn load(
     for (&id, want) in wanted {
         match want {
             ScenesWanted::All => whole.push(id),
-            ScenesWanted::Some {
-                scenes,
-                with_next: after,
+            ScenesWanted::Named {
+                by_id: these,
+                with_next: before_next,
             } => {
-                by_id.extend_from_slice(scenes);
-                with_next.extend_from_slice(after);
+                by_id.extend_from_slice(these);
+                with_next.extend_from_slice(before_next);
             }
         }
     }

@@ -196,10 +196,7 @@ fn load(
         projects.push(project);
         let (by_id, with_next): (&[&str], &[&str]) = match want {
             ScenesWanted::All => (&[], &[]),
-            ScenesWanted::Some {
-                scenes: ids,
-                with_next,
-            } => (ids, with_next),
+            ScenesWanted::Named { by_id, with_next } => (by_id, with_next),
         };
         let mut whole = matches!(want, ScenesWanted::All);
         for &scene_id in by_id {
