@@ -32,6 +32,9 @@ elif MODE == "soak":
     CONCURRENCY, DURATION, PER_RUN = [32], 300, (200000, 200000)
 else:
     CONCURRENCY, DURATION, PER_RUN = [8, 32, 64], 10, (250000, 60000)
+# Last-frame deliveries per run (`lastframe`): each is a project of 10 scenes, so the database
+# holds ten times as many scenes as the run sends deliveries.
+LAST_FRAME_PER_RUN = 65000
 
 
 def executables():
@@ -130,20 +133,23 @@ def rss_mib(pid):
     return 0.0
 
 
-def wrk(port, connections, deliveries, duration):
+def wrk(port, connections, deliveries, duration, webhook="video-complete"):
     out = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--timeout", "5s",
-         "-s", WRK_LUA, f"http://127.0.0.1:{port}", "--", deliveries],
+         "-s", WRK_LUA, f"http://127.0.0.1:{port}", "--", deliveries, webhook],
         check=True, capture_output=True, text=True, timeout=duration + 60).stdout
     result = json.loads(out.strip().splitlines()[-1])
     result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
     return result
 
 
-def prepare(db_url, count, parts):
+def prepare(db_url, count, parts, awaiting="video"):
+    """`count` deliveries: for scenes awaiting their video, or (`awaiting="last-frame"`) for
+    projects midway, each with a scene awaiting its last frame."""
     out = os.path.join(SCRATCH, f"deliveries-{time.time_ns()}")
     subprocess.run([EXE["loadprep"], "--database-url", db_url, "--count", str(count),
-                    "--secret", SECRET, "--out", out, "--parts", str(parts)],
+                    "--secret", SECRET, "--out", out, "--parts", str(parts),
+                    "--awaiting", awaiting],
                    # A hung step fails the run instead of holding CI until its budget ends.
                    check=True, capture_output=True, timeout=600)
     # The seeding's writes (the database, the deliveries) reach the disk now, not in the
@@ -159,8 +165,9 @@ def start_gateway(db_url, redis_url, port, exe=None):
             del env[key]
     env.update({
         "DATABASE_URL": db_url, "REDIS_URL": redis_url, "BIND_ADDR": f"127.0.0.1:{port}",
-        "VIDEO_WEBHOOK_SECRET": SECRET, "RUST_LOG": "warn",
+        "VIDEO_WEBHOOK_SECRET": SECRET, "LAST_FRAME_WEBHOOK_SECRET": SECRET, "RUST_LOG": "warn",
         "SCENEHOOK_RATE_LIMIT__VIDEO_COMPLETE": "1000000000",
+        "SCENEHOOK_RATE_LIMIT__LAST_FRAME_COMPLETE": "1000000000",
         "SCENEHOOK_RATE_LIMIT__FLOOD_GUARD_PER_SECOND": "1000000",
         "SCENEHOOK_RATE_LIMIT__FLOOD_GUARD_BURST": "1000000",
         # Ingestion alone is measured: the queued jobs are not sent during the run.
@@ -173,11 +180,11 @@ def start_gateway(db_url, redis_url, port, exe=None):
     return proc
 
 
-def accepted(port):
+def accepted(port, webhook="video-complete"):
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
     counts = {"accepted": 0.0, "duplicate": 0.0}
     for line in text.splitlines():
-        if line.startswith("scenehook_webhooks_total{") and 'endpoint="video-complete"' in line:
+        if line.startswith("scenehook_webhooks_total{") and f'endpoint="{webhook}"' in line:
             for outcome in counts:
                 if f'outcome="{outcome}"' in line:
                     counts[outcome] += float(line.rsplit(" ", 1)[1])
@@ -232,15 +239,19 @@ def fail_if_unfit(rows):
     return rows
 
 
-def run_gateway(name, db_url, redis_url, instances, exe=None):
+def run_gateway(name, db_url, redis_url, instances, exe=None, webhook="video-complete"):
     runs = len(CONCURRENCY)
     per_run = PER_RUN[0] if db_url.startswith("sqlite") else PER_RUN[1]
-    files = prepare(db_url, per_run * runs * instances, runs * instances)
+    awaiting = "video"
+    if webhook == "last-frame-complete":
+        # A project of 10 scenes per delivery: fewer, as each run sends fewer of them.
+        per_run, awaiting = min(per_run, LAST_FRAME_PER_RUN), "last-frame"
+    files = prepare(db_url, per_run * runs * instances, runs * instances, awaiting)
     ports = [free_port() for _ in range(instances)]
     procs = [start_gateway(db_url, redis_url, p, exe) for p in ports]
     rows = []
     for k, c in enumerate(CONCURRENCY):
-        before = [accepted(p) for p in ports]
+        before = [accepted(p, webhook) for p in ports]
         before_cpu = sum(cpu_seconds(p.pid) for p in procs)
         before_redis = redis_calls() if redis_url else 0
         before_sql = pg_statements(db_url)
@@ -251,13 +262,14 @@ def run_gateway(name, db_url, redis_url, instances, exe=None):
         import threading
         for i, port in enumerate(ports):
             def go(i=i, port=port):
-                results[i] = wrk(port, max(c // instances, 1), files[k * instances + i], DURATION)
+                results[i] = wrk(port, max(c // instances, 1), files[k * instances + i], DURATION,
+                                 webhook)
             threads.append(threading.Thread(target=go))
         for t in threads:
             t.start()
         for t in threads:
             t.join()
-        after = [accepted(p) for p in ports]
+        after = [accepted(p, webhook) for p in ports]
         done = sum(a["accepted"] - b["accepted"] for a, b in zip(after, before))
         dup = sum(a["duplicate"] - b["duplicate"] for a, b in zip(after, before))
         total = sum(r["requests"] for r in results)
@@ -370,7 +382,8 @@ def main():
               f"{result['wrk']['requests']} requests")
         return
     # BENCH_ONLY=embedded,pg (any of: ceiling, evalsha, embedded, pg, pg2) runs a subset while
-    # iterating; the published table always comes from a full run.
+    # iterating; the published table always comes from a full run. `lastframe` (embedded,
+    # last-frame callbacks instead of video ones) runs only when named there.
     only = set(filter(None, os.environ.get("BENCH_ONLY", "").split(",")))
     wanted = lambda key: not only or key in only
     rows = []
@@ -384,13 +397,17 @@ def main():
         rows += run_gateway("Postgres + Redis", fresh_database(), REDIS, 1)
     if wanted("pg2"):
         rows += run_gateway("2 instances, Postgres + Redis", fresh_database(), REDIS, 2)
+    if "lastframe" in only:
+        rows += run_gateway("embedded, last-frame callbacks", sqlite_url(), "", 1,
+                            webhook="last-frame-complete")
     if MODE == "quick" or only:
         for r in rows:
             print(f"{r['config']:34} c={r['connections']:3} {r['rps']:9.0f} req/s "
                   f"p99 {r['p99_us'] / 1000:6.2f} ms  cpu {r['cpu_ms_per_1000']:6.0f} ms/1000  "
                   f"sql {r.get('sql_per_webhook', 0):.2f}/webhook  "
                   f"postgres cpu {r.get('pg_cpu_ms_per_1000', 0):.0f}  "
-                  f"redis cpu {r.get('redis_cpu_ms_per_1000', 0):.0f} ms/1000")
+                  f"redis cpu {r.get('redis_cpu_ms_per_1000', 0):.0f} ms/1000  "
+                  f"peak rss {r['peak_rss_mib']:.1f} MiB")
         print("bench smoke: ok")
         return
     json.dump(rows, open("docs/bench/results.json", "w"), indent=1)
