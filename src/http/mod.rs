@@ -242,6 +242,20 @@ fn drop_unfit_request_id(mut request: Request) -> Request {
     request
 }
 
+/// `text`, if given, as one of the words `parse` knows, or a 400 `code` (`invalid_<what>`)
+/// naming it.
+pub(crate) fn parse_word<T>(
+    text: Option<&str>,
+    parse: fn(&str) -> Option<T>,
+    code: &'static str,
+) -> crate::error::AppResult<Option<T>> {
+    let what = code.trim_start_matches("invalid_");
+    text.map(|t| {
+        parse(t).ok_or_else(|| AppError::bad_request(code, format!("unknown {what} `{t}`")))
+    })
+    .transpose()
+}
+
 /// The request id set by the request-id layer (or sent by the client).
 pub fn request_id(request: &Request) -> Option<&str> {
     request

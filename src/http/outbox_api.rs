@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::{AppJson, AppQuery, ErrorBody};
+use super::{AppJson, AppQuery, ErrorBody, parse_word};
 use crate::{
     app::AppState,
     db,
@@ -54,19 +54,6 @@ struct ServiceList {
     services: Vec<Value>,
 }
 
-/// `text`, if given, as one of the words `parse` knows, or a 400 `code` naming it.
-fn parse_word<T>(
-    text: Option<&str>,
-    parse: fn(&str) -> Option<T>,
-    code: &'static str,
-    what: &str,
-) -> AppResult<Option<T>> {
-    text.map(|t| {
-        parse(t).ok_or_else(|| AppError::bad_request(code, format!("unknown {what} `{t}`")))
-    })
-    .transpose()
-}
-
 /// Lists jobs, e.g. the dead letters with `?status=dead`.
 #[utoipa::path(get, path = "/outbox", tag = "outbox", params(ListParams),
     security(("operator_key" = [])),
@@ -76,18 +63,8 @@ async fn list(
     State(app): State<AppState>,
     AppQuery(params): AppQuery<ListParams>,
 ) -> AppResult<Json<JobList>> {
-    let status = parse_word(
-        params.status.as_deref(),
-        JobStatus::parse,
-        "invalid_status",
-        "status",
-    )?;
-    let service = parse_word(
-        params.service.as_deref(),
-        Service::parse,
-        "invalid_service",
-        "service",
-    )?;
+    let status = parse_word(params.status.as_deref(), JobStatus::parse, "invalid_status")?;
+    let service = parse_word(params.service.as_deref(), Service::parse, "invalid_service")?;
     let jobs = db::outbox::list(
         &app.db,
         status,
@@ -159,12 +136,7 @@ async fn replay_all(
             "send `\"all\": true` (and optionally `service`)",
         ));
     }
-    let service = parse_word(
-        body.service.as_deref(),
-        Service::parse,
-        "invalid_service",
-        "service",
-    )?;
+    let service = parse_word(body.service.as_deref(), Service::parse, "invalid_service")?;
     let replayed = db::outbox::replay(&app.db, None, service).await?;
     for s in service
         .map(|s| vec![s])

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::{AppJson, AppQuery, ErrorBody, request_id};
+use super::{AppJson, AppQuery, ErrorBody, parse_word, request_id};
 use crate::{
     app::AppState,
     db::pipeline::{self, NewProject, PipelineError},
@@ -225,15 +225,11 @@ async fn list(
     State(app): State<AppState>,
     AppQuery(params): AppQuery<ListParams>,
 ) -> AppResult<Json<ProjectList>> {
-    let status = params
-        .status
-        .as_deref()
-        .map(|s| {
-            ProjectStatus::parse(s).ok_or_else(|| {
-                AppError::bad_request("invalid_status", format!("unknown status `{s}`"))
-            })
-        })
-        .transpose()?;
+    let status = parse_word(
+        params.status.as_deref(),
+        ProjectStatus::parse,
+        "invalid_status",
+    )?;
     let projects =
         pipeline::list_projects(&app.db, status, params.limit.unwrap_or(100).clamp(1, 1000))
             .await?;
