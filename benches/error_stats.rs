@@ -20,6 +20,7 @@ const POLICY: ErrorPolicy = ErrorPolicy {
     warning_ttl_ms: 600_000_000,
     retention_ms: 86_400_000,
     max_entries: 2_000_000,
+    max_successes: 1_000,
 };
 
 async fn fill(store: &RedisErrorStore, from: usize, to: usize) {

@@ -28,6 +28,7 @@ const POLICY: ErrorPolicy = ErrorPolicy {
     warning_ttl_ms: 600_000,
     retention_ms: 86_400_000,
     max_entries: 10_000,
+    max_successes: 1_000,
 };
 
 const SEED: &str = r#"{"task_id":"test_123","status":"completed","scene_id":"scene_001","project_id":"proj_test","video_url":"https://example.com/test.mp4","timestamp":"2025-10-04T10:30:00.000Z"}"#;

@@ -383,7 +383,8 @@ def main():
         return
     # BENCH_ONLY=embedded,pg (any of: ceiling, evalsha, embedded, pg, pg2) runs a subset while
     # iterating; the published table always comes from a full run. `lastframe` (embedded,
-    # last-frame callbacks instead of video ones) runs only when named there.
+    # last-frame callbacks instead of video ones) and `pglastframe` (the same on Postgres +
+    # Redis) run only when named there.
     only = set(filter(None, os.environ.get("BENCH_ONLY", "").split(",")))
     wanted = lambda key: not only or key in only
     rows = []
@@ -400,6 +401,9 @@ def main():
     if "lastframe" in only:
         rows += run_gateway("embedded, last-frame callbacks", sqlite_url(), "", 1,
                             webhook="last-frame-complete")
+    if "pglastframe" in only:
+        rows += run_gateway("Postgres + Redis, last-frame", fresh_database(), REDIS, 1,
+                            webhook="last-frame-complete")
     if MODE == "quick" or only:
         for r in rows:
             print(f"{r['config']:34} c={r['connections']:3} {r['rps']:9.0f} req/s "
@@ -407,6 +411,7 @@ def main():
                   f"sql {r.get('sql_per_webhook', 0):.2f}/webhook  "
                   f"postgres cpu {r.get('pg_cpu_ms_per_1000', 0):.0f}  "
                   f"redis cpu {r.get('redis_cpu_ms_per_1000', 0):.0f} ms/1000  "
+                  f"redis {r['redis_per_webhook']:.3f}/webhook  "
                   f"peak rss {r['peak_rss_mib']:.1f} MiB")
         print("bench smoke: ok")
         return

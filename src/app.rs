@@ -164,6 +164,7 @@ impl Gateway {
         if run_outbox {
             tasks.spawn(outbox.run(stop.clone()));
         }
+        tasks.spawn(state.reporter.clone().run(stop.clone()));
         tasks.spawn(housekeeping(state.clone(), stop.clone()));
         tasks.spawn(retention(state.clone(), stop));
         let router = crate::http::router(state.clone());
@@ -204,8 +205,8 @@ impl Gateway {
     }
 }
 
-/// Periodic chores: error-store cleanup, flushing buffered error entries, metric upkeep
-/// (database retention runs apart: [`retention`]).
+/// Periodic chores: error-store cleanup, metric upkeep (database retention runs apart:
+/// [`retention`]; the error entries' writer too: [`Reporter::run`]).
 async fn housekeeping(state: AppState, mut stop: watch::Receiver<bool>) {
     let mut cleanup = ticker(state.config.errors.cleanup_interval());
     let mut tick = ticker(Duration::from_secs(2));
@@ -220,12 +221,7 @@ async fn housekeeping(state: AppState, mut stop: watch::Receiver<bool>) {
                     Err(e) => tracing::warn!(error = %e, "error store cleanup failed"),
                 }
             }
-            _ = tick.tick() => {
-                if state.reporter.buffered() > 0 {
-                    state.reporter.flush().await;
-                }
-                state.metrics.run_upkeep();
-            }
+            _ = tick.tick() => state.metrics.run_upkeep(),
         }
     }
 }

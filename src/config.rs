@@ -202,6 +202,7 @@ pub struct ErrorStoreConfig {
     pub retention_secs: u64,
     pub cleanup_interval_secs: u64,
     pub max_entries: u64,
+    pub max_successes: u64,
 }
 
 impl ErrorStoreConfig {

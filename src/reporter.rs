@@ -1,6 +1,10 @@
-//! Records entries in the global error store without ever failing or slowing the caller:
-//! writes happen in the background; when the store is down, entries wait in a small bounded
-//! buffer and are flushed once it answers again.
+//! Records entries in the global error store without ever failing or slowing the caller.
+//!
+//! Reports wait in a queue that one background task ([`Reporter::run`]) writes in batches, one
+//! store call for up to [`WRITE_BATCH`] entries: a success reported for every verified scene
+//! costs Redis a share of one round trip a few times a second, not a round trip each. When the
+//! store is down, entries stay queued (bounded, oldest dropped first and counted) and are
+//! written once it answers again.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -9,11 +13,19 @@ use std::{
 };
 
 use parking_lot::Mutex;
+use tokio::sync::{Notify, watch};
 
-use crate::store::{ErrorStore, NewError};
+use crate::store::{ErrorStore, ErrorType, NewError};
 
-/// Entries kept while the store is unreachable; older ones are dropped first (and counted).
-const BUFFER_CAP: usize = 1000;
+/// Entries of each queue kept while the store cannot take them; the oldest go first.
+const QUEUE_CAP: usize = 1000;
+/// Entries per store call: bounds the time one call holds Redis (a script runs alone).
+const WRITE_BATCH: usize = 64;
+/// How long the writer lets reports gather after the first, so a burst is one call.
+const LINGER: Duration = Duration::from_millis(100);
+/// How long the writer waits after a failed write before trying again: one timeout per
+/// second while the store is down, however many entries are reported.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 #[derive(Clone)]
 pub struct Reporter {
@@ -22,8 +34,57 @@ pub struct Reporter {
 
 struct Inner {
     store: Arc<dyn ErrorStore>,
-    buffer: Mutex<VecDeque<(NewError, i64)>>,
+    queue: Mutex<Queue>,
+    queued: Notify,
     throttle: Mutex<HashMap<String, Instant>>,
+}
+
+/// Entries waiting to be written, with their report times. Successes queue apart, so that a
+/// stream of them can never push a queued error out.
+#[derive(Default)]
+struct Queue {
+    problems: VecDeque<(NewError, i64)>,
+    successes: VecDeque<(NewError, i64)>,
+}
+
+impl Queue {
+    fn push(&mut self, entry: NewError, at: i64) {
+        let queue = if entry.kind == ErrorType::Success {
+            &mut self.successes
+        } else {
+            &mut self.problems
+        };
+        if queue.len() == QUEUE_CAP {
+            queue.pop_front();
+            metrics::counter!("scenehook_error_store_dropped_total").increment(1);
+        }
+        queue.push_back((entry, at));
+    }
+
+    /// Up to `WRITE_BATCH` entries, problems first.
+    fn take(&mut self) -> Vec<(NewError, i64)> {
+        let from_problems = self.problems.len().min(WRITE_BATCH);
+        let from_successes = self.successes.len().min(WRITE_BATCH - from_problems);
+        self.problems
+            .drain(..from_problems)
+            .chain(self.successes.drain(..from_successes))
+            .collect()
+    }
+
+    /// Puts a batch that could not be written back in front of what was queued since.
+    fn put_back(&mut self, batch: Vec<(NewError, i64)>) {
+        let mut later = std::mem::take(self);
+        for (entry, at) in batch {
+            self.push(entry, at);
+        }
+        for (entry, at) in later.problems.drain(..).chain(later.successes.drain(..)) {
+            self.push(entry, at);
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.problems.len() + self.successes.len()
+    }
 }
 
 pub fn now_ms() -> i64 {
@@ -35,7 +96,8 @@ impl Reporter {
         Self {
             inner: Arc::new(Inner {
                 store,
-                buffer: Mutex::new(VecDeque::new()),
+                queue: Mutex::default(),
+                queued: Notify::new(),
                 throttle: Mutex::new(HashMap::new()),
             }),
         }
@@ -45,7 +107,7 @@ impl Reporter {
         &self.inner.store
     }
 
-    /// Records in the background.
+    /// Queues `entry` for the writer, stamped now.
     pub fn report(&self, entry: NewError) {
         metrics::counter!(
             "scenehook_errors_recorded_total",
@@ -53,9 +115,8 @@ impl Reporter {
             "type" => entry.kind.as_str()
         )
         .increment(1);
-        let inner = self.inner.clone();
-        let at = now_ms();
-        tokio::spawn(async move { inner.write(entry, at).await });
+        self.inner.queue.lock().push(entry, now_ms());
+        self.inner.queued.notify_one();
     }
 
     /// Records at most once per `interval` for `key` on this instance, so a flood (of forged
@@ -78,36 +139,48 @@ impl Reporter {
         self.report(entry);
     }
 
-    /// Writes buffered entries oldest first, stopping at the first failure (the store is
-    /// still down: one timeout per tick, not one per entry). The housekeeping task calls it.
-    pub async fn flush(&self) {
+    /// The writer: waits for reports, lets a burst gather, writes them; after a failure waits
+    /// [`RETRY_AFTER`]. On stop it writes what is queued, once.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        'run: loop {
+            tokio::select! {
+                _ = stop.changed() => break,
+                _ = self.inner.queued.notified() => {}
+            }
+            let mut wait = LINGER;
+            loop {
+                tokio::select! {
+                    _ = stop.changed() => break 'run,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                if self.write_queued().await {
+                    break;
+                }
+                wait = RETRY_AFTER;
+            }
+        }
+        self.write_queued().await;
+    }
+
+    /// Writes the queue, a batch per store call, in order; stops at the first failure (the
+    /// batch goes back in front). Returns whether the queue was written out.
+    async fn write_queued(&self) -> bool {
         loop {
-            let Some((entry, at)) = self.inner.buffer.lock().front().cloned() else {
-                return;
-            };
-            if self.inner.store.record(entry, at).await.is_err() {
-                return;
+            let batch = self.inner.queue.lock().take();
+            if batch.is_empty() {
+                return true;
             }
-            self.inner.buffer.lock().pop_front();
+            if let Err(e) = self.inner.store.record_many(&batch).await {
+                metrics::counter!("scenehook_error_store_failures_total").increment(1);
+                tracing::warn!(error = %e, queued = batch.len(), "error store unavailable, entries stay queued");
+                self.inner.queue.lock().put_back(batch);
+                return false;
+            }
         }
     }
 
-    pub fn buffered(&self) -> usize {
-        self.inner.buffer.lock().len()
-    }
-}
-
-impl Inner {
-    async fn write(&self, entry: NewError, at: i64) {
-        if let Err(e) = self.store.record(entry.clone(), at).await {
-            metrics::counter!("scenehook_error_store_failures_total").increment(1);
-            tracing::warn!(error = %e, message = %entry.message, "error store unavailable, buffering entry");
-            let mut buffer = self.buffer.lock();
-            if buffer.len() == BUFFER_CAP {
-                buffer.pop_front();
-                metrics::counter!("scenehook_error_store_dropped_total").increment(1);
-            }
-            buffer.push_back((entry, at));
-        }
+    /// Entries reported and not yet written.
+    pub fn queued(&self) -> usize {
+        self.inner.queue.lock().len()
     }
 }

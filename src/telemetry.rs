@@ -187,11 +187,11 @@ fn describe_metrics() {
     );
     describe_counter!(
         "scenehook_error_store_failures_total",
-        "Failed writes to the error store (entries then wait in a buffer)."
+        "Failed writes to the error store (the entries stay queued)."
     );
     describe_counter!(
         "scenehook_error_store_dropped_total",
-        "Buffered error entries dropped because the buffer was full."
+        "Error entries dropped because the queue for the store was full."
     );
     describe_gauge!("scenehook_projects", "Projects by status.");
     describe_counter!(

@@ -212,3 +212,54 @@ async fn one_store_for_every_instance() {
     );
     assert_eq!(a.get("/errors/stats").await.1["dismissed"], 1);
 }
+
+/// Reports reach Redis in batches: a success for every verified scene must not cost a round
+/// trip each. 643 reports take at most a dozen EVALSHA calls (64 entries a call).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_reach_redis_in_batches() {
+    // INFO commandstats is server-wide: a Redis of this test's own keeps the count exact.
+    let Some(redis) = OwnRedis::start("errors_batched_reports") else {
+        return;
+    };
+    let mut cfg = config(Backend::Embedded, "errors_batched_reports")
+        .await
+        .unwrap();
+    cfg.redis_url = redis.url();
+    let app = TestApp::start_with(cfg, false).await;
+    let reporter = &app.gateway.state.reporter;
+    let client = scenehook::store::redis::connect(&redis.url(), Duration::from_secs(2))
+        .await
+        .unwrap();
+    let evalsha_calls = || async {
+        scenehook::store::redis::command_calls(&client)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|(name, _)| name == "evalsha")
+            .map_or(0, |(_, calls)| calls)
+    };
+    let before = evalsha_calls().await;
+    for i in 0..640 {
+        reporter.report(NewError::success(format!("Scene {i} verified")));
+    }
+    for i in 0..3 {
+        reporter.report(NewError::warning(
+            ErrorType::Generation,
+            format!("slow {i}"),
+        ));
+    }
+    eventually(Duration::from_secs(10), "the queue is written", || async {
+        reporter.queued() == 0
+    })
+    .await;
+    // The last batch was taken; let its call finish.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let calls = evalsha_calls().await - before;
+    assert!(
+        (11..=15).contains(&calls),
+        "643 reports took {calls} EVALSHA calls"
+    );
+    let stats = app.get("/errors/stats").await.1;
+    assert_eq!(stats["byType"]["success"], 640, "{stats}");
+    assert_eq!(stats["byType"]["generation"], 3, "{stats}");
+}

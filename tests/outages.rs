@@ -65,8 +65,8 @@ async fn redis_outage_fails_open_reports_once_and_recovers() {
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
-        app.gateway.state.reporter.buffered() >= 1,
-        "entries wait in the buffer"
+        app.gateway.state.reporter.queued() >= 1,
+        "entries wait in the queue"
     );
 
     redis.restart();

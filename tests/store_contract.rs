@@ -18,6 +18,7 @@ const POLICY: ErrorPolicy = ErrorPolicy {
     warning_ttl_ms: 600_000,
     retention_ms: 86_400_000,
     max_entries: 500,
+    max_successes: 100,
 };
 
 async fn stores(
@@ -338,7 +339,90 @@ async fn a_hundred_thousand_distinct_entries_stay_under_the_cap(backend: Backend
     assert_eq!(newest.errors[0].message, "distinct 99999");
 }
 
+/// A stream of successes (one per verified scene) recycles the successes' own room: the
+/// oldest success goes, and no error's entry, active or dismissed, is evicted for them.
+async fn successes_evict_only_successes(backend: Backend) {
+    let policy = ErrorPolicy {
+        max_entries: 50,
+        max_successes: 10,
+        ..POLICY
+    };
+    let Some((store, _)) = stores(backend, "success_cap", policy).await else {
+        return;
+    };
+    for i in 0..20 {
+        let e = store
+            .record(
+                NewError::new(Severity::Error, ErrorType::Generation, format!("error {i}")),
+                T0 + i,
+            )
+            .await
+            .unwrap();
+        if i % 2 == 0 {
+            store.dismiss(&e.id, "ops", None, T0 + i).await.unwrap();
+        }
+    }
+    // In batches, as the reporter writes them, with one success reported twice (grouped).
+    let successes: Vec<_> = (0..1_000)
+        .map(|i| {
+            (
+                NewError::success(format!("Scene {i} verified")),
+                T0 + 100 + i,
+            )
+        })
+        .chain([(NewError::success("Scene 999 verified"), T0 + 1_200)])
+        .collect();
+    for batch in successes.chunks(64) {
+        store.record_many(batch).await.unwrap();
+    }
+    let now = T0 + 1_300;
+    let stats = store.stats(now).await.unwrap();
+    assert_eq!(stats.by_type.get("success"), Some(&10));
+    assert_eq!(stats.by_type.get("generation"), Some(&10));
+    assert_eq!(stats.dismissed, 10, "dismissed errors are kept");
+    assert_eq!(stats.total, 30);
+    let kept = store
+        .list(
+            &ListQuery {
+                kind: Some(ErrorType::Success),
+                limit: 20,
+                ..Default::default()
+            },
+            now,
+        )
+        .await
+        .unwrap()
+        .errors;
+    let messages: Vec<_> = kept.iter().map(|e| e.message.as_str()).collect();
+    let newest: Vec<_> = (990..1_000)
+        .rev()
+        .map(|i| format!("Scene {i} verified"))
+        .collect();
+    assert_eq!(messages, newest);
+    assert_eq!((kept[0].count, kept[0].last_seen_at), (2, T0 + 1_200));
+    // Successes count against the cap on all entries too, and go first there.
+    let more_errors = (20..45).map(|i| {
+        (
+            NewError::new(Severity::Error, ErrorType::Generation, format!("error {i}")),
+            T0 + 2_000 + i,
+        )
+    });
+    store
+        .record_many(&more_errors.collect::<Vec<_>>())
+        .await
+        .unwrap();
+    let stats = store.stats(T0 + 3_000).await.unwrap();
+    assert_eq!(stats.total, 50);
+    assert_eq!(stats.by_type.get("generation"), Some(&35));
+    assert_eq!(
+        stats.dismissed, 10,
+        "the oldest successes went, not dismissed errors"
+    );
+    assert_eq!(stats.by_type.get("success"), Some(&5));
+}
+
 on_all_backends!(
+    successes_evict_only_successes,
     a_hundred_thousand_distinct_entries_stay_under_the_cap,
     sliding_window_allows_exactly_the_limit,
     identical_errors_group_and_reopen,

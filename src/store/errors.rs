@@ -189,6 +189,9 @@ pub struct ErrorPolicy {
     pub warning_ttl_ms: i64,
     pub retention_ms: i64,
     pub max_entries: u64,
+    /// Success entries kept at most, within `max_entries`: successes evict the oldest success,
+    /// never an error's entry.
+    pub max_successes: u64,
 }
 
 impl ErrorPolicy {
@@ -200,6 +203,7 @@ impl ErrorPolicy {
             warning_ttl_ms: ms(c.warning_ttl_secs),
             retention_ms: ms(c.retention_secs),
             max_entries: c.max_entries.max(1),
+            max_successes: c.max_successes,
         }
     }
 

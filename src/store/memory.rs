@@ -138,6 +138,8 @@ struct ErrorState {
     dismissed: BTreeSet<Scored>,
     /// (auto-dismiss at, id).
     auto: BTreeSet<Scored>,
+    /// (last seen, id) of success entries, active or dismissed: they have a cap of their own.
+    successes: BTreeSet<Scored>,
     /// Active entries by severity and type; the stats' maps are made from it when asked.
     active_counts: HashMap<(Severity, ErrorType), u64>,
     dismissed_count: u64,
@@ -225,6 +227,7 @@ impl ErrorState {
             self.groups.remove(&fp);
         }
         self.all.remove(&(entry.last_seen_at, id.clone()));
+        self.successes.remove(&(entry.last_seen_at, id.clone()));
         if entry.dismissed {
             self.dismissed
                 .remove(&(entry.dismissed_at.unwrap_or_default(), id));
@@ -236,13 +239,20 @@ impl ErrorState {
         }
     }
 
-    /// Keeps at most `cap` entries: evicts the oldest dismissed, then the oldest info,
-    /// warning, error; never a critical.
-    fn enforce_cap(&mut self, cap: u64) {
-        while self.entries.len() as u64 > cap {
+    /// Keeps at most `policy.max_successes` success entries, evicting the oldest, so that a
+    /// stream of successes recycles its own room; then at most `policy.max_entries` entries:
+    /// evicts the oldest success, the oldest dismissed, then the oldest info, warning, error;
+    /// never a critical. A success never displaces an error's entry.
+    fn enforce_caps(&mut self, policy: &ErrorPolicy) {
+        while self.successes.len() as u64 > policy.max_successes {
+            let (_, id) = self.successes.first().cloned().expect("more than the cap");
+            self.remove(&id);
+        }
+        while self.entries.len() as u64 > policy.max_entries {
             let victim = self
-                .dismissed
+                .successes
                 .first()
+                .or_else(|| self.dismissed.first())
                 .map(|(_, id)| id.clone())
                 .or_else(|| {
                     [Severity::Info, Severity::Warning, Severity::Error]
@@ -255,6 +265,52 @@ impl ErrorState {
                 None => break,
             }
         }
+    }
+
+    /// Records `new` at `now`, or counts it again on its group's entry.
+    fn record(&mut self, new: NewError, now: i64, policy: &ErrorPolicy) -> ErrorEntry {
+        let fp = new.fingerprint();
+        let ttl = policy.ttl_ms(&new);
+        self.expire(now);
+        if let Some(id) = self.groups.get(fp.as_str()).cloned()
+            && let Some((mut entry, fp)) = self.entries.remove(&id)
+        {
+            let before = IndexKeys::of(&entry);
+            self.all.remove(&(entry.last_seen_at, id.clone()));
+            self.all.insert((now, id.clone()));
+            if self.successes.remove(&(entry.last_seen_at, id.clone())) {
+                self.successes.insert((now, id.clone()));
+            }
+            if entry.dismissed {
+                self.dismissed
+                    .remove(&(entry.dismissed_at.unwrap_or_default(), id.clone()));
+                self.dismissed_count = self.dismissed_count.saturating_sub(1);
+                entry.dismissed = false;
+                entry.reopened_count += 1;
+                self.count_active(before, 1);
+            } else {
+                self.unindex(&id, before);
+            }
+            entry.count += 1;
+            entry.last_seen_at = now;
+            entry.auto_dismiss_at = ttl.map(|t| now + t);
+            self.index(&id, &entry, now);
+            self.entries.insert(id, (entry.clone(), fp));
+            return entry;
+        }
+        let entry = new.into_entry(new_error_id(now), now, policy);
+        let id: Id = entry.id.as_str().into();
+        let fp: Arc<str> = fp.into();
+        self.groups.insert(fp.clone(), id.clone());
+        self.all.insert((now, id.clone()));
+        if entry.kind == ErrorType::Success {
+            self.successes.insert((now, id.clone()));
+        }
+        self.index(&id, &entry, now);
+        self.count_active(IndexKeys::of(&entry), 1);
+        self.entries.insert(id, (entry.clone(), fp));
+        self.enforce_caps(policy);
+        entry
     }
 
     fn totals(&self) -> ErrorStats {
@@ -281,43 +337,15 @@ impl ErrorState {
 #[async_trait]
 impl ErrorStore for MemoryErrorStore {
     async fn record(&self, new: NewError, now: i64) -> Result<ErrorEntry, StoreError> {
-        let fp = new.fingerprint();
-        let ttl = self.policy.ttl_ms(&new);
+        Ok(self.state.lock().record(new, now, &self.policy))
+    }
+
+    async fn record_many(&self, entries: &[(NewError, i64)]) -> Result<(), StoreError> {
         let mut s = self.state.lock();
-        s.expire(now);
-        if let Some(id) = s.groups.get(fp.as_str()).cloned()
-            && let Some((mut entry, fp)) = s.entries.remove(&id)
-        {
-            let before = IndexKeys::of(&entry);
-            s.all.remove(&(entry.last_seen_at, id.clone()));
-            s.all.insert((now, id.clone()));
-            if entry.dismissed {
-                s.dismissed
-                    .remove(&(entry.dismissed_at.unwrap_or_default(), id.clone()));
-                s.dismissed_count = s.dismissed_count.saturating_sub(1);
-                entry.dismissed = false;
-                entry.reopened_count += 1;
-                s.count_active(before, 1);
-            } else {
-                s.unindex(&id, before);
-            }
-            entry.count += 1;
-            entry.last_seen_at = now;
-            entry.auto_dismiss_at = ttl.map(|t| now + t);
-            s.index(&id, &entry, now);
-            s.entries.insert(id, (entry.clone(), fp));
-            return Ok(entry);
+        for (new, at) in entries {
+            s.record(new.clone(), *at, &self.policy);
         }
-        let entry = new.into_entry(new_error_id(now), now, &self.policy);
-        let id: Id = entry.id.as_str().into();
-        let fp: Arc<str> = fp.into();
-        s.groups.insert(fp.clone(), id.clone());
-        s.all.insert((now, id.clone()));
-        s.index(&id, &entry, now);
-        s.count_active(IndexKeys::of(&entry), 1);
-        s.entries.insert(id, (entry.clone(), fp));
-        s.enforce_cap(self.policy.max_entries);
-        Ok(entry)
+        Ok(())
     }
 
     async fn get(&self, id: &str, now: i64) -> Result<Option<ErrorEntry>, StoreError> {

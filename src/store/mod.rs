@@ -48,6 +48,9 @@ pub trait ErrorStore: Send + Sync {
     /// Records an entry, or counts it again on the active entry with the same fingerprint
     /// (reopening it when it was dismissed).
     async fn record(&self, entry: NewError, now_ms: i64) -> Result<ErrorEntry, StoreError>;
+    /// Records each `(entry, at)` as [`record`](Self::record) would, in order, in one call:
+    /// one round trip for a batch of reports.
+    async fn record_many(&self, entries: &[(NewError, i64)]) -> Result<(), StoreError>;
     async fn get(&self, id: &str, now_ms: i64) -> Result<Option<ErrorEntry>, StoreError>;
     async fn list(&self, query: &ListQuery, now_ms: i64) -> Result<ErrorPage, StoreError>;
     async fn dismiss(

@@ -8,9 +8,11 @@
 //! - `P:e:<id>` hash: `doc` (the entry as JSON) and `fp` (its grouping fingerprint);
 //! - `P:groups` hash fingerprint → id; `P:counts` hash of active/dismissed and per
 //!   severity/type active counts, kept current by every script, so `stats` is one `HGETALL`;
-//! - sorted sets `P:active`, `P:active:<severity>`, `P:all` (score: last seen), `P:dismissed`
-//!   (dismissed at), `P:auto` (auto-dismiss at). Due auto-dismissals are applied, bounded, by
-//!   each script; the cap evicts oldest dismissed, then oldest info, warning, error.
+//! - sorted sets `P:active`, `P:active:<severity>`, `P:all`, `P:successes` (score: last seen),
+//!   `P:dismissed` (dismissed at), `P:auto` (auto-dismiss at). Due auto-dismissals are applied,
+//!   bounded, by each script. Successes beyond their own cap evict the oldest success; the cap
+//!   on all entries evicts the oldest success, oldest dismissed, then oldest info, warning,
+//!   error.
 
 use std::time::Duration;
 
@@ -185,6 +187,7 @@ local function remove(id)
   if fp and redis.call('HGET', k('groups'), fp) == id then redis.call('HDEL', k('groups'), fp) end
   redis.call('DEL', k('e:' .. id))
   redis.call('ZREM', k('all'), id)
+  redis.call('ZREM', k('successes'), id)
   if e then
     if e.dismissed then
       redis.call('ZREM', k('dismissed'), id)
@@ -197,52 +200,80 @@ local function remove(id)
 end
 "#;
 
+/// `record(fp, newdoc, now, cap, max_successes, ttl)`: one entry, as the in-process store's
+/// `record` does, caps included. Shared by `RECORD_BODY` and `RECORD_MANY_BODY`.
+const RECORD_FUNCTION: &str = r#"
+local function record(fp, newdoc, now, cap, max_successes, ttl)
+  expire(now)
+  local existing = redis.call('HGET', k('groups'), fp)
+  if existing then
+    local e = load(existing)
+    if e then
+      e.count = e.count + 1
+      e.lastSeenAt = now
+      if e.dismissed then
+        e.dismissed = false
+        e.reopenedCount = (e.reopenedCount or 0) + 1
+        redis.call('ZREM', k('dismissed'), e.id)
+        redis.call('HINCRBY', k('counts'), 'dismissed', -1)
+        counts(e, 1)
+      end
+      if ttl >= 0 then
+        e.autoDismissAt = now + ttl
+        redis.call('ZADD', k('auto'), now + ttl, e.id)
+      end
+      index(e, now)
+      redis.call('ZADD', k('all'), now, e.id)
+      redis.call('ZADD', k('successes'), 'XX', now, e.id)
+      save(e)
+      return cjson.encode(e)
+    end
+  end
+  local e = cjson.decode(newdoc)
+  redis.call('HSET', k('e:' .. e.id), 'doc', newdoc, 'fp', fp)
+  redis.call('HSET', k('groups'), fp, e.id)
+  index(e, now)
+  redis.call('ZADD', k('all'), now, e.id)
+  if ttl >= 0 then redis.call('ZADD', k('auto'), now + ttl, e.id) end
+  counts(e, 1)
+  -- Successes recycle their own room: the oldest success goes, never an error's entry.
+  if e.type == 'success' then
+    redis.call('ZADD', k('successes'), now, e.id)
+    local excess = redis.call('ZCARD', k('successes')) - max_successes
+    while excess > 0 do
+      remove(redis.call('ZRANGE', k('successes'), 0, 0)[1])
+      excess = excess - 1
+    end
+  end
+  -- The hard cap: evict the oldest success, the oldest dismissed, then the oldest info,
+  -- warning, error; never a critical.
+  local excess = redis.call('ZCARD', k('all')) - cap
+  while excess > 0 do
+    local victim = redis.call('ZRANGE', k('successes'), 0, 0)[1]
+    if not victim then victim = redis.call('ZRANGE', k('dismissed'), 0, 0)[1] end
+    for _, sev in ipairs({'info', 'warning', 'error'}) do
+      if victim then break end
+      victim = redis.call('ZRANGE', k('active:' .. sev), 0, 0)[1]
+    end
+    if not victim then break end
+    remove(victim)
+    excess = excess - 1
+  end
+  return newdoc
+end
+"#;
+
 const RECORD_BODY: &str = r#"
-local fp, newdoc, now, cap, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-expire(now)
-local existing = redis.call('HGET', k('groups'), fp)
-if existing then
-  local e = load(existing)
-  if e then
-    e.count = e.count + 1
-    e.lastSeenAt = now
-    if e.dismissed then
-      e.dismissed = false
-      e.reopenedCount = (e.reopenedCount or 0) + 1
-      redis.call('ZREM', k('dismissed'), e.id)
-      redis.call('HINCRBY', k('counts'), 'dismissed', -1)
-      counts(e, 1)
-    end
-    if ttl >= 0 then
-      e.autoDismissAt = now + ttl
-      redis.call('ZADD', k('auto'), now + ttl, e.id)
-    end
-    index(e, now)
-    redis.call('ZADD', k('all'), now, e.id)
-    save(e)
-    return cjson.encode(e)
-  end
+return record(ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]))
+"#;
+
+/// ARGV: cap, max_successes, then (fp, doc, now, ttl) per entry.
+const RECORD_MANY_BODY: &str = r#"
+local cap, max_successes = tonumber(ARGV[1]), tonumber(ARGV[2])
+for i = 3, #ARGV, 4 do
+  record(ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), cap, max_successes, tonumber(ARGV[i + 3]))
 end
-local e = cjson.decode(newdoc)
-redis.call('HSET', k('e:' .. e.id), 'doc', newdoc, 'fp', fp)
-redis.call('HSET', k('groups'), fp, e.id)
-index(e, now)
-redis.call('ZADD', k('all'), now, e.id)
-if ttl >= 0 then redis.call('ZADD', k('auto'), now + ttl, e.id) end
-counts(e, 1)
--- The hard cap: evict the oldest dismissed, then the oldest info, warning, error; never a critical.
-local excess = redis.call('ZCARD', k('all')) - cap
-while excess > 0 do
-  local victim = redis.call('ZRANGE', k('dismissed'), 0, 0)[1]
-  for _, sev in ipairs({'info', 'warning', 'error'}) do
-    if victim then break end
-    victim = redis.call('ZRANGE', k('active:' .. sev), 0, 0)[1]
-  end
-  if not victim then break end
-  remove(victim)
-  excess = excess - 1
-end
-return newdoc
+return (#ARGV - 2) / 4
 "#;
 
 const GET_BODY: &str = r#"
@@ -331,6 +362,7 @@ pub struct RedisErrorStore {
     base: String,
     policy: ErrorPolicy,
     record: Script,
+    record_many: Script,
     get: Script,
     list: Script,
     dismiss: Script,
@@ -353,7 +385,8 @@ impl RedisErrorStore {
             client,
             base: format!("{{{prefix}:errors}}"),
             policy,
-            record: script(RECORD_BODY),
+            record: script(&format!("{RECORD_FUNCTION}\n{RECORD_BODY}")),
+            record_many: script(&format!("{RECORD_FUNCTION}\n{RECORD_MANY_BODY}")),
             get: script(GET_BODY),
             list: script(LIST_BODY),
             dismiss: script(DISMISS_BODY),
@@ -369,6 +402,15 @@ impl RedisErrorStore {
             .await?)
     }
 
+    /// A new entry's script arguments: fingerprint, document, time, time to live (-1: none).
+    fn record_args(&self, new: NewError, now: i64) -> Result<[String; 4], StoreError> {
+        let fp = new.fingerprint();
+        let ttl = self.policy.ttl_ms(&new).unwrap_or(-1);
+        let entry = new.into_entry(new_error_id(now), now, &self.policy);
+        let doc = serde_json::to_string(&entry).map_err(|e| StoreError(e.to_string()))?;
+        Ok([fp, doc, now.to_string(), ttl.to_string()])
+    }
+
     /// The commands `stats` sends, for the documentation and its test: one `EVALSHA` whose
     /// script reads one hash (plus a bounded expiry pass), never a key scan.
     pub fn stats_commands() -> &'static str {
@@ -379,23 +421,32 @@ impl RedisErrorStore {
 #[async_trait]
 impl ErrorStore for RedisErrorStore {
     async fn record(&self, new: NewError, now: i64) -> Result<ErrorEntry, StoreError> {
-        let fp = new.fingerprint();
-        let ttl = self.policy.ttl_ms(&new).unwrap_or(-1);
-        let entry = new.into_entry(new_error_id(now), now, &self.policy);
-        let doc = serde_json::to_string(&entry).map_err(|e| StoreError(e.to_string()))?;
+        let [fp, doc, now, ttl] = self.record_args(new, now)?;
         let raw: String = self
             .run(
                 &self.record,
                 vec![
                     fp,
                     doc,
-                    now.to_string(),
+                    now,
                     self.policy.max_entries.to_string(),
-                    ttl.to_string(),
+                    self.policy.max_successes.to_string(),
+                    ttl,
                 ],
             )
             .await?;
         decode(&raw)
+    }
+
+    async fn record_many(&self, entries: &[(NewError, i64)]) -> Result<(), StoreError> {
+        let mut args = Vec::with_capacity(2 + 4 * entries.len());
+        args.push(self.policy.max_entries.to_string());
+        args.push(self.policy.max_successes.to_string());
+        for (new, at) in entries {
+            args.extend(self.record_args(new.clone(), *at)?);
+        }
+        let _: i64 = self.run(&self.record_many, args).await?;
+        Ok(())
     }
 
     async fn get(&self, id: &str, now: i64) -> Result<Option<ErrorEntry>, StoreError> {
