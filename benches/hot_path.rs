@@ -94,6 +94,24 @@ fn store_benches(
             ))
         })
     });
+    // What last-frame callbacks cost the store: a success each, distinct, written 32 to a call
+    // as the reporter writes them; in steady state each one also auto-dismisses an older
+    // success and evicts one past the successes' cap. Time per call of 32.
+    let mut scene = 0i64;
+    c.bench_function(&format!("error_store_{backend}_successes_32"), |b| {
+        b.iter(|| {
+            let batch: Vec<_> = (0..32)
+                .map(|_| {
+                    scene += 1;
+                    (
+                        NewError::success(format!("Scene {scene} verified")),
+                        1_764_400_000_000 + scene,
+                    )
+                })
+                .collect();
+            rt.block_on(errors.record_many(&batch))
+        })
+    });
 }
 
 fn stores(c: &mut Criterion) {

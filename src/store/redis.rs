@@ -150,11 +150,21 @@ local function unindex(e)
   redis.call('ZREM', k('active:' .. e.severity), e.id)
   redis.call('ZREM', k('auto'), e.id)
 end
+-- Counter changes add up here and reach the counters hash once, at the script's end (or
+-- before a script reads it): a batch of successes moves the same few counters many times.
+local pending = {}
+local function bump(field, d) pending[field] = (pending[field] or 0) + d end
+local function flush_counts()
+  for field, d in pairs(pending) do
+    if d ~= 0 then redis.call('HINCRBY', k('counts'), field, d) end
+  end
+  pending = {}
+end
 local function counts(e, d)
-  redis.call('HINCRBY', k('counts'), 'active', d)
-  redis.call('HINCRBY', k('counts'), 's:' .. e.severity, d)
-  redis.call('HINCRBY', k('counts'), 't:' .. e.type, d)
-  redis.call('HINCRBY', k('counts'), 'x:' .. e.severity .. ':' .. e.type, d)
+  bump('active', d)
+  bump('s:' .. e.severity, d)
+  bump('t:' .. e.type, d)
+  bump('x:' .. e.severity .. ':' .. e.type, d)
 end
 local function load(id)
   local raw = redis.call('HGET', k('e:' .. id), 'doc')
@@ -171,7 +181,7 @@ local function dismiss(e, now, by, reason)
   unindex(e)
   redis.call('ZADD', k('dismissed'), now, e.id)
   counts(e, -1)
-  redis.call('HINCRBY', k('counts'), 'dismissed', 1)
+  bump('dismissed', 1)
   save(e)
 end
 local function expire(now)
@@ -182,8 +192,8 @@ local function expire(now)
   end
 end
 local function remove(id)
-  local e = load(id)
-  local fp = redis.call('HGET', k('e:' .. id), 'fp')
+  local stored = redis.call('HMGET', k('e:' .. id), 'doc', 'fp')
+  local e, fp = stored[1] and cjson.decode(stored[1]), stored[2]
   if fp and redis.call('HGET', k('groups'), fp) == id then redis.call('HDEL', k('groups'), fp) end
   redis.call('DEL', k('e:' .. id))
   redis.call('ZREM', k('all'), id)
@@ -191,7 +201,7 @@ local function remove(id)
   if e then
     if e.dismissed then
       redis.call('ZREM', k('dismissed'), id)
-      redis.call('HINCRBY', k('counts'), 'dismissed', -1)
+      bump('dismissed', -1)
     else
       unindex(e)
       counts(e, -1)
@@ -215,7 +225,7 @@ local function record(fp, newdoc, now, cap, max_successes, ttl)
         e.dismissed = false
         e.reopenedCount = (e.reopenedCount or 0) + 1
         redis.call('ZREM', k('dismissed'), e.id)
-        redis.call('HINCRBY', k('counts'), 'dismissed', -1)
+        bump('dismissed', -1)
         counts(e, 1)
       end
       if ttl >= 0 then
@@ -225,8 +235,9 @@ local function record(fp, newdoc, now, cap, max_successes, ttl)
       index(e, now)
       redis.call('ZADD', k('all'), now, e.id)
       redis.call('ZADD', k('successes'), 'XX', now, e.id)
-      save(e)
-      return cjson.encode(e)
+      local doc = cjson.encode(e)
+      redis.call('HSET', k('e:' .. e.id), 'doc', doc)
+      return doc
     end
   end
   local e = cjson.decode(newdoc)
@@ -345,6 +356,7 @@ return done
 
 const STATS_BODY: &str = r#"
 expire(tonumber(ARGV[1]))
+flush_counts()
 return redis.call('HGETALL', k('counts'))
 "#;
 
@@ -371,8 +383,11 @@ pub struct RedisErrorStore {
     cleanup: Script,
 }
 
+/// The prelude, then `body` as a function whose counter changes are written when it returns.
 fn script(body: &str) -> Script {
-    Script::from_lua(format!("{ERRORS_PRELUDE}\n{body}"))
+    Script::from_lua(format!(
+        "{ERRORS_PRELUDE}\nlocal function main()\n{body}\nend\nlocal result = main()\nflush_counts()\nreturn result"
+    ))
 }
 
 fn decode(raw: &str) -> Result<ErrorEntry, StoreError> {
