@@ -234,7 +234,7 @@ local function record(fp, newdoc, now, cap, max_successes, ttl)
       end
       index(e, now)
       redis.call('ZADD', k('all'), now, e.id)
-      redis.call('ZADD', k('successes'), 'XX', now, e.id)
+      if e.type == 'success' then redis.call('ZADD', k('successes'), now, e.id) end
       local doc = cjson.encode(e)
       redis.call('HSET', k('e:' .. e.id), 'doc', doc)
       return doc
