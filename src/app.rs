@@ -235,7 +235,7 @@ fn ticker(period: Duration) -> tokio::time::Interval {
 
 /// Database retention ([`db::prune`]) at the error store's cleanup interval, apart from the
 /// other chores: it deletes in chunks with pauses, which after a busy hour takes a while, and
-/// the error buffer's flush and the metrics' upkeep must not wait for it. A stop drops it
+/// the error store's cleanup and the metrics' upkeep must not wait for it. A stop drops it
 /// where it waits: each chunk is a statement of its own, so what went stays gone and the rest
 /// waits for the next pass.
 async fn retention(state: AppState, mut stop: watch::Receiver<bool>) {
