@@ -337,29 +337,39 @@ def remove_sqlite(db_url):
             os.remove(path + suffix)
 
 
+# The configurations `--ab` compares: key -> (name, Postgres + Redis?, webhook).
+AB_CONFIGS = {
+    "embedded": ("embedded (SQLite + in-process)", False, "video-complete"),
+    "pg": ("Postgres + Redis", True, "video-complete"),
+    "lastframe": ("embedded, last-frame callbacks", False, "last-frame-complete"),
+    "pglastframe": ("Postgres + Redis, last-frame", True, "last-frame-complete"),
+}
+
+
 def ab(baseline, rounds):
     """One build against another where this machine's drift allows it: alternating 8 s runs
     at 32 connections, each on a freshly seeded database, baseline first in every pair."""
     only = set(filter(None, os.environ.get("BENCH_ONLY", "embedded").split(",")))
-    configs = [("embedded", "embedded (SQLite + in-process)"), ("pg", "Postgres + Redis")]
-    for key, name in configs:
+    for key, (name, shared, webhook) in AB_CONFIGS.items():
         if key not in only:
             continue
         pairs = []
         for round_ in range(rounds):
             pair = []
             for exe in (baseline, EXE["scenehook"]):
-                db_url = sqlite_url() if key == "embedded" else fresh_database()
-                row = run_gateway(name, db_url, REDIS if key == "pg" else "", 1, exe)[0]
+                db_url = fresh_database() if shared else sqlite_url()
+                row = run_gateway(name, db_url, REDIS if shared else "", 1, exe, webhook)[0]
                 if db_url.startswith("sqlite"):
                     remove_sqlite(db_url)
                 pair.append(row)
             pairs.append(pair)
             old, new = pair
-            print(f"{name}, pair {round_ + 1}: baseline {old['requests']:8,} requests "
-                  f"(p99 {old['p99_us'] / 1000:5.2f} ms), this build {new['requests']:8,} "
-                  f"(p99 {new['p99_us'] / 1000:5.2f} ms): {new['requests'] / old['requests'] - 1:+.1%}",
-                  flush=True)
+            side = lambda r: (f"{r['requests']:8,} requests (p99 {r['p99_us'] / 1000:5.2f} ms, "
+                              f"{r['cpu_ms_per_1000']:.0f} us CPU, "
+                              f"{r['redis_per_webhook']:.3f} Redis/webhook, "
+                              f"peak {r['peak_rss_mib']:.1f} MiB)")
+            print(f"{name}, pair {round_ + 1}: baseline {side(old)}, this build {side(new)}: "
+                  f"{new['requests'] / old['requests'] - 1:+.1%}", flush=True)
         ratios = [new["requests"] / old["requests"] for old, new in pairs]
         ahead = sum(r > 1.01 for r in ratios)
         behind = sum(r < 0.99 for r in ratios)
