@@ -485,3 +485,45 @@ async fn ten_thousand_failures_one_entry_and_stats_without_scanning() {
     assert_eq!(delta("scan") + delta("keys"), 0);
     assert!(RedisErrorStore::stats_commands().contains("HGETALL"));
 }
+
+/// A batch of reports is one script, and a script holds Redis while it runs: however many
+/// entries it records, it dismisses at most 500 due entries (as one `record` always did), so
+/// that a backlog of due entries costs a few bounded calls, not one long one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_dismisses_a_bounded_number_of_due_entries() {
+    use fred::interfaces::SortedSetsInterface;
+    let Some(url) = redis_url("redis_expire_budget") else {
+        return;
+    };
+    let client = redis_store::connect(&url, Duration::from_secs(2))
+        .await
+        .unwrap();
+    let prefix = random_prefix();
+    let policy = ErrorPolicy {
+        max_entries: 10_000,
+        ..POLICY
+    };
+    let store = RedisErrorStore::new(client.clone(), &prefix, policy);
+    let infos: Vec<_> = (0..2_000)
+        .map(|i| {
+            let info = NewError::new(Severity::Info, ErrorType::System, format!("info {i}"));
+            (info, T0)
+        })
+        .collect();
+    for chunk in infos.chunks(500) {
+        store.record_many(chunk).await.unwrap();
+    }
+    // All 2,000 are due (info lives 60 s); one batch of 32 comes.
+    let later: Vec<_> = (0..32)
+        .map(|i| {
+            let warning = NewError::warning(ErrorType::Webhook, format!("warning {i}"));
+            (warning, T0 + 61_000 + i)
+        })
+        .collect();
+    store.record_many(&later).await.unwrap();
+    let dismissed: u64 = client
+        .zcard(format!("{{{prefix}:errors}}:dismissed"))
+        .await
+        .unwrap();
+    assert_eq!(dismissed, 500);
+}

@@ -184,8 +184,13 @@ local function dismiss(e, now, by, reason)
   bump('dismissed', 1)
   save(e)
 end
+-- At most 500 due entries are dismissed per script, however many entries it records: a
+-- script holds Redis, every instance's rate-limit decisions included, while it runs.
+local expire_budget = 500
 local function expire(now)
-  local due = redis.call('ZRANGEBYSCORE', k('auto'), '-inf', now, 'LIMIT', 0, 500)
+  if expire_budget <= 0 then return end
+  local due = redis.call('ZRANGEBYSCORE', k('auto'), '-inf', now, 'LIMIT', 0, expire_budget)
+  expire_budget = expire_budget - #due
   for _, id in ipairs(due) do
     local e = load(id)
     if e then dismiss(e, now, 'auto', 'auto-dismissed') else redis.call('ZREM', k('auto'), id) end
