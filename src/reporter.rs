@@ -47,6 +47,9 @@ struct Inner {
 struct Queue {
     problems: VecDeque<(NewError, i64)>,
     successes: VecDeque<(NewError, i64)>,
+    /// Entries taken for the store call in progress (until the next `take` or `put_back`):
+    /// not written yet either.
+    in_flight: usize,
 }
 
 impl Queue {
@@ -63,10 +66,11 @@ impl Queue {
         queue.push_back((entry, at));
     }
 
-    /// Up to `WRITE_BATCH` entries, problems first.
+    /// Up to `WRITE_BATCH` entries, problems first, for one store call.
     fn take(&mut self) -> Vec<(NewError, i64)> {
         let from_problems = self.problems.len().min(WRITE_BATCH);
         let from_successes = self.successes.len().min(WRITE_BATCH - from_problems);
+        self.in_flight = from_problems + from_successes;
         self.problems
             .drain(..from_problems)
             .chain(self.successes.drain(..from_successes))
@@ -75,6 +79,7 @@ impl Queue {
 
     /// Puts a batch that could not be written back in front of what was queued since.
     fn put_back(&mut self, batch: Vec<(NewError, i64)>) {
+        self.in_flight = 0;
         let mut later = std::mem::take(self);
         for (entry, at) in batch {
             self.push(entry, at);
@@ -85,7 +90,7 @@ impl Queue {
     }
 
     fn len(&self) -> usize {
-        self.problems.len() + self.successes.len()
+        self.problems.len() + self.successes.len() + self.in_flight
     }
 }
 
