@@ -278,7 +278,8 @@ impl ErrorState {
             let before = IndexKeys::of(&entry);
             self.all.remove(&(entry.last_seen_at, id.clone()));
             self.all.insert((now, id.clone()));
-            if self.successes.remove(&(entry.last_seen_at, id.clone())) {
+            if entry.kind == ErrorType::Success {
+                self.successes.remove(&(entry.last_seen_at, id.clone()));
                 self.successes.insert((now, id.clone()));
             }
             if entry.dismissed {
