@@ -424,6 +424,144 @@ async fn successes_evict_only_successes(backend: Backend) {
     assert_eq!(stats.by_type.get("success"), Some(&5));
 }
 
+/// What an entry looks like to an operator, ids aside (each store makes its own).
+type Seen = (
+    String,
+    String,
+    String,
+    u64,
+    i64,
+    i64,
+    bool,
+    Option<i64>,
+    u64,
+    Option<i64>,
+);
+
+async fn everything(store: &dyn ErrorStore, now: i64) -> (Vec<Seen>, String) {
+    let page = store
+        .list(
+            &ListQuery {
+                include_dismissed: true,
+                limit: 1_000,
+                ..Default::default()
+            },
+            now,
+        )
+        .await
+        .unwrap();
+    let mut seen: Vec<Seen> = page
+        .errors
+        .into_iter()
+        .map(|e| {
+            (
+                e.message,
+                e.severity.as_str().to_owned(),
+                e.kind.as_str().to_owned(),
+                e.count,
+                e.created_at,
+                e.last_seen_at,
+                e.dismissed,
+                e.dismissed_at,
+                e.reopened_count,
+                e.auto_dismiss_at,
+            )
+        })
+        .collect();
+    seen.sort();
+    (seen, format!("{:?}", store.stats(now).await.unwrap()))
+}
+
+/// The Redis script and the in-process store agree, entry for entry, over a long stream of
+/// batches: grouping, reopening, auto-dismissal within and between batches, dismissals by
+/// an operator, and both caps with every class of victim. Times are distinct, so that ties
+/// (broken by id, which each store makes its own) never choose a victim.
+async fn batches_land_as_in_the_in_process_store(backend: Backend) {
+    let policy = ErrorPolicy {
+        max_entries: 40,
+        max_successes: 8,
+        success_ttl_ms: 2_000,
+        info_ttl_ms: 9_000,
+        warning_ttl_ms: 30_000,
+        ..POLICY
+    };
+    let Some((redis, _)) = stores(backend, "batches_agree", policy).await else {
+        return;
+    };
+    let memory = MemoryErrorStore::new(policy);
+    // xorshift64: the same stream every run, so that a failure reproduces.
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    let mut next = move |n: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % n
+    };
+    let mut now = T0;
+    let (mut full, mut reopened, mut auto_dismissed, mut errors_evicted) =
+        (false, false, false, false);
+    for round in 0..80 {
+        let batch: Vec<_> = (0..=next(40))
+            .map(|_| {
+                now += 1 + next(400) as i64;
+                let new = match next(7) {
+                    0..=2 => NewError::success(format!("Scene {} verified", next(14))),
+                    3 => NewError::new(
+                        Severity::Info,
+                        ErrorType::System,
+                        format!("info {}", next(12)),
+                    ),
+                    4 => NewError::warning(ErrorType::Webhook, format!("warning {}", next(12))),
+                    5 => NewError::new(
+                        Severity::Error,
+                        ErrorType::Generation,
+                        format!("error {}", next(30)),
+                    ),
+                    _ => NewError::critical(ErrorType::System, format!("critical {}", next(3))),
+                };
+                (new, now)
+            })
+            .collect();
+        redis.record_many(&batch).await.unwrap();
+        memory.record_many(&batch).await.unwrap();
+        now += 1;
+        if round % 5 == 2 {
+            // An operator dismisses the third newest active entry in each store: the same one.
+            let active = ListQuery {
+                limit: 3,
+                ..Default::default()
+            };
+            for store in [&*redis, &memory as &dyn ErrorStore] {
+                if let Some(e) = store.list(&active, now).await.unwrap().errors.get(2) {
+                    store
+                        .dismiss(&e.id, "ops", Some("seen"), now)
+                        .await
+                        .unwrap();
+                }
+            }
+        }
+        now += 1;
+        let (redis_seen, memory_seen) = (
+            everything(&*redis, now).await,
+            everything(&memory, now).await,
+        );
+        assert_eq!(redis_seen, memory_seen, "after batch {round}");
+        let seen = &memory_seen.0;
+        full |= seen.len() == 40;
+        reopened |= seen.iter().any(|e| e.8 > 0);
+        auto_dismissed |= seen.iter().any(|e| e.6 && e.2 == "success");
+        errors_evicted |= seen.len() == 40 && seen.iter().filter(|e| e.2 == "success").count() == 0;
+    }
+    assert!(
+        full && reopened && auto_dismissed && errors_evicted,
+        "the stream exercises what it is for: full {full}, reopened {reopened}, \
+         auto-dismissed {auto_dismissed}, errors evicted {errors_evicted}"
+    );
+}
+
+backend_tests!(redis_agrees, Shared; batches_land_as_in_the_in_process_store);
+backend_tests!(cluster_agrees, Cluster; batches_land_as_in_the_in_process_store);
+
 on_all_backends!(
     successes_evict_only_successes,
     a_hundred_thousand_distinct_entries_stay_under_the_cap,

@@ -267,11 +267,29 @@ impl ErrorState {
         }
     }
 
+    /// Records `entries` in order and returns the last one as stored. Due entries are
+    /// dismissed once, at the batch's earliest time, and the caps apply once, after the last
+    /// entry: the same entries go as if each entry had applied them (the oldest by the caps'
+    /// order). The Redis store's script does the same.
+    fn record_batch(
+        &mut self,
+        entries: &[(NewError, i64)],
+        policy: &ErrorPolicy,
+    ) -> Option<ErrorEntry> {
+        let earliest = entries.iter().map(|(_, at)| *at).min()?;
+        self.expire(earliest);
+        let last = entries
+            .iter()
+            .map(|(new, now)| self.upsert(new.clone(), *now, policy))
+            .last();
+        self.enforce_caps(policy);
+        last
+    }
+
     /// Records `new` at `now`, or counts it again on its group's entry.
-    fn record(&mut self, new: NewError, now: i64, policy: &ErrorPolicy) -> ErrorEntry {
+    fn upsert(&mut self, new: NewError, now: i64, policy: &ErrorPolicy) -> ErrorEntry {
         let fp = new.fingerprint();
         let ttl = policy.ttl_ms(&new);
-        self.expire(now);
         if let Some(id) = self.groups.get(fp.as_str()).cloned()
             && let Some((mut entry, fp)) = self.entries.remove(&id)
         {
@@ -310,7 +328,6 @@ impl ErrorState {
         self.index(&id, &entry, now);
         self.count_active(IndexKeys::of(&entry), 1);
         self.entries.insert(id, (entry.clone(), fp));
-        self.enforce_caps(policy);
         entry
     }
 
@@ -338,14 +355,14 @@ impl ErrorState {
 #[async_trait]
 impl ErrorStore for MemoryErrorStore {
     async fn record(&self, new: NewError, now: i64) -> Result<ErrorEntry, StoreError> {
-        Ok(self.state.lock().record(new, now, &self.policy))
+        let entry = (self.state.lock())
+            .record_batch(&[(new, now)], &self.policy)
+            .expect("one entry was recorded");
+        Ok(entry)
     }
 
     async fn record_many(&self, entries: &[(NewError, i64)]) -> Result<(), StoreError> {
-        let mut s = self.state.lock();
-        for (new, at) in entries {
-            s.record(new.clone(), *at, &self.policy);
-        }
+        self.state.lock().record_batch(entries, &self.policy);
         Ok(())
     }
 

@@ -138,12 +138,43 @@ impl RateLimitStore for RedisRateLimiter {
 }
 
 /// Lua shared by the error-store scripts: key naming, counters, dismissal, expiry, removal.
+///
+/// Work on many entries sends each sorted set or shared hash one command for all of them
+/// (`ZADD`/`ZREM`/`HSET`/`HDEL` with many members), not one per entry: in a batch of
+/// successes, that per-entry work was most of the script's time.
 const ERRORS_PRELUDE: &str = r#"
 local base = KEYS[1]
 local function k(s) return base .. ':' .. s end
+-- One command with `args` after `head`, sent in slices of at most 1,000 (an even count, so
+-- score/member pairs stay whole), as Lua's `unpack` has a bounded stack.
+local function call_many(cmd, key, args)
+  for i = 1, #args, 1000 do
+    redis.call(cmd, key, unpack(args, i, math.min(i + 999, #args)))
+  end
+end
+local function hmget_many(key, fields)
+  local values = {}
+  for i = 1, #fields, 1000 do
+    local part = redis.call('HMGET', key, unpack(fields, i, math.min(i + 999, #fields)))
+    for j = 1, #part do values[i + j - 1] = part[j] end
+  end
+  return values
+end
+-- Sorted-set additions wait here until `flush_adds` (before any read of those sets).
+local adds = {}
+local function add_later(set, score, id)
+  local list = adds[set]
+  if not list then list = {} adds[set] = list end
+  list[#list + 1] = score
+  list[#list + 1] = id
+end
+local function flush_adds()
+  for set, list in pairs(adds) do call_many('ZADD', k(set), list) end
+  adds = {}
+end
 local function index(e, score)
-  redis.call('ZADD', k('active'), score, e.id)
-  redis.call('ZADD', k('active:' .. e.severity), score, e.id)
+  add_later('active', score, e.id)
+  add_later('active:' .. e.severity, score, e.id)
 end
 local function unindex(e)
   redis.call('ZREM', k('active'), e.id)
@@ -172,17 +203,26 @@ local function load(id)
   return cjson.decode(raw)
 end
 local function save(e) redis.call('HSET', k('e:' .. e.id), 'doc', cjson.encode(e)) end
-local function dismiss(e, now, by, reason)
-  if e.dismissed then return end
+local function mark_dismissed(e, now, by, reason)
   e.dismissed = true
   e.dismissedAt = now
   e.dismissedBy = by
   if reason and reason ~= '' then e.dismissReason = reason else e.dismissReason = cjson.null end
-  unindex(e)
-  redis.call('ZADD', k('dismissed'), now, e.id)
   counts(e, -1)
   bump('dismissed', 1)
   save(e)
+end
+local function dismiss(e, now, by, reason)
+  if e.dismissed then return end
+  mark_dismissed(e, now, by, reason)
+  unindex(e)
+  redis.call('ZADD', k('dismissed'), now, e.id)
+end
+-- Ids grouped by severity, for the per-severity indexes.
+local function by_severity(list, e)
+  local ids = list[e.severity]
+  if not ids then ids = {} list[e.severity] = ids end
+  ids[#ids + 1] = e.id
 end
 -- At most 500 due entries are dismissed per script, however many entries it records: a
 -- script holds Redis, every instance's rate-limit decisions included, while it runs.
@@ -191,38 +231,87 @@ local function expire(now)
   if expire_budget <= 0 then return end
   local due = redis.call('ZRANGEBYSCORE', k('auto'), '-inf', now, 'LIMIT', 0, expire_budget)
   expire_budget = expire_budget - #due
+  if #due == 0 then return end
+  local gone, sevs, dismissed = {}, {}, {}
   for _, id in ipairs(due) do
     local e = load(id)
-    if e then dismiss(e, now, 'auto', 'auto-dismissed') else redis.call('ZREM', k('auto'), id) end
-  end
-end
-local function remove(id)
-  local stored = redis.call('HMGET', k('e:' .. id), 'doc', 'fp')
-  local e, fp = stored[1] and cjson.decode(stored[1]), stored[2]
-  if fp and redis.call('HGET', k('groups'), fp) == id then redis.call('HDEL', k('groups'), fp) end
-  redis.call('DEL', k('e:' .. id))
-  redis.call('ZREM', k('all'), id)
-  redis.call('ZREM', k('successes'), id)
-  if e then
-    if e.dismissed then
-      redis.call('ZREM', k('dismissed'), id)
-      bump('dismissed', -1)
-    else
-      unindex(e)
-      counts(e, -1)
+    if e and not e.dismissed then
+      mark_dismissed(e, now, 'auto', 'auto-dismissed')
+      gone[#gone + 1] = id
+      by_severity(sevs, e)
+      dismissed[#dismissed + 1] = now
+      dismissed[#dismissed + 1] = id
     end
   end
+  call_many('ZREM', k('auto'), due)
+  call_many('ZREM', k('active'), gone)
+  for sev, ids in pairs(sevs) do call_many('ZREM', k('active:' .. sev), ids) end
+  call_many('ZADD', k('dismissed'), dismissed)
+end
+-- Removes entries for good: documents, group links, every index, counters.
+local function remove_many(ids)
+  if #ids == 0 then return end
+  local fps, owners, keys, active, sevs, dismissed = {}, {}, {}, {}, {}, {}
+  for _, id in ipairs(ids) do
+    local stored = redis.call('HMGET', k('e:' .. id), 'doc', 'fp')
+    local e, fp = stored[1] and cjson.decode(stored[1]), stored[2]
+    if fp then
+      fps[#fps + 1] = fp
+      owners[#owners + 1] = id
+    end
+    keys[#keys + 1] = k('e:' .. id)
+    if e then
+      if e.dismissed then
+        dismissed[#dismissed + 1] = id
+        bump('dismissed', -1)
+      else
+        active[#active + 1] = id
+        by_severity(sevs, e)
+        counts(e, -1)
+      end
+    end
+  end
+  if #fps > 0 then
+    local linked = hmget_many(k('groups'), fps)
+    local unlink = {}
+    for i, fp in ipairs(fps) do
+      if linked[i] == owners[i] then unlink[#unlink + 1] = fp end
+    end
+    call_many('HDEL', k('groups'), unlink)
+  end
+  for i = 1, #keys, 1000 do redis.call('DEL', unpack(keys, i, math.min(i + 999, #keys))) end
+  call_many('ZREM', k('all'), ids)
+  call_many('ZREM', k('successes'), ids)
+  call_many('ZREM', k('dismissed'), dismissed)
+  call_many('ZREM', k('active'), active)
+  call_many('ZREM', k('auto'), active)
+  for sev, list in pairs(sevs) do call_many('ZREM', k('active:' .. sev), list) end
 end
 "#;
 
-/// `record(fp, newdoc, now, cap, max_successes, ttl)`: one entry, as the in-process store's
-/// `record` does, caps included. Shared by `RECORD_BODY` and `RECORD_MANY_BODY`.
+/// `record_batch(entries, cap, max_successes)`: records entries in order, as the in-process
+/// store's `record` does one after the other, and returns the last one's document. Each entry
+/// is `{fp, doc, now, ttl, id, severity, type}` (`ttl` -1: none). Due entries are dismissed
+/// once, at the batch's earliest time, and the caps apply once, after the last entry: the
+/// same entries go as if each entry had applied them (the oldest by the caps' order), in a
+/// few commands instead of a few per entry.
 const RECORD_FUNCTION: &str = r#"
-local function record(fp, newdoc, now, cap, max_successes, ttl)
-  expire(now)
-  local existing = redis.call('HGET', k('groups'), fp)
-  if existing then
-    local e = load(existing)
+local function record_batch(entries, cap, max_successes)
+  local earliest = entries[1].now
+  for _, n in ipairs(entries) do earliest = math.min(earliest, n.now) end
+  expire(earliest)
+  local fps = {}
+  for i, n in ipairs(entries) do fps[i] = n.fp end
+  local groups = {}
+  local linked = hmget_many(k('groups'), fps)
+  for i, fp in ipairs(fps) do
+    if linked[i] then groups[fp] = linked[i] end
+  end
+  local new_groups = {}
+  local last
+  for _, n in ipairs(entries) do
+    local now, ttl = n.now, n.ttl
+    local e = groups[n.fp] and load(groups[n.fp])
     if e then
       e.count = e.count + 1
       e.lastSeenAt = now
@@ -235,61 +324,53 @@ local function record(fp, newdoc, now, cap, max_successes, ttl)
       end
       if ttl >= 0 then
         e.autoDismissAt = now + ttl
-        redis.call('ZADD', k('auto'), now + ttl, e.id)
+        add_later('auto', now + ttl, e.id)
       end
-      index(e, now)
-      redis.call('ZADD', k('all'), now, e.id)
-      if e.type == 'success' then redis.call('ZADD', k('successes'), now, e.id) end
-      local doc = cjson.encode(e)
-      redis.call('HSET', k('e:' .. e.id), 'doc', doc)
-      return doc
+      last = cjson.encode(e)
+      redis.call('HSET', k('e:' .. e.id), 'doc', last)
+    else
+      e = {id = n.id, severity = n.severity, type = n.type}
+      redis.call('HSET', k('e:' .. e.id), 'doc', n.doc, 'fp', n.fp)
+      groups[n.fp] = e.id
+      new_groups[#new_groups + 1] = n.fp
+      new_groups[#new_groups + 1] = e.id
+      if ttl >= 0 then add_later('auto', now + ttl, e.id) end
+      counts(e, 1)
+      last = n.doc
     end
+    index(e, now)
+    add_later('all', now, e.id)
+    if e.type == 'success' then add_later('successes', now, e.id) end
   end
-  local e = cjson.decode(newdoc)
-  redis.call('HSET', k('e:' .. e.id), 'doc', newdoc, 'fp', fp)
-  redis.call('HSET', k('groups'), fp, e.id)
-  index(e, now)
-  redis.call('ZADD', k('all'), now, e.id)
-  if ttl >= 0 then redis.call('ZADD', k('auto'), now + ttl, e.id) end
-  counts(e, 1)
-  -- Successes recycle their own room: the oldest success goes, never an error's entry.
-  if e.type == 'success' then
-    redis.call('ZADD', k('successes'), now, e.id)
-    local excess = redis.call('ZCARD', k('successes')) - max_successes
-    while excess > 0 do
-      remove(redis.call('ZRANGE', k('successes'), 0, 0)[1])
-      excess = excess - 1
-    end
-  end
-  -- The hard cap: evict the oldest success, the oldest dismissed, then the oldest info,
+  call_many('HSET', k('groups'), new_groups)
+  flush_adds()
+  -- Successes recycle their own room: the oldest successes go, never an error's entry.
+  local excess = redis.call('ZCARD', k('successes')) - max_successes
+  if excess > 0 then remove_many(redis.call('ZRANGE', k('successes'), 0, excess - 1)) end
+  -- The cap on all entries: the oldest successes, the oldest dismissed, then the oldest info,
   -- warning, error; never a critical.
-  local excess = redis.call('ZCARD', k('all')) - cap
-  while excess > 0 do
-    local victim = redis.call('ZRANGE', k('successes'), 0, 0)[1]
-    if not victim then victim = redis.call('ZRANGE', k('dismissed'), 0, 0)[1] end
-    for _, sev in ipairs({'info', 'warning', 'error'}) do
-      if victim then break end
-      victim = redis.call('ZRANGE', k('active:' .. sev), 0, 0)[1]
-    end
-    if not victim then break end
-    remove(victim)
-    excess = excess - 1
+  excess = redis.call('ZCARD', k('all')) - cap
+  for _, set in ipairs({'successes', 'dismissed', 'active:info', 'active:warning', 'active:error'}) do
+    if excess <= 0 then break end
+    local victims = redis.call('ZRANGE', k(set), 0, excess - 1)
+    remove_many(victims)
+    excess = excess - #victims
   end
-  return newdoc
+  return last
+end
+-- ARGV from `first`: cap, max_successes, then 7 fields per entry (see `record_batch`).
+local function record_args(first)
+  local entries = {}
+  for i = first + 2, #ARGV, 7 do
+    entries[#entries + 1] = {fp = ARGV[i], doc = ARGV[i + 1], now = tonumber(ARGV[i + 2]),
+      ttl = tonumber(ARGV[i + 3]), id = ARGV[i + 4], severity = ARGV[i + 5], type = ARGV[i + 6]}
+  end
+  return record_batch(entries, tonumber(ARGV[first]), tonumber(ARGV[first + 1]))
 end
 "#;
 
 const RECORD_BODY: &str = r#"
-return record(ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]))
-"#;
-
-/// ARGV: cap, max_successes, then (fp, doc, now, ttl) per entry.
-const RECORD_MANY_BODY: &str = r#"
-local cap, max_successes = tonumber(ARGV[1]), tonumber(ARGV[2])
-for i = 3, #ARGV, 4 do
-  record(ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), cap, max_successes, tonumber(ARGV[i + 3]))
-end
-return (#ARGV - 2) / 4
+return record_args(1)
 "#;
 
 const GET_BODY: &str = r#"
@@ -369,7 +450,7 @@ const CLEANUP_BODY: &str = r#"
 local now, retention = tonumber(ARGV[1]), tonumber(ARGV[2])
 expire(now)
 local old = redis.call('ZRANGEBYSCORE', k('dismissed'), '-inf', '(' .. (now - retention), 'LIMIT', 0, 1000)
-for _, id in ipairs(old) do remove(id) end
+remove_many(old)
 return #old
 "#;
 
@@ -379,7 +460,6 @@ pub struct RedisErrorStore {
     base: String,
     policy: ErrorPolicy,
     record: Script,
-    record_many: Script,
     get: Script,
     list: Script,
     dismiss: Script,
@@ -406,7 +486,6 @@ impl RedisErrorStore {
             base: format!("{{{prefix}:errors}}"),
             policy,
             record: script(&format!("{RECORD_FUNCTION}\n{RECORD_BODY}")),
-            record_many: script(&format!("{RECORD_FUNCTION}\n{RECORD_MANY_BODY}")),
             get: script(GET_BODY),
             list: script(LIST_BODY),
             dismiss: script(DISMISS_BODY),
@@ -422,13 +501,31 @@ impl RedisErrorStore {
             .await?)
     }
 
-    /// A new entry's script arguments: fingerprint, document, time, time to live (-1: none).
-    fn record_args(&self, new: NewError, now: i64) -> Result<[String; 4], StoreError> {
-        let fp = new.fingerprint();
-        let ttl = self.policy.ttl_ms(&new).unwrap_or(-1);
-        let entry = new.into_entry(new_error_id(now), now, &self.policy);
-        let doc = serde_json::to_string(&entry).map_err(|e| StoreError(e.to_string()))?;
-        Ok([fp, doc, now.to_string(), ttl.to_string()])
+    /// The record script's arguments: the caps, then per entry its fingerprint, document, time,
+    /// time to live (-1: none), id, severity and type (so that the script decodes no document
+    /// to index a new entry). The returned document is the last entry's, as stored.
+    fn record_args<'a>(
+        &self,
+        entries: impl ExactSizeIterator<Item = (&'a NewError, i64)>,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut args = Vec::with_capacity(2 + 7 * entries.len());
+        args.push(self.policy.max_entries.to_string());
+        args.push(self.policy.max_successes.to_string());
+        for (new, now) in entries {
+            let ttl = self.policy.ttl_ms(new).unwrap_or(-1);
+            let entry = new.clone().into_entry(new_error_id(now), now, &self.policy);
+            let doc = serde_json::to_string(&entry).map_err(|e| StoreError(e.to_string()))?;
+            args.extend([
+                new.fingerprint(),
+                doc,
+                now.to_string(),
+                ttl.to_string(),
+                entry.id,
+                entry.severity.as_str().to_owned(),
+                entry.kind.as_str().to_owned(),
+            ]);
+        }
+        Ok(args)
     }
 
     /// The commands `stats` sends, for the documentation and its test: one `EVALSHA` whose
@@ -441,31 +538,17 @@ impl RedisErrorStore {
 #[async_trait]
 impl ErrorStore for RedisErrorStore {
     async fn record(&self, new: NewError, now: i64) -> Result<ErrorEntry, StoreError> {
-        let [fp, doc, now, ttl] = self.record_args(new, now)?;
-        let raw: String = self
-            .run(
-                &self.record,
-                vec![
-                    fp,
-                    doc,
-                    now,
-                    self.policy.max_entries.to_string(),
-                    self.policy.max_successes.to_string(),
-                    ttl,
-                ],
-            )
-            .await?;
+        let args = self.record_args(std::iter::once((&new, now)))?;
+        let raw: String = self.run(&self.record, args).await?;
         decode(&raw)
     }
 
     async fn record_many(&self, entries: &[(NewError, i64)]) -> Result<(), StoreError> {
-        let mut args = Vec::with_capacity(2 + 4 * entries.len());
-        args.push(self.policy.max_entries.to_string());
-        args.push(self.policy.max_successes.to_string());
-        for (new, at) in entries {
-            args.extend(self.record_args(new.clone(), *at)?);
+        if entries.is_empty() {
+            return Ok(());
         }
-        let _: i64 = self.run(&self.record_many, args).await?;
+        let args = self.record_args(entries.iter().map(|(new, at)| (new, *at)))?;
+        let _: String = self.run(&self.record, args).await?;
         Ok(())
     }
 
