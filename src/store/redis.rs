@@ -232,14 +232,14 @@ local function expire(now)
   local due = redis.call('ZRANGEBYSCORE', k('auto'), '-inf', now, 'LIMIT', 0, expire_budget)
   expire_budget = expire_budget - #due
   if #due == 0 then return end
-  local gone, sevs, dismissed = {}, {}, {}
+  local gone, sevs, dismissed, at = {}, {}, {}, string.format('%d', now)
   for _, id in ipairs(due) do
     local e = load(id)
     if e and not e.dismissed then
       mark_dismissed(e, now, 'auto', 'auto-dismissed')
       gone[#gone + 1] = id
       by_severity(sevs, e)
-      dismissed[#dismissed + 1] = now
+      dismissed[#dismissed + 1] = at
       dismissed[#dismissed + 1] = id
     end
   end
@@ -291,14 +291,16 @@ end
 
 /// `record_batch(entries, cap, max_successes)`: records entries in order, as the in-process
 /// store's `record` does one after the other, and returns the last one's document. Each entry
-/// is `{fp, doc, now, ttl, id, severity, type}` (`ttl` -1: none). Due entries are dismissed
+/// is `{fp, doc, at, due, id, severity, type}`: the time it was seen and its auto-dismissal
+/// time ('' for none) as the decimal strings the sorted sets take, so that no command formats
+/// a Lua number again. Due entries are dismissed
 /// once, at the batch's earliest time, and the caps apply once, after the last entry: the
 /// same entries go as if each entry had applied them (the oldest by the caps' order), in a
 /// few commands instead of a few per entry.
 const RECORD_FUNCTION: &str = r#"
 local function record_batch(entries, cap, max_successes)
-  local earliest = entries[1].now
-  for _, n in ipairs(entries) do earliest = math.min(earliest, n.now) end
+  local earliest = tonumber(entries[1].at)
+  for _, n in ipairs(entries) do earliest = math.min(earliest, tonumber(n.at)) end
   expire(earliest)
   local fps = {}
   for i, n in ipairs(entries) do fps[i] = n.fp end
@@ -310,11 +312,11 @@ local function record_batch(entries, cap, max_successes)
   local new_groups = {}
   local last
   for _, n in ipairs(entries) do
-    local now, ttl = n.now, n.ttl
+    local at, due = n.at, n.due
     local e = groups[n.fp] and load(groups[n.fp])
     if e then
       e.count = e.count + 1
-      e.lastSeenAt = now
+      e.lastSeenAt = tonumber(at)
       if e.dismissed then
         e.dismissed = false
         e.reopenedCount = (e.reopenedCount or 0) + 1
@@ -322,9 +324,9 @@ local function record_batch(entries, cap, max_successes)
         bump('dismissed', -1)
         counts(e, 1)
       end
-      if ttl >= 0 then
-        e.autoDismissAt = now + ttl
-        add_later('auto', now + ttl, e.id)
+      if due ~= '' then
+        e.autoDismissAt = tonumber(due)
+        add_later('auto', due, e.id)
       end
       last = cjson.encode(e)
       redis.call('HSET', k('e:' .. e.id), 'doc', last)
@@ -334,13 +336,13 @@ local function record_batch(entries, cap, max_successes)
       groups[n.fp] = e.id
       new_groups[#new_groups + 1] = n.fp
       new_groups[#new_groups + 1] = e.id
-      if ttl >= 0 then add_later('auto', now + ttl, e.id) end
+      if due ~= '' then add_later('auto', due, e.id) end
       counts(e, 1)
       last = n.doc
     end
-    index(e, now)
-    add_later('all', now, e.id)
-    if e.type == 'success' then add_later('successes', now, e.id) end
+    index(e, at)
+    add_later('all', at, e.id)
+    if e.type == 'success' then add_later('successes', at, e.id) end
   end
   call_many('HSET', k('groups'), new_groups)
   flush_adds()
@@ -362,8 +364,8 @@ end
 local function record_args(first)
   local entries = {}
   for i = first + 2, #ARGV, 7 do
-    entries[#entries + 1] = {fp = ARGV[i], doc = ARGV[i + 1], now = tonumber(ARGV[i + 2]),
-      ttl = tonumber(ARGV[i + 3]), id = ARGV[i + 4], severity = ARGV[i + 5], type = ARGV[i + 6]}
+    entries[#entries + 1] = {fp = ARGV[i], doc = ARGV[i + 1], at = ARGV[i + 2],
+      due = ARGV[i + 3], id = ARGV[i + 4], severity = ARGV[i + 5], type = ARGV[i + 6]}
   end
   return record_batch(entries, tonumber(ARGV[first]), tonumber(ARGV[first + 1]))
 end
@@ -502,8 +504,8 @@ impl RedisErrorStore {
     }
 
     /// The record script's arguments: the caps, then per entry its fingerprint, document, time,
-    /// time to live (-1: none), id, severity and type (so that the script decodes no document
-    /// to index a new entry). The returned document is the last entry's, as stored.
+    /// auto-dismissal time ('' for none), id, severity and type (so that the script decodes no
+    /// document to index a new entry). The returned document is the last entry's, as stored.
     fn record_args<'a>(
         &self,
         entries: impl ExactSizeIterator<Item = (&'a NewError, i64)>,
@@ -512,14 +514,17 @@ impl RedisErrorStore {
         args.push(self.policy.max_entries.to_string());
         args.push(self.policy.max_successes.to_string());
         for (new, now) in entries {
-            let ttl = self.policy.ttl_ms(new).unwrap_or(-1);
             let entry = new.clone().into_entry(new_error_id(now), now, &self.policy);
+            let due = entry
+                .auto_dismiss_at
+                .map(|t| t.to_string())
+                .unwrap_or_default();
             let doc = serde_json::to_string(&entry).map_err(|e| StoreError(e.to_string()))?;
             args.extend([
                 new.fingerprint(),
                 doc,
                 now.to_string(),
-                ttl.to_string(),
+                due,
                 entry.id,
                 entry.severity.as_str().to_owned(),
                 entry.kind.as_str().to_owned(),
