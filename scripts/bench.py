@@ -364,8 +364,10 @@ def ab(baseline, rounds):
                 pair.append(row)
             pairs.append(pair)
             old, new = pair
+            redis_cpu = lambda r: (f"{r['redis_cpu_ms_per_1000']:.0f} us Redis CPU, "
+                                   if shared else "")
             side = lambda r: (f"{r['requests']:8,} requests (p99 {r['p99_us'] / 1000:5.2f} ms, "
-                              f"{r['cpu_ms_per_1000']:.0f} us CPU, "
+                              f"{r['cpu_ms_per_1000']:.0f} us CPU, {redis_cpu(r)}"
                               f"{r['redis_per_webhook']:.3f} Redis/webhook, "
                               f"peak {r['peak_rss_mib']:.1f} MiB)")
             print(f"{name}, pair {round_ + 1}: baseline {side(old)}, this build {side(new)}: "

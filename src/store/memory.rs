@@ -270,7 +270,8 @@ impl ErrorState {
     /// Records `entries` in order and returns the last one as stored. Due entries are
     /// dismissed once, at the batch's earliest time, and the caps apply once, after the last
     /// entry: the same entries go as if each entry had applied them (the oldest by the caps'
-    /// order). The Redis store's script does the same.
+    /// order), except that an entry evicted by its own batch's caps and reported again in it
+    /// is counted again instead of starting anew. The Redis store's script does the same.
     fn record_batch(
         &mut self,
         entries: &[(NewError, i64)],
@@ -278,10 +279,10 @@ impl ErrorState {
     ) -> Option<ErrorEntry> {
         let earliest = entries.iter().map(|(_, at)| *at).min()?;
         self.expire(earliest);
-        let last = entries
-            .iter()
-            .map(|(new, now)| self.upsert(new.clone(), *now, policy))
-            .last();
+        let mut last = None;
+        for (new, now) in entries {
+            last = Some(self.upsert(new.clone(), *now, policy));
+        }
         self.enforce_caps(policy);
         last
     }

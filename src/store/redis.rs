@@ -145,8 +145,8 @@ impl RateLimitStore for RedisRateLimiter {
 const ERRORS_PRELUDE: &str = r#"
 local base = KEYS[1]
 local function k(s) return base .. ':' .. s end
--- One command with `args` after `head`, sent in slices of at most 1,000 (an even count, so
--- score/member pairs stay whole), as Lua's `unpack` has a bounded stack.
+-- `cmd key args...` as one command, or one per 1,000 arguments (an even count, so that
+-- score/member and field/value pairs stay whole): Lua's `unpack` has a bounded stack.
 local function call_many(cmd, key, args)
   for i = 1, #args, 1000 do
     redis.call(cmd, key, unpack(args, i, math.min(i + 999, #args)))
@@ -289,14 +289,15 @@ local function remove_many(ids)
 end
 "#;
 
-/// `record_batch(entries, cap, max_successes)`: records entries in order, as the in-process
-/// store's `record` does one after the other, and returns the last one's document. Each entry
-/// is `{fp, doc, at, due, id, severity, type}`: the time it was seen and its auto-dismissal
-/// time ('' for none) as the decimal strings the sorted sets take, so that no command formats
-/// a Lua number again. Due entries are dismissed
-/// once, at the batch's earliest time, and the caps apply once, after the last entry: the
-/// same entries go as if each entry had applied them (the oldest by the caps' order), in a
-/// few commands instead of a few per entry.
+/// `record_batch(entries, cap, max_successes)`: records entries in order and returns the last
+/// one's document, as the in-process store's `record_batch` does. Each entry is `{fp, doc,
+/// at, due, id, severity, type}`: the time it was seen and its auto-dismissal time ('' for
+/// none) come as the decimal strings the sorted sets take, so that no command formats a Lua
+/// number again. Due entries are dismissed once, at the batch's earliest time, and the caps
+/// apply once, after the last entry: the same entries go as if each entry had applied them
+/// (the oldest by the caps' order), in a few commands instead of a few per entry. The one
+/// difference: an entry that its own batch's caps evict and that comes again in that batch
+/// is counted again, where one entry at a time would have evicted it and started anew.
 const RECORD_FUNCTION: &str = r#"
 local function record_batch(entries, cap, max_successes)
   local earliest = tonumber(entries[1].at)
@@ -360,19 +361,19 @@ local function record_batch(entries, cap, max_successes)
   end
   return last
 end
--- ARGV from `first`: cap, max_successes, then 7 fields per entry (see `record_batch`).
-local function record_args(first)
+-- ARGV: cap, max_successes, then 7 fields per entry (see `record_batch`).
+local function record_args()
   local entries = {}
-  for i = first + 2, #ARGV, 7 do
+  for i = 3, #ARGV, 7 do
     entries[#entries + 1] = {fp = ARGV[i], doc = ARGV[i + 1], at = ARGV[i + 2],
       due = ARGV[i + 3], id = ARGV[i + 4], severity = ARGV[i + 5], type = ARGV[i + 6]}
   end
-  return record_batch(entries, tonumber(ARGV[first]), tonumber(ARGV[first + 1]))
+  return record_batch(entries, tonumber(ARGV[1]), tonumber(ARGV[2]))
 end
 "#;
 
 const RECORD_BODY: &str = r#"
-return record_args(1)
+return record_args()
 "#;
 
 const GET_BODY: &str = r#"
