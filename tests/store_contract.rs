@@ -557,6 +557,28 @@ async fn batches_land_as_in_the_in_process_store(backend: Backend) {
         "the stream exercises what it is for: full {full}, reopened {reopened}, \
          auto-dismissed {auto_dismissed}, errors evicted {errors_evicted}"
     );
+    // One batch larger than the script's slices of 1,000 arguments: its groups, additions
+    // and the ~2,500 entries its caps evict go in several commands each.
+    let huge: Vec<_> = (0..2_500)
+        .map(|i| {
+            now += 1;
+            let new = if i % 2 == 0 {
+                NewError::success(format!("Scene {i} of the large batch verified"))
+            } else {
+                NewError::new(Severity::Error, ErrorType::Generation, format!("error {i}"))
+            };
+            (new, now)
+        })
+        .collect();
+    redis.record_many(&huge).await.unwrap();
+    memory.record_many(&huge).await.unwrap();
+    now += 1;
+    let (redis_seen, memory_seen) = (
+        everything(&*redis, now).await,
+        everything(&memory, now).await,
+    );
+    assert_eq!(redis_seen, memory_seen, "after the large batch");
+    assert_eq!(memory_seen.0.len(), 40);
 }
 
 backend_tests!(redis_agrees, Shared; batches_land_as_in_the_in_process_store);
