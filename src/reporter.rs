@@ -19,8 +19,8 @@ use crate::store::{ErrorStore, ErrorType, NewError};
 
 /// Entries of each queue kept while the store cannot take them; the oldest go first.
 const QUEUE_CAP: usize = 1000;
-/// Entries per store call. A script holds Redis alone while it runs, ~80 µs a success
-/// (`benches/hot_path`, `error_store_redis_successes_32`): 32 keep each call within ~3 ms of
+/// Entries per store call. A script holds Redis alone while it runs, ~43 µs a success
+/// (`benches/hot_path`, `error_store_redis_successes_32`): 32 keep each call within ~1.5 ms of
 /// every instance's rate-limit decisions, at a round trip per 32 reports.
 const WRITE_BATCH: usize = 32;
 /// How long the writer lets reports gather after the first, so a burst is one call.

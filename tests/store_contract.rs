@@ -6,8 +6,8 @@ use std::{sync::Arc, time::Duration};
 
 use common::*;
 use scenehook::store::{
-    DismissOutcome, ErrorPolicy, ErrorStore, ErrorType, ListQuery, NewError, RateLimitStore,
-    Severity,
+    DismissOutcome, ErrorEntry, ErrorPolicy, ErrorStats, ErrorStore, ErrorType, ListQuery,
+    NewError, RateLimitStore, Severity,
     memory::{MemoryErrorStore, MemoryRateLimiter},
     redis::{self as redis_store, RedisErrorStore, RedisRateLimiter},
 };
@@ -424,21 +424,9 @@ async fn successes_evict_only_successes(backend: Backend) {
     assert_eq!(stats.by_type.get("success"), Some(&5));
 }
 
-/// What an entry looks like to an operator, ids aside (each store makes its own).
-type Seen = (
-    String,
-    String,
-    String,
-    u64,
-    i64,
-    i64,
-    bool,
-    Option<i64>,
-    u64,
-    Option<i64>,
-);
-
-async fn everything(store: &dyn ErrorStore, now: i64) -> (Vec<Seen>, String) {
+/// Every entry as an operator sees it, ids blanked (each store makes its own), in message
+/// order, and the stats.
+async fn everything(store: &dyn ErrorStore, now: i64) -> (Vec<ErrorEntry>, ErrorStats) {
     let page = store
         .list(
             &ListQuery {
@@ -450,26 +438,12 @@ async fn everything(store: &dyn ErrorStore, now: i64) -> (Vec<Seen>, String) {
         )
         .await
         .unwrap();
-    let mut seen: Vec<Seen> = page
-        .errors
-        .into_iter()
-        .map(|e| {
-            (
-                e.message,
-                e.severity.as_str().to_owned(),
-                e.kind.as_str().to_owned(),
-                e.count,
-                e.created_at,
-                e.last_seen_at,
-                e.dismissed,
-                e.dismissed_at,
-                e.reopened_count,
-                e.auto_dismiss_at,
-            )
-        })
-        .collect();
-    seen.sort();
-    (seen, format!("{:?}", store.stats(now).await.unwrap()))
+    let mut seen = page.errors;
+    for e in &mut seen {
+        e.id.clear();
+    }
+    seen.sort_by(|a, b| (&a.message, a.created_at).cmp(&(&b.message, b.created_at)));
+    (seen, store.stats(now).await.unwrap())
 }
 
 /// The Redis script and the in-process store agree, entry for entry, over a long stream of
@@ -548,9 +522,10 @@ async fn batches_land_as_in_the_in_process_store(backend: Backend) {
         assert_eq!(redis_seen, memory_seen, "after batch {round}");
         let seen = &memory_seen.0;
         full |= seen.len() == 40;
-        reopened |= seen.iter().any(|e| e.8 > 0);
-        auto_dismissed |= seen.iter().any(|e| e.6 && e.2 == "success");
-        errors_evicted |= seen.len() == 40 && seen.iter().filter(|e| e.2 == "success").count() == 0;
+        let success = |e: &&ErrorEntry| e.kind == ErrorType::Success;
+        reopened |= seen.iter().any(|e| e.reopened_count > 0);
+        auto_dismissed |= seen.iter().filter(success).any(|e| e.dismissed);
+        errors_evicted |= seen.len() == 40 && !seen.iter().any(|e| success(&e));
     }
     assert!(
         full && reopened && auto_dismissed && errors_evicted,

@@ -48,8 +48,11 @@ pub trait ErrorStore: Send + Sync {
     /// Records an entry, or counts it again on the active entry with the same fingerprint
     /// (reopening it when it was dismissed).
     async fn record(&self, entry: NewError, now_ms: i64) -> Result<ErrorEntry, StoreError>;
-    /// Records each `(entry, at)` as [`record`](Self::record) would, in order, in one call:
-    /// one round trip for a batch of reports.
+    /// Records each `(entry, at)` in order, in one call: one round trip for a batch of
+    /// reports. As [`record`](Self::record) one after the other would, except that due entries
+    /// are dismissed once, at the batch's earliest time, and the caps apply once, after its
+    /// last entry (so an entry its own batch evicts and then reports again is counted again
+    /// rather than started anew).
     async fn record_many(&self, entries: &[(NewError, i64)]) -> Result<(), StoreError>;
     async fn get(&self, id: &str, now_ms: i64) -> Result<Option<ErrorEntry>, StoreError>;
     async fn list(&self, query: &ListQuery, now_ms: i64) -> Result<ErrorPage, StoreError>;
