@@ -1,6 +1,7 @@
 # Sourced by scripts/test and scripts/bench: installs what is missing, starts a scratch Redis,
 # a 3-node Redis Cluster and a scratch Postgres on free loopback ports in a temp dir, exports
-# their URLs, and stops them on exit (also on failure). PG_EXTRA_OPTS replaces the tests'
+# their URLs, and stops them on exit (also on failure). SERVICES_CLUSTER=0 skips the cluster.
+# Ports are retried when a server cannot bind. PG_EXTRA_OPTS replaces the tests'
 # `-c fsync=off` (the benchmark keeps fsync on).
 
 set -euo pipefail
@@ -29,28 +30,31 @@ command -v openssl >/dev/null || apt_install openssl
 [ -n "$(pg_bin)" ] || apt_install postgresql
 PG_BIN=$(pg_bin)
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+# Picks N distinct free loopback ports below the kernel's ephemeral range, so no outgoing
+# connection can take one between the pick and the server's bind. With --bus each port's
+# cluster bus (port + 10000) is free too. All sockets stay bound until every port is chosen.
+pick_ports() {
+  python3 - "$@" <<'PY'
+import random, socket, sys
+count, bus = int(sys.argv[1]), "--bus" in sys.argv
+low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+held, ports = [], []
+while len(ports) < count:
+    p = random.randint(10000, low - 1 - (10000 if bus else 0))
+    try:
+        for q in ([p, p + 10000] if bus else [p]):
+            s = socket.socket(); s.bind(("127.0.0.1", q)); held.append(s)
+        ports.append(p)
+    except OSError:
+        pass
+print(" ".join(map(str, ports)))
+PY
 }
 
 SCRATCH=$(mktemp -d /tmp/scenehook-services.XXXXXX)
 chmod 755 "$SCRATCH"
-REDIS_PORT=$(free_port)
-PG_PORT=$(free_port)
-# A cluster node also listens on port+10000 (its bus), so both must be free and below 65536.
-cluster_port() {
-  python3 -c '
-import random, socket
-while True:
-    p = random.randint(20000, 55000)
-    try:
-        for q in (p, p + 10000):
-            s = socket.socket(); s.bind(("127.0.0.1", q)); s.close()
-        print(p); break
-    except OSError:
-        pass'
-}
-CLUSTER_PORTS="$(cluster_port) $(cluster_port) $(cluster_port)"
+REDIS_PORT=""
+CLUSTER_PORTS=""
 
 stop_services() {
   for port in $REDIS_PORT $CLUSTER_PORTS; do
@@ -63,44 +67,75 @@ stop_services() {
 }
 trap stop_services EXIT
 
-redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
-  --dir "$SCRATCH" --daemonize yes --logfile "$SCRATCH/redis.log"
+# Starts redis-server on $1 (extra options after it) and waits until it answers; on failure
+# prints the end of its log and stops it, so the caller can try other ports.
+start_redis() {
+  local port=$1 dir="$SCRATCH/redis-$1"
+  shift
+  mkdir -p "$dir"
+  redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --dir "$dir" \
+    --daemonize yes --logfile "$dir/redis.log" "$@" || true
+  for _ in $(seq 100); do
+    timeout 2 redis-cli -p "$port" ping >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  echo "scripts: redis-server on :$port did not start:" >&2
+  tail -n 5 "$dir/redis.log" >&2 || true
+  redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true
+  return 1
+}
 
-# A 3-node Redis Cluster (no replicas), to prove every script stays within one slot.
-for port in $CLUSTER_PORTS; do
-  mkdir -p "$SCRATCH/cluster-$port"
-  redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --cluster-enabled yes \
-    --cluster-config-file "$SCRATCH/cluster-$port/nodes.conf" --dir "$SCRATCH/cluster-$port" \
-    --daemonize yes --logfile "$SCRATCH/cluster-$port/redis.log"
+for attempt in 1 2 3; do
+  REDIS_PORT=$(pick_ports 1)
+  start_redis "$REDIS_PORT" && break
+  [ "$attempt" = 3 ] && { echo "scripts: no scratch Redis after 3 tries" >&2; exit 1; }
 done
+
+# A 3-node Redis Cluster (no replicas), to prove every script stays within one slot. The load
+# benchmark has no use for it and sets SERVICES_CLUSTER=0.
+if [ "${SERVICES_CLUSTER:-1}" = 1 ]; then
+  for attempt in 1 2 3; do
+    CLUSTER_PORTS=$(pick_ports 3 --bus)
+    started=1
+    for port in $CLUSTER_PORTS; do
+      start_redis "$port" --cluster-enabled yes \
+        --cluster-config-file "$SCRATCH/redis-$port/nodes.conf" || { started=0; break; }
+    done
+    if [ "$started" = 1 ]; then
+      nodes=""
+      for port in $CLUSTER_PORTS; do nodes="$nodes 127.0.0.1:$port"; done
+      # shellcheck disable=SC2086
+      if redis-cli --cluster create $nodes --cluster-replicas 0 --cluster-yes >/dev/null; then
+        break
+      fi
+    fi
+    for port in $CLUSTER_PORTS; do redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true; done
+    [ "$attempt" = 3 ] && { echo "scripts: no scratch Redis Cluster after 3 tries" >&2; exit 1; }
+  done
+  for _ in $(seq 100); do
+    redis-cli -p "${CLUSTER_PORTS%% *}" cluster info | grep -q 'cluster_state:ok' && break
+    sleep 0.1
+  done
+  read -r seed node2 node3 <<<"$CLUSTER_PORTS"
+  export SCENEHOOK_TEST_REDIS_CLUSTER_URL="redis-cluster://127.0.0.1:$seed?node=127.0.0.1:$node2&node=127.0.0.1:$node3"
+fi
 
 # Postgres refuses to run as root: the cluster belongs to the postgres user.
 mkdir -p "$SCRATCH/pg"
 chown postgres "$SCRATCH/pg"
 runuser -u postgres -- "$PG_BIN/initdb" -D "$SCRATCH/pg" -U postgres -A trust --no-sync >/dev/null
-runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$SCRATCH/pg" -l "$SCRATCH/pg/log" -w \
-  -o "-p $PG_PORT -k $SCRATCH/pg -c listen_addresses=127.0.0.1 -c max_connections=400 ${PG_EXTRA_OPTS--c fsync=off}" start >/dev/null
-
-for _ in $(seq 50); do
-  redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break
-  sleep 0.1
+# Its port is picked once the Redis ports are bound, so the two cannot collide.
+for attempt in 1 2 3; do
+  PG_PORT=$(pick_ports 1)
+  runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$SCRATCH/pg" -l "$SCRATCH/pg/log" -w \
+    -o "-p $PG_PORT -k $SCRATCH/pg -c listen_addresses=127.0.0.1 -c max_connections=400 ${PG_EXTRA_OPTS--c fsync=off}" \
+    start >/dev/null && break
+  tail -n 5 "$SCRATCH/pg/log" >&2 || true
+  [ "$attempt" = 3 ] && { echo "scripts: no scratch Postgres after 3 tries" >&2; exit 1; }
 done
-
-nodes=""
-for port in $CLUSTER_PORTS; do
-  for _ in $(seq 50); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
-  nodes="$nodes 127.0.0.1:$port"
-done
-# shellcheck disable=SC2086
-redis-cli --cluster create $nodes --cluster-replicas 0 --cluster-yes >/dev/null
-for _ in $(seq 100); do
-  redis-cli -p "${CLUSTER_PORTS%% *}" cluster info | grep -q 'cluster_state:ok' && break
-  sleep 0.1
-done
-set -- $CLUSTER_PORTS
 
 export SCENEHOOK_TEST_REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
-export SCENEHOOK_TEST_REDIS_CLUSTER_URL="redis-cluster://127.0.0.1:$1?node=127.0.0.1:$2&node=127.0.0.1:$3"
 export SCENEHOOK_PG_BIN="$PG_BIN"
 export SCENEHOOK_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:$PG_PORT/postgres"
-echo "scratch Redis on :$REDIS_PORT, Redis Cluster on :${CLUSTER_PORTS// /,:}, Postgres on :$PG_PORT"
+cluster_ports=${CLUSTER_PORTS// /,:}
+echo "scratch Redis on :$REDIS_PORT, Redis Cluster on :${cluster_ports:-none}, Postgres on :$PG_PORT"
