@@ -30,17 +30,21 @@ command -v openssl >/dev/null || apt_install openssl
 [ -n "$(pg_bin)" ] || apt_install postgresql
 PG_BIN=$(pg_bin)
 
-# Picks N distinct free loopback ports below the kernel's ephemeral range, so no outgoing
+# Picks N distinct free loopback ports outside the kernel's ephemeral range, so no outgoing
 # connection can take one between the pick and the server's bind. With --bus each port's
 # cluster bus (port + 10000) is free too. All sockets stay bound until every port is chosen.
 pick_ports() {
   python3 - "$@" <<'PY'
 import random, socket, sys
 count, bus = int(sys.argv[1]), "--bus" in sys.argv
-low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+low, high = map(int, open("/proc/sys/net/ipv4/ip_local_port_range").read().split())
+top = 65535 - (10000 if bus else 0)
+outside = [p for p in range(10000, top + 1) if not low <= p <= high and not (bus and low <= p + 10000 <= high)]
+# A machine whose ephemeral range leaves too little outside it gets ports from anywhere.
+candidates = outside if len(outside) >= 1000 else range(10000, top + 1)
 held, ports = [], []
 while len(ports) < count:
-    p = random.randint(10000, low - 1 - (10000 if bus else 0))
+    p = random.choice(candidates)
     try:
         for q in ([p, p + 10000] if bus else [p]):
             s = socket.socket(); s.bind(("127.0.0.1", q)); held.append(s)
