@@ -89,54 +89,64 @@ start_redis() {
   return 1
 }
 
-for attempt in 1 2 3; do
-  REDIS_PORT=$(pick_ports 1)
-  start_redis "$REDIS_PORT" && break
-  [ "$attempt" = 3 ] && { echo "scripts: no scratch Redis after 3 tries" >&2; exit 1; }
-done
-
-# A 3-node Redis Cluster (no replicas), to prove every script stays within one slot. The load
-# benchmark has no use for it and sets SERVICES_CLUSTER=0.
-if [ "${SERVICES_CLUSTER:-1}" = 1 ]; then
-  for attempt in 1 2 3; do
-    CLUSTER_PORTS=$(pick_ports 3 --bus)
-    started=1
-    for port in $CLUSTER_PORTS; do
-      start_redis "$port" --cluster-enabled yes \
-        --cluster-config-file "$SCRATCH/redis-$port/nodes.conf" || { started=0; break; }
+# A 3-node Redis Cluster (no replicas), to prove every script stays within one slot.
+start_cluster() {
+  CLUSTER_PORTS=$(pick_ports 3 --bus)
+  local port nodes=()
+  for port in $CLUSTER_PORTS; do
+    start_redis "$port" --cluster-enabled yes \
+      --cluster-config-file "$SCRATCH/redis-$port/nodes.conf" || break
+    nodes+=("127.0.0.1:$port")
+  done
+  if [ "${#nodes[@]}" = 3 ] &&
+    redis-cli --cluster create "${nodes[@]}" --cluster-replicas 0 --cluster-yes >/dev/null; then
+    for _ in $(seq 100); do
+      redis-cli -p "${CLUSTER_PORTS%% *}" cluster info | grep -q 'cluster_state:ok' && return 0
+      sleep 0.1
     done
-    if [ "$started" = 1 ]; then
-      nodes=""
-      for port in $CLUSTER_PORTS; do nodes="$nodes 127.0.0.1:$port"; done
-      # shellcheck disable=SC2086
-      if redis-cli --cluster create $nodes --cluster-replicas 0 --cluster-yes >/dev/null; then
-        break
-      fi
-    fi
-    for port in $CLUSTER_PORTS; do redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true; done
-    [ "$attempt" = 3 ] && { echo "scripts: no scratch Redis Cluster after 3 tries" >&2; exit 1; }
+  fi
+  for port in $CLUSTER_PORTS; do redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true; done
+  return 1
+}
+
+# Postgres refuses to run as root: the cluster belongs to the postgres user.
+start_postgres() {
+  PG_PORT=$(pick_ports 1)
+  runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$SCRATCH/pg" -l "$SCRATCH/pg/log" -w \
+    -o "-p $PG_PORT -k $SCRATCH/pg -c listen_addresses=127.0.0.1 -c max_connections=400 ${PG_EXTRA_OPTS--c fsync=off}" \
+    start >/dev/null && return 0
+  tail -n 5 "$SCRATCH/pg/log" >&2 || true
+  return 1
+}
+
+start_standalone() {
+  REDIS_PORT=$(pick_ports 1)
+  start_redis "$REDIS_PORT"
+}
+
+# Runs a start function up to three times (each try picks new ports), then gives up.
+up_to_three_tries() {
+  local what=$1
+  shift
+  for _ in 1 2 3; do
+    "$@" && return 0
   done
-  for _ in $(seq 100); do
-    redis-cli -p "${CLUSTER_PORTS%% *}" cluster info | grep -q 'cluster_state:ok' && break
-    sleep 0.1
-  done
+  echo "scripts: no scratch $what after 3 tries" >&2
+  exit 1
+}
+
+up_to_three_tries Redis start_standalone
+# The load benchmark has no use for a cluster and sets SERVICES_CLUSTER=0.
+if [ "${SERVICES_CLUSTER:-1}" = 1 ]; then
+  up_to_three_tries "Redis Cluster" start_cluster
   read -r seed node2 node3 <<<"$CLUSTER_PORTS"
   export SCENEHOOK_TEST_REDIS_CLUSTER_URL="redis-cluster://127.0.0.1:$seed?node=127.0.0.1:$node2&node=127.0.0.1:$node3"
 fi
-
-# Postgres refuses to run as root: the cluster belongs to the postgres user.
 mkdir -p "$SCRATCH/pg"
 chown postgres "$SCRATCH/pg"
 runuser -u postgres -- "$PG_BIN/initdb" -D "$SCRATCH/pg" -U postgres -A trust --no-sync >/dev/null
 # Its port is picked once the Redis ports are bound, so the two cannot collide.
-for attempt in 1 2 3; do
-  PG_PORT=$(pick_ports 1)
-  runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$SCRATCH/pg" -l "$SCRATCH/pg/log" -w \
-    -o "-p $PG_PORT -k $SCRATCH/pg -c listen_addresses=127.0.0.1 -c max_connections=400 ${PG_EXTRA_OPTS--c fsync=off}" \
-    start >/dev/null && break
-  tail -n 5 "$SCRATCH/pg/log" >&2 || true
-  [ "$attempt" = 3 ] && { echo "scripts: no scratch Postgres after 3 tries" >&2; exit 1; }
-done
+up_to_three_tries Postgres start_postgres
 
 export SCENEHOOK_TEST_REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
 export SCENEHOOK_PG_BIN="$PG_BIN"
