@@ -189,6 +189,24 @@ impl ProjectState {
         });
     }
 
+    /// The scene at `index` is out of attempts: it fails, reported as an error of `kind`, and
+    /// its project fails with it.
+    fn fail_scene(
+        &mut self,
+        index: usize,
+        kind: &'static str,
+        message: String,
+        effects: &mut Effects,
+    ) {
+        self.scenes[index].status = SceneStatus::Failed;
+        effects.reports.push(Report {
+            level: ReportLevel::Error,
+            kind,
+            message: message.clone(),
+        });
+        self.fail(effects, message);
+    }
+
     /// Queues generation of the scene at `index`, chained from the previous scene's last frame.
     fn queue_generation(&mut self, index: usize, effects: &mut Effects) {
         let first_frame_url = index
@@ -304,17 +322,11 @@ pub fn apply_callback(
                         let first_frame_url = scene.first_frame_url.clone();
                         scene.queue_generation(first_frame_url, &mut effects);
                     } else {
-                        scene.status = SceneStatus::Failed;
                         let message = format!(
                             "Scene {} generation failed after {} attempts: {error}",
                             scene.id, scene.attempts
                         );
-                        effects.reports.push(Report {
-                            level: ReportLevel::Error,
-                            kind: "generation",
-                            message: message.clone(),
-                        });
-                        project.fail(&mut effects, message);
+                        project.fail_scene(index, "generation", message, &mut effects);
                     }
                 }
             }
@@ -363,17 +375,11 @@ pub fn apply_callback(
                             video_url: scene.video_url.clone().unwrap_or_default(),
                         });
                     } else {
-                        scene.status = SceneStatus::Failed;
                         let message = format!(
                             "Scene {} last-frame extraction failed after {} attempts: {error}",
                             scene.id, scene.extract_attempts
                         );
-                        effects.reports.push(Report {
-                            level: ReportLevel::Error,
-                            kind: "processing",
-                            message: message.clone(),
-                        });
-                        project.fail(&mut effects, message);
+                        project.fail_scene(index, "processing", message, &mut effects);
                     }
                 }
             }
