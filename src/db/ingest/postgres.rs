@@ -3,7 +3,8 @@
 //! (`unnest`) and come back decoded by position. A batch takes six round trips: BEGIN, the
 //! claims, the project locks, the scenes (one statement of two, as the batch has last-frame
 //! callbacks or not), the writes, COMMIT (and one more to take back rejected deliveries, when
-//! there are any).
+//! there are any), plus the ping sqlx's pool sends a connection given back to it (keeping
+//! the connections out of the pool measured no gain: docs/PERFORMANCE.md, session 18).
 //!
 //! Built by sea-orm, a batch's multi-row statements took one text per batch size: up to 64
 //! shapes of each, every one planned again at each execution, each batch's text built and
