@@ -533,11 +533,14 @@ async fn batches_land_as_in_the_in_process_store(backend: Backend) {
          auto-dismissed {auto_dismissed}, errors evicted {errors_evicted}"
     );
     // One batch larger than the script's slices of 1,000 arguments: its groups, additions
-    // and the ~2,500 entries its caps evict go in several commands each.
+    // and the ~2,500 entries its caps evict go in several commands each. Its last entries
+    // repeat criticals the stream stored, so their group links come from a later slice.
     let huge: Vec<_> = (0..2_500)
         .map(|i| {
             now += 1;
-            let new = if i % 2 == 0 {
+            let new = if i >= 2_490 {
+                NewError::critical(ErrorType::System, format!("critical {}", i % 3))
+            } else if i % 2 == 0 {
                 NewError::success(format!("Scene {i} of the large batch verified"))
             } else {
                 NewError::new(Severity::Error, ErrorType::Generation, format!("error {i}"))
