@@ -145,20 +145,24 @@ impl RateLimitStore for RedisRateLimiter {
 const ERRORS_PRELUDE: &str = r#"
 local base = KEYS[1]
 local function k(s) return base .. ':' .. s end
--- `cmd key args...` as one command, or one per 1,000 arguments (an even count, so that
--- score/member and field/value pairs stay whole): Lua's `unpack` has a bounded stack.
+-- `cmd key args...` (`cmd args...` when key is nil) as one command, or one per 1,000
+-- arguments (an even count, so that score/member and field/value pairs stay whole): Lua's
+-- `unpack` has a bounded stack. Returns the replies of a command that answers one value per
+-- argument (HMGET), joined in order.
 local function call_many(cmd, key, args)
+  local replies = {}
   for i = 1, #args, 1000 do
-    redis.call(cmd, key, unpack(args, i, math.min(i + 999, #args)))
+    local last, reply = math.min(i + 999, #args)
+    if key then
+      reply = redis.call(cmd, key, unpack(args, i, last))
+    else
+      reply = redis.call(cmd, unpack(args, i, last))
+    end
+    if type(reply) == 'table' then
+      for j = 1, #reply do replies[i + j - 1] = reply[j] end
+    end
   end
-end
-local function hmget_many(key, fields)
-  local values = {}
-  for i = 1, #fields, 1000 do
-    local part = redis.call('HMGET', key, unpack(fields, i, math.min(i + 999, #fields)))
-    for j = 1, #part do values[i + j - 1] = part[j] end
-  end
-  return values
+  return replies
 end
 -- Sorted-set additions wait here until `flush_adds` (before any read of those sets).
 local adds = {}
@@ -272,14 +276,14 @@ local function remove_many(ids)
     end
   end
   if #fps > 0 then
-    local linked = hmget_many(k('groups'), fps)
+    local linked = call_many('HMGET', k('groups'), fps)
     local unlink = {}
     for i, fp in ipairs(fps) do
       if linked[i] == owners[i] then unlink[#unlink + 1] = fp end
     end
     call_many('HDEL', k('groups'), unlink)
   end
-  for i = 1, #keys, 1000 do redis.call('DEL', unpack(keys, i, math.min(i + 999, #keys))) end
+  call_many('DEL', nil, keys)
   call_many('ZREM', k('all'), ids)
   call_many('ZREM', k('successes'), ids)
   call_many('ZREM', k('dismissed'), dismissed)
@@ -306,7 +310,7 @@ local function record_batch(entries, cap, max_successes)
   local fps = {}
   for i, n in ipairs(entries) do fps[i] = n.fp end
   local groups = {}
-  local linked = hmget_many(k('groups'), fps)
+  local linked = call_many('HMGET', k('groups'), fps)
   for i, fp in ipairs(fps) do
     if linked[i] then groups[fp] = linked[i] end
   end
