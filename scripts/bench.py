@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 
 MODE, BUILD_JSON = sys.argv[1], sys.argv[2]
@@ -68,6 +69,18 @@ def wait_http(url, timeout=30):
     raise RuntimeError(f"{url} did not answer")
 
 
+def wait_listening(port, timeout=30):
+    """Until something accepts connections on the port (the references have no health route)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port}")
+
+
 def psql(sql, db_url=PG_ADMIN):
     out = subprocess.run(["psql", db_url, "-Atc", sql], check=True, capture_output=True, text=True)
     return out.stdout.strip()
@@ -86,8 +99,11 @@ def redis_calls():
 
 
 def cpu_seconds(pid):
+    """The process's CPU, and that of the children it has waited for: adnanh/webhook runs a
+    command for every request, which is part of what a webhook costs it (the gateway and the
+    ceiling start none)."""
     fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return sum(int(x) for x in fields[11:15]) / CLK_TCK
 
 
 def stat_fields(pid):
@@ -208,10 +224,37 @@ def fresh_database():
 
 def run_ceiling(name, extra):
     port = free_port()
-    proc = subprocess.Popen([EXE["ceiling"], "serve", f"127.0.0.1:{port}", "--secret", SECRET] + extra,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(0.5)
+    return run_reference(name, port, [EXE["ceiling"], "serve", f"127.0.0.1:{port}",
+                                      "--secret", SECRET] + extra, redis=bool(extra))
+
+
+def run_adnanh_webhook():
+    """adnanh/webhook (Debian's `webhook`), the issue's reference for a webhook server: the
+    same signed deliveries, checked by its HMAC-SHA256 rule on the same header, each running
+    /bin/true. It answers before its command has run and stores nothing."""
+    hooks = os.path.join(SCRATCH, "adnanh-webhook-hooks.json")
+    json.dump([{
+        "id": "video-complete",
+        "execute-command": "/bin/true",
+        "response-message": "accepted",
+        "trigger-rule": {"match": {
+            "type": "payload-hmac-sha256", "secret": SECRET,
+            "parameter": {"source": "header", "name": "X-Webhook-Signature"}}},
+    }], open(hooks, "w"))
+    port = free_port()
+    return run_reference("adnanh/webhook 2.8", port,
+                         ["webhook", "-hooks", hooks, "-ip", "127.0.0.1", "-port", str(port),
+                          "-urlprefix", "api/webhooks"], redis=False)
+
+
+def run_reference(name, port, command, redis):
+    """A server that is not the gateway, started from `command`, driven like the gateway with
+    5,000 signed deliveries sent again and again (it keeps no state that would tell them
+    apart)."""
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_listening(port)
     deliveries = prepare(f"sqlite://{SCRATCH}/ceiling-{time.time_ns()}.db?mode=rwc", 5000, 1)[0]
+    check_verifies(name, port, deliveries)
     rows = []
     for c in CONCURRENCY:
         before_cpu, before_redis = cpu_seconds(proc.pid), redis_calls()
@@ -221,7 +264,7 @@ def run_ceiling(name, extra):
         r.update(config=name, connections=c,
                  cpu_ms_per_1000=(cpu_seconds(proc.pid) - before_cpu) * per_1000,
                  redis_per_webhook=(redis_calls() - before_redis) / max(r["requests"], 1))
-        if extra:
+        if redis:
             r["redis_cpu_ms_per_1000"] = (redis_cpu_seconds() - before_redis_cpu) * per_1000
         rows.append(r)
     for r in rows:
@@ -229,6 +272,28 @@ def run_ceiling(name, extra):
     proc.terminate()
     proc.wait()
     return fail_if_unfit(rows)
+
+
+def check_verifies(name, port, deliveries):
+    """A reference that let a forged signature through would be measured without the HMAC
+    check: one delivery with its signature's last digit changed must be refused (the gateway
+    and the ceiling answer 401, adnanh/webhook 500), and the same delivery signed accepted."""
+    body, signature = open(deliveries).readline().rstrip("\n").split("\t")
+    forged = signature[:-1] + ("0" if signature[-1] != "0" else "1")
+
+    def status(sig):
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/api/webhooks/video-complete", data=body.encode(),
+            headers={"Content-Type": "application/json", "X-Webhook-Signature": sig})
+        try:
+            return urllib.request.urlopen(request, timeout=5).status
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    forged_status, signed_status = status(forged), status(signature)
+    if not (forged_status >= 400 and 200 <= signed_status < 300):
+        sys.exit(f"bench: {name} answered a forged signature {forged_status} and a valid one "
+                 f"{signed_status}")
 
 
 def fail_if_unfit(rows):
@@ -393,7 +458,7 @@ def main():
         print(f"soak: RSS {first:.1f} MiB after 10 s, {last:.1f} MiB at the end, "
               f"{result['wrk']['requests']} requests")
         return
-    # BENCH_ONLY=embedded,pg (any of: ceiling, evalsha, embedded, pg, pg2) runs a subset while
+    # BENCH_ONLY=embedded,pg (any of: ceiling, evalsha, webhook, embedded, pg, pg2) runs a subset while
     # iterating; the published table always comes from a full run. `lastframe` (embedded,
     # last-frame callbacks instead of video ones) and `pglastframe` (the same on Postgres +
     # Redis) run only when named there.
@@ -404,6 +469,8 @@ def main():
         rows += run_ceiling("ceiling", [])
     if wanted("evalsha"):
         rows += run_ceiling("ceiling + EVALSHA", ["--redis", REDIS])
+    if wanted("webhook"):
+        rows += run_adnanh_webhook()
     if wanted("embedded"):
         rows += run_gateway("embedded (SQLite + in-process)", sqlite_url(), "", 1)
     if wanted("pg"):
