@@ -233,14 +233,15 @@ def run_adnanh_webhook():
     same signed deliveries, checked by its HMAC-SHA256 rule on the same header, each running
     /bin/true. It answers before its command has run and stores nothing."""
     hooks = os.path.join(SCRATCH, "adnanh-webhook-hooks.json")
-    json.dump([{
-        "id": "video-complete",
-        "execute-command": "/bin/true",
-        "response-message": "accepted",
-        "trigger-rule": {"match": {
-            "type": "payload-hmac-sha256", "secret": SECRET,
-            "parameter": {"source": "header", "name": "X-Webhook-Signature"}}},
-    }], open(hooks, "w"))
+    with open(hooks, "w") as f:
+        json.dump([{
+            "id": "video-complete",
+            "execute-command": "/bin/true",
+            "response-message": "accepted",
+            "trigger-rule": {"match": {
+                "type": "payload-hmac-sha256", "secret": SECRET,
+                "parameter": {"source": "header", "name": "X-Webhook-Signature"}}},
+        }], f)
     port = free_port()
     return run_reference("adnanh/webhook 2.8", port,
                          ["webhook", "-hooks", hooks, "-ip", "127.0.0.1", "-port", str(port),
@@ -278,7 +279,8 @@ def check_verifies(name, port, deliveries):
     """A reference that let a forged signature through would be measured without the HMAC
     check: one delivery with its signature's last digit changed must be refused (the gateway
     and the ceiling answer 401, adnanh/webhook 500), and the same delivery signed accepted."""
-    body, signature = open(deliveries).readline().rstrip("\n").split("\t")
+    with open(deliveries) as f:
+        body, signature = f.readline().rstrip("\n").split("\t")
     forged = signature[:-1] + ("0" if signature[-1] != "0" else "1")
 
     def status(sig):
