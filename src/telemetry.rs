@@ -94,6 +94,12 @@ fn describe_metrics() {
         "scenehook_ingest_batch_size",
         "Webhook deliveries committed per ingestion transaction."
     );
+    describe_histogram!(
+        "scenehook_ingest_transaction_seconds",
+        Unit::Seconds,
+        "Time an ingestion batch's transaction took, from taking a connection to its commit \
+         (or its failure); a webhook's answer waits for the batch ahead of its own and for this."
+    );
     describe_gauge!(
         "scenehook_sqlite_wal_bytes",
         Unit::Bytes,

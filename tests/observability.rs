@@ -130,6 +130,14 @@ async fn a_scrape_after_the_pipeline_shows_every_outcome_and_every_referenced_me
             &[("service", "notification"), ("to", "open")]
         ) > Some(0.0)
     );
+    // Every batch is timed once: as many transactions as batch sizes, and time spent in them.
+    let batches = sample(&scrape, "scenehook_ingest_batch_size_count", &[]);
+    assert!(batches > Some(0.0));
+    assert_eq!(
+        sample(&scrape, "scenehook_ingest_transaction_seconds_count", &[]),
+        batches
+    );
+    assert!(sample(&scrape, "scenehook_ingest_transaction_seconds_sum", &[]) > Some(0.0));
     assert_eq!(
         sample(&scrape, "scenehook_projects", &[("status", "completed")]),
         Some(1.0)

@@ -455,7 +455,9 @@ async fn apply_batch(
     before_commit: impl FnOnce() + Send + 'static,
 ) -> Vec<Reply> {
     metrics::histogram!("scenehook_ingest_batch_size").record(batch.len() as f64);
+    let started = std::time::Instant::now();
     let (batch, result) = transaction(db, batch, limits, before_commit).await;
+    metrics::histogram!("scenehook_ingest_transaction_seconds").record(started.elapsed());
     match result {
         Ok(outcomes) => outcomes,
         // The database is unreachable: every delivery gets the same answer (retry later),
