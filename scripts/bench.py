@@ -460,8 +460,8 @@ def main():
         print(f"soak: RSS {first:.1f} MiB after 10 s, {last:.1f} MiB at the end, "
               f"{result['wrk']['requests']} requests")
         return
-    # BENCH_ONLY=embedded,pg (any of: ceiling, evalsha, webhook, embedded, pg, pg2) runs a subset while
-    # iterating; the published table always comes from a full run. `lastframe` (embedded,
+    # BENCH_ONLY=embedded,pg (any of: ceiling, evalsha, webhook, embedded, pg, pg2) runs a
+    # subset while iterating; the published table always comes from a full run. `lastframe` (embedded,
     # last-frame callbacks instead of video ones) and `pglastframe` (the same on Postgres +
     # Redis) run only when named there.
     only = set(filter(None, os.environ.get("BENCH_ONLY", "").split(",")))
