@@ -374,10 +374,19 @@ def run_gateway(name, db_url, redis_url, instances, exe=None, webhook="video-com
 
 
 def soak():
-    db_url = fresh_database()
-    files = prepare(db_url, PER_RUN[1], 1)
+    """Both configurations in turn, each for DURATION at 32 connections, RSS sampled every
+    10 s: its distinct deliveries first, then the same again (wrk's script wraps around),
+    answered as duplicates."""
+    return {
+        "Postgres + Redis": soak_one(fresh_database(), REDIS, PER_RUN[1]),
+        "embedded (SQLite + in-process)": soak_one(sqlite_url(), "", PER_RUN[0]),
+    }
+
+
+def soak_one(db_url, redis_url, deliveries):
+    files = prepare(db_url, deliveries, 1)
     port = free_port()
-    proc = start_gateway(db_url, REDIS, port)
+    proc = start_gateway(db_url, redis_url, port)
     wrk_proc = subprocess.Popen(["wrk", "-t1", "-c32", f"-d{DURATION}s", "-s", WRK_LUA,
                                  f"http://127.0.0.1:{port}", "--", files[0]],
                                 stdout=subprocess.PIPE, text=True)
@@ -387,10 +396,11 @@ def soak():
         samples.append((round(time.time() - start), rss_mib(proc.pid)))
         time.sleep(10)
     out = wrk_proc.stdout.read()
+    peak = peak_rss_mib(proc.pid)
     proc.terminate()
     proc.wait()
-    result = json.loads(out.strip().splitlines()[-1])
-    return {"samples": samples, "wrk": result}
+    return {"samples": samples, "peak_rss_mib": peak,
+            "wrk": json.loads(out.strip().splitlines()[-1])}
 
 
 def sqlite_url():
@@ -454,11 +464,15 @@ def main():
         ab(os.path.abspath(baseline), int(os.environ.get("BENCH_AB_ROUNDS", "5")))
         return
     if MODE == "soak":
-        result = soak()
-        json.dump(result, open("docs/bench/soak.json", "w"), indent=1)
-        first, last = result["samples"][1][1], result["samples"][-1][1]
-        print(f"soak: RSS {first:.1f} MiB after 10 s, {last:.1f} MiB at the end, "
-              f"{result['wrk']['requests']} requests")
+        results = soak()
+        with open("docs/bench/soak.json", "w") as f:
+            json.dump(results, f, indent=1)
+        for name, result in results.items():
+            rss = [mib for _, mib in result["samples"][1:]] or [0.0]
+            print(f"soak, {name}: RSS {rss[0]:.1f} MiB after 10 s, {min(rss):.1f}-{max(rss):.1f} "
+                  f"MiB from then on, {rss[-1]:.1f} MiB at the end "
+                  f"(peak {result['peak_rss_mib']:.1f}), {result['wrk']['requests']} requests, "
+                  f"p99 {result['wrk']['p99_us'] / 1000:.1f} ms")
         return
     # BENCH_ONLY=embedded,pg (any of: ceiling, evalsha, webhook, embedded, pg, pg2) runs a
     # subset while iterating; the published table always comes from a full run. `lastframe` (embedded,
