@@ -20,13 +20,12 @@ use super::{
 };
 
 /// Sliding-window log per key, in process memory, counted in slots of a millisecond: the
-/// allowed requests of one millisecond share an entry (the slot's number and their count), so
-/// a key's log holds at most one entry per millisecond of its window whatever its limit
-/// (60,000, under 1 MiB, for a minute). A log of single requests grew with the rate: two
-/// million entries and 32 MiB of buffer at the benchmark's 34,000 requests a second under its
-/// limit of 10⁹ a minute. A slot leaves the window when its last instant does, so a request
-/// counts for up to 1 ms longer than its window, never shorter: no window ever holds more
-/// than the limit.
+/// allowed requests of one millisecond share an entry, so a key's log holds at most one entry
+/// per millisecond of its window whatever its limit (60,000, under 1 MiB, for a minute). A log
+/// of single requests grew with the rate: two million entries and 32 MiB of buffer at the
+/// soak's 31,000 requests a second under the benchmark's limit of 10⁹ a minute. A slot leaves
+/// the window when its last instant does, so a request counts for up to 1 ms longer than its
+/// window, never shorter: no window ever holds more than the limit.
 pub struct MemoryRateLimiter {
     windows: Mutex<HashMap<String, Log>>,
     calls: AtomicU64,
@@ -36,14 +35,51 @@ pub struct MemoryRateLimiter {
 /// One key's allowed requests, oldest slot first.
 #[derive(Default)]
 struct Log {
-    /// (slot number since the limiter started, requests allowed in it).
-    slots: VecDeque<(u64, u32)>,
+    slots: VecDeque<Slot>,
     /// The sum of the slots' counts.
     total: u32,
 }
 
-/// A slot's length.
-const SLOT_NS: u64 = 1_000_000;
+/// A slot: its number (milliseconds since the limiter started, 44 bits: 557 years) and the
+/// requests allowed in it (20 bits; a fuller millisecond takes a second entry). 8 bytes, as a
+/// request's own timestamp took, so a client sending less than one request a millisecond costs
+/// no more than before.
+#[derive(Clone, Copy)]
+struct Slot(u64);
+
+const _: () = assert!(std::mem::size_of::<Slot>() == 8);
+
+impl Slot {
+    const COUNT_BITS: u32 = 20;
+    const FULL: u64 = (1 << Self::COUNT_BITS) - 1;
+    const NS: u64 = 1_000_000;
+
+    fn first(number: u64) -> Self {
+        Self((number << Self::COUNT_BITS) | 1)
+    }
+
+    fn number(self) -> u64 {
+        self.0 >> Self::COUNT_BITS
+    }
+
+    fn count(self) -> u32 {
+        (self.0 & Self::FULL) as u32
+    }
+
+    /// Counts one more request in this slot if it is slot `number` and has room.
+    fn add(&mut self, number: u64) -> bool {
+        let fits = self.number() == number && (self.0 & Self::FULL) < Self::FULL;
+        if fits {
+            self.0 += 1;
+        }
+        fits
+    }
+
+    /// How long before `now` (nanoseconds) the slot's last instant was.
+    fn age(self, now: u64) -> u64 {
+        now.saturating_sub((self.number() + 1) * Self::NS - 1)
+    }
+}
 
 impl Default for MemoryRateLimiter {
     fn default() -> Self {
@@ -77,33 +113,30 @@ impl RateLimitStore for MemoryRateLimiter {
         // 584 years.
         let now = self.started.elapsed().as_nanos() as u64;
         let window_ns = window.as_nanos() as u64;
-        // How long ago a slot's last instant was.
-        let age = |slot: u64| now.saturating_sub((slot + 1) * SLOT_NS - 1);
-        let expired = |slot: u64| age(slot) >= window_ns;
+        let expired = |slot: Slot| slot.age(now) >= window_ns;
         if self.calls.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
-            windows.retain(|_, log| log.slots.back().is_some_and(|&(slot, _)| !expired(slot)));
+            windows.retain(|_, log| log.slots.back().is_some_and(|&slot| !expired(slot)));
         }
         let log = windows.entry(key.to_owned()).or_default();
-        while let Some(&(slot, count)) = log.slots.front() {
+        while let Some(&slot) = log.slots.front() {
             if !expired(slot) {
                 break;
             }
             log.slots.pop_front();
-            log.total -= count;
+            log.total -= slot.count();
         }
         let allowed = log.total < limit;
         if allowed {
-            let slot = now / SLOT_NS;
-            match log.slots.back_mut() {
-                Some((last, count)) if *last == slot => *count += 1,
-                _ => log.slots.push_back((slot, 1)),
+            let number = now / Slot::NS;
+            if !log.slots.back_mut().is_some_and(|last| last.add(number)) {
+                log.slots.push_back(Slot::first(number));
             }
             log.total += 1;
         }
         let reset_ms = log
             .slots
             .front()
-            .map(|&(oldest, _)| window_ns.saturating_sub(age(oldest)) / 1_000_000)
+            .map(|&oldest| window_ns.saturating_sub(oldest.age(now)) / 1_000_000)
             .unwrap_or(0);
         Ok(RateDecision {
             allowed,
@@ -525,12 +558,27 @@ mod tests {
         let windows = limiter.windows.lock();
         let log = &windows["k"];
         assert_eq!(log.total, 50_000);
-        assert_eq!(log.slots.iter().map(|&(_, n)| n).sum::<u32>(), 50_000);
+        assert_eq!(log.slots.iter().map(|s| s.count()).sum::<u32>(), 50_000);
         assert!(
             log.slots.len() <= elapsed_ms + 2,
             "{} entries in {elapsed_ms} ms",
             log.slots.len()
         );
+    }
+
+    /// A slot takes requests of its own millisecond until its count is full; then the same
+    /// millisecond starts another.
+    #[test]
+    fn a_slot_counts_its_own_millisecond_up_to_its_width() {
+        let mut slot = Slot::first(5);
+        assert!(slot.add(5));
+        assert_eq!((slot.number(), slot.count()), (5, 2));
+        assert!(!slot.add(6));
+        let mut nearly_full = Slot((5 << Slot::COUNT_BITS) | (Slot::FULL - 1));
+        assert!(nearly_full.add(5));
+        assert_eq!(nearly_full.count(), Slot::FULL as u32);
+        assert!(!nearly_full.add(5));
+        assert_eq!(nearly_full.number(), 5);
     }
 
     /// Requests in slots of their own add up to the limit; a denied one takes no place, and
