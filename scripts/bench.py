@@ -473,6 +473,9 @@ def main():
                   f"MiB from then on, {rss[-1]:.1f} MiB at the end "
                   f"(peak {result['peak_rss_mib']:.1f}), {result['wrk']['requests']} requests, "
                   f"p99 {result['wrk']['p99_us'] / 1000:.1f} ms")
+        failed = [name for name, result in results.items() if result["wrk"]["non_2xx"]]
+        if failed:
+            sys.exit(f"bench: soak answers other than 2xx in {failed}")
         return
     # BENCH_ONLY=embedded,pg (any of: ceiling, evalsha, webhook, embedded, pg, pg2) runs a
     # subset while iterating; the published table always comes from a full run. `lastframe` (embedded,
