@@ -58,27 +58,26 @@ def free_port():
     return port
 
 
-def wait_http(url, timeout=30):
+def wait_until(ready, what, timeout=30):
+    """Polls `ready` (a call that raises until the server is up) for up to `timeout` s."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         try:
-            urllib.request.urlopen(url, timeout=1)
+            ready()
             return
         except Exception:
-            time.sleep(0.1)
-    raise RuntimeError(f"{url} did not answer")
-
-
-def wait_listening(port, timeout=30):
-    """Until something accepts connections on the port (the references have no health route)."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
             time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on port {port}")
+    raise RuntimeError(f"{what} did not answer")
+
+
+def wait_http(url):
+    wait_until(lambda: urllib.request.urlopen(url, timeout=1), url)
+
+
+def wait_listening(port):
+    """The references have no health route: until something accepts connections."""
+    wait_until(lambda: socket.create_connection(("127.0.0.1", port), timeout=1).close(),
+               f"port {port}")
 
 
 def psql(sql, db_url=PG_ADMIN):

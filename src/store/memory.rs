@@ -36,7 +36,8 @@ pub struct MemoryRateLimiter {
 #[derive(Default)]
 struct Log {
     slots: VecDeque<Slot>,
-    /// The sum of the slots' counts.
+    /// The sum of the slots' counts, kept so that a decision need not add up to 60,000
+    /// slots.
     total: u32,
 }
 
