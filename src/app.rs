@@ -111,7 +111,8 @@ impl Gateway {
 
     /// As [`Gateway::start`], with the outbox worker optional (tests of ingestion alone).
     pub async fn start_with(config: Config, run_outbox: bool) -> Result<Self, StartError> {
-        // reqwest (rustls) needs one process-wide crypto provider; a second install is a no-op.
+        // reqwest (rustls) and sqlx's `verify-ca` need one process-wide crypto provider; a second
+        // install is a no-op.
         drop(rustls::crypto::ring::default_provider().install_default());
         let config = Arc::new(config);
         let metrics = telemetry::metrics_handle();

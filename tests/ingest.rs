@@ -584,23 +584,23 @@ async fn the_gateway_applies_retention_on_its_own(backend: Backend) {
 /// write must be reached through a condition on an index. With sequential scans disabled, one
 /// the planner cannot avoid still shows.
 async fn postgres_ingestion_reaches_every_row_through_an_index(backend: Backend) {
-    use sea_orm::sqlx::AssertSqlSafe;
     let Some(app) = started(backend, "ingest_pg_plans", &[]).await else {
         return;
     };
     let IngestDb::Postgres(writer) = ingest_db(&app) else {
-        panic!("Postgres ingests through its writers' pool");
+        panic!("Postgres ingests through its writers' connections");
     };
-    // One of the writers' own connections, taken out of their pool for good: it plans as
-    // they do, and what this test changes on it goes with it.
-    let mut connection = writer.pool().acquire().await.unwrap().detach();
-    let mode: String = sea_orm::sqlx::query_scalar("SHOW plan_cache_mode")
-        .fetch_one(&mut connection)
+    // A connection with the writers' own settings, of this test's own: it plans as they do,
+    // and what this test changes on it goes with it.
+    let connection = writer.sessions().connect().await.unwrap();
+    let mode: String = connection
+        .query_one("SHOW plan_cache_mode", &[])
         .await
-        .unwrap();
+        .unwrap()
+        .get(0);
     assert_eq!(mode, "force_generic_plan");
-    sea_orm::sqlx::query("SET enable_seqscan = off")
-        .execute(&mut connection)
+    connection
+        .batch_execute("SET enable_seqscan = off")
         .await
         .unwrap();
     for (n, sql) in db::ingest::POSTGRES_STATEMENTS.iter().enumerate() {
@@ -609,16 +609,18 @@ async fn postgres_ingestion_reaches_every_row_through_an_index(backend: Backend)
             .count();
         assert!(parameters > 0, "{sql}");
         let name = format!("ingest_{n}");
-        sea_orm::sqlx::raw_sql(AssertSqlSafe(format!("PREPARE {name} AS {sql}")))
-            .execute(&mut connection)
+        connection
+            .batch_execute(&format!("PREPARE {name} AS {sql}"))
             .await
             .unwrap();
         let nulls = vec!["NULL"; parameters].join(", ");
-        let plan: Vec<String> =
-            sea_orm::sqlx::query_scalar(AssertSqlSafe(format!("EXPLAIN EXECUTE {name}({nulls})")))
-                .fetch_all(&mut connection)
-                .await
-                .unwrap();
+        let plan: Vec<String> = connection
+            .query(&format!("EXPLAIN EXECUTE {name}({nulls})"), &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
         // Every index scan has a condition on the index: a filter over a whole index (which
         // `ORDER BY id` makes the planner prefer to a disabled sequential scan) would not.
         let scans = plan

@@ -52,28 +52,12 @@ pub async fn connect_gateway(config: &Config) -> Result<DatabaseConnection, DbEr
     open_pool(config, PoolRole::Gateway).await
 }
 
-/// [`connect_gateway`] for the Postgres ingestion writers: `connections` of them, which plan
-/// their statements once. Postgres plans a prepared statement again at every execution while
-/// it estimates that plans made for the values bound come out cheaper than one made for any,
-/// and with arrays bound they always do (it knows their length): planning then cost the
-/// ingestion statements more than running them. Their generic plans reach every row through
-/// an index (a test checks each), whatever the batch size.
-pub(crate) async fn connect_ingestion_writers(
-    config: &Config,
-    connections: u32,
-) -> Result<DatabaseConnection, DbErr> {
-    let mut own = config.clone();
-    own.database.max_connections = connections;
-    open_pool(&own, PoolRole::PostgresWriters).await
-}
-
 /// What a pool is for, where that changes its connections' settings.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum PoolRole {
     /// A process that opens the database on its own (migrations, the benchmark's seeding).
     Tool,
     Gateway,
-    PostgresWriters,
 }
 
 async fn open_pool(config: &Config, role: PoolRole) -> Result<DatabaseConnection, DbErr> {
@@ -120,12 +104,7 @@ async fn open_pool(config: &Config, role: PoolRole) -> Result<DatabaseConnection
                     )
             });
     } else {
-        options
-            .max_connections(config.database.max_connections)
-            .map_sqlx_postgres_opts(move |o| match role {
-                PoolRole::PostgresWriters => o.options([("plan_cache_mode", "force_generic_plan")]),
-                PoolRole::Tool | PoolRole::Gateway => o,
-            });
+        options.max_connections(config.database.max_connections);
     }
     Database::connect(options).await
 }

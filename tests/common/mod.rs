@@ -344,12 +344,7 @@ impl OwnPostgres {
     }
 
     fn run(&self, program: &str, args: &[&str], as_postgres: bool) {
-        let root = std::process::Command::new("id")
-            .arg("-u")
-            .output()
-            .map(|o| o.stdout == b"0\n")
-            .unwrap_or(false);
-        let mut cmd = if as_postgres && root {
+        let mut cmd = if as_postgres && self.as_root() {
             let mut c = std::process::Command::new("runuser");
             c.args(["-u", "postgres", "--", program]);
             c
@@ -388,6 +383,49 @@ impl OwnPostgres {
             &["-D", self.data(), "-m", "immediate", "-w", "stop"],
             true,
         );
+    }
+
+    /// Writes `files` into the data directory (readable by the server alone, as it wants its
+    /// keys), appends `settings` to postgresql.conf, replaces pg_hba.conf with `hba` and has
+    /// the server reload them.
+    pub fn configure(&self, files: &[(&str, &[u8])], settings: &str, hba: &str) {
+        use std::{io::Write, os::unix::fs::PermissionsExt};
+        let dir = std::path::Path::new(self.data());
+        for (name, content) in files {
+            let path = dir.join(name);
+            std::fs::write(&path, content).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(dir.join("postgresql.conf"))
+            .unwrap()
+            .write_all(settings.as_bytes())
+            .unwrap();
+        std::fs::write(dir.join("pg_hba.conf"), hba).unwrap();
+        let mut owned: Vec<&str> = vec!["postgres"];
+        let paths: Vec<String> = ["postgresql.conf", "pg_hba.conf"]
+            .iter()
+            .chain(files.iter().map(|(name, _)| name))
+            .map(|name| dir.join(name).to_string_lossy().into_owned())
+            .collect();
+        owned.extend(paths.iter().map(String::as_str));
+        if self.as_root() {
+            self.run("chown", &owned, false);
+        }
+        self.run(
+            &format!("{}/pg_ctl", self.bin),
+            &["-D", self.data(), "reload"],
+            true,
+        );
+    }
+
+    fn as_root(&self) -> bool {
+        std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| o.stdout == b"0\n")
+            .unwrap_or(false)
     }
 }
 

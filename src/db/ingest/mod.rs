@@ -11,7 +11,7 @@
 //!
 //! The writers run on a thread and runtime of their own ([`Ingestor::start`]). Each backend
 //! has statements written for it: Postgres runs a few of one shape each, rows bound as arrays,
-//! on a pool of the writers' own ([`postgres`]); SQLite runs cached statements a row at a time
+//! sent without waiting for each answer on connections of the writers' own ([`postgres`]); SQLite runs cached statements a row at a time
 //! on a connection of its own driven directly ([`sqlite`]), where the per-statement and
 //! per-row hops of sqlx's SQLite worker thread cost several times what SQLite itself spends.
 //! The decisions are shared: both claim the deliveries, read [`scenes_wanted`], run
@@ -90,7 +90,7 @@ impl Batch {
     }
 }
 
-/// Where a batch is written: on Postgres, a pool of the writers' own
+/// Where a batch is written: on Postgres, connections of the writers' own
 /// ([`postgres::PgWriter`]); on SQLite, a connection of its own ([`sqlite::SqliteWriter`]).
 #[derive(Clone)]
 pub enum IngestDb {
@@ -103,9 +103,9 @@ impl IngestDb {
     /// are writers, so that the API and the outbox never make a webhook wait for one.
     pub async fn open(db: &DatabaseConnection, config: &Config) -> Result<Self, DbErr> {
         if super::is_postgres(db) {
-            let writers = writers(db, config) as u32;
-            let pool = super::connect_ingestion_writers(config, writers).await?;
-            return Ok(Self::Postgres(PgWriter::new(pool)));
+            let timeout = std::time::Duration::from_millis(config.database.acquire_timeout_ms);
+            let writer = PgWriter::open(&config.database_url, writers(db, config), timeout).await?;
+            return Ok(Self::Postgres(writer));
         }
         let path = super::sqlite_file(&config.database_url).ok_or_else(|| {
             DbErr::Custom("ingestion needs a SQLite database in a file, not in memory".into())
@@ -145,8 +145,8 @@ async fn transaction(
     before_commit: impl FnOnce() + Send + 'static,
 ) -> (Batch, Result<Vec<Reply>, DbErr>) {
     let result = match db {
-        // Boxed: sqlx's futures take kilobytes, which every batch's task would otherwise
-        // copy several times over, on SQLite as well (it shares this future's type).
+        // Boxed: the transaction's future takes kilobytes, which every batch's task would
+        // otherwise copy several times over, on SQLite as well (it shares this future's type).
         IngestDb::Postgres(writer) => {
             Box::pin(writer.transaction(&batch, limits, before_commit)).await
         }

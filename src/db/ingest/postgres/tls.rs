@@ -1,0 +1,314 @@
+//! TLS for the writers' tokio-postgres connections, set up as sqlx sets up the gateway's other
+//! connections (`sqlx-core`'s rustls handshake), so that one `DATABASE_URL` means the same to
+//! both: ring, webpki's root certificates plus `sslrootcert`, a client certificate from
+//! `sslcert` and `sslkey`; `verify-full` checks the chain and the host name, `verify-ca` the
+//! chain only, and `prefer` and `require` accept any certificate (sqlx does not read
+//! `sslrootcert` for them either).
+
+use std::{
+    future::Future,
+    io,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use rustls::{
+    ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+    client::{
+        WebPkiServerVerifier,
+        danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+    },
+    crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature},
+    pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime, pem::PemObject},
+};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect, TlsStream};
+
+/// How the server's certificate is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verify {
+    /// Any certificate (`prefer`, `require`): encryption without authentication.
+    Nothing,
+    /// The chain up to a trusted root, whatever name it is for (`verify-ca`).
+    Chain,
+    /// The chain and the host's name (`verify-full`).
+    ChainAndName,
+}
+
+/// A certificate or key: a file, or PEM text given inline (as sqlx accepts both).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pem {
+    File(std::path::PathBuf),
+    Inline(String),
+}
+
+impl Pem {
+    fn read(&self) -> Result<Vec<u8>, String> {
+        match self {
+            Pem::File(path) => {
+                std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+            }
+            Pem::Inline(text) => Ok(text.clone().into_bytes()),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Pem::File(path) => path.display().to_string(),
+            Pem::Inline(_) => "the inline PEM".into(),
+        }
+    }
+}
+
+/// What the connector is built from (the `ssl*` settings of the URL or the environment).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    pub verify: Verify,
+    pub root_cert: Option<Pem>,
+    pub client_cert: Option<Pem>,
+    pub client_key: Option<Pem>,
+}
+
+/// A rustls client configuration for `settings`, shared by every connection it makes.
+#[derive(Clone)]
+pub struct RustlsConnect {
+    config: Arc<ClientConfig>,
+}
+
+impl RustlsConnect {
+    pub fn new(settings: &TlsSettings) -> Result<Self, String> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?;
+        let client_auth = match (&settings.client_cert, &settings.client_key) {
+            (Some(cert), Some(key)) => Some((certificates(cert)?, private_key(key)?)),
+            (None, None) => None,
+            _ => return Err("sslcert and sslkey must be given together".into()),
+        };
+        let verifier: Arc<dyn ServerCertVerifier> = match settings.verify {
+            Verify::Nothing => Arc::new(AnyCertificate { provider }),
+            Verify::Chain | Verify::ChainAndName => {
+                let mut roots =
+                    RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+                if let Some(root) = &settings.root_cert {
+                    for cert in certificates(root)? {
+                        roots.add(cert).map_err(|e| {
+                            format!("invalid certificate in {}: {e}", root.describe())
+                        })?;
+                    }
+                }
+                let chain = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                if settings.verify == Verify::Chain {
+                    Arc::new(AnyName { chain })
+                } else {
+                    chain
+                }
+            }
+        };
+        let builder = builder
+            .dangerous()
+            .with_custom_certificate_verifier(verifier);
+        let config = match client_auth {
+            Some((chain, key)) => builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| e.to_string())?,
+            None => builder.with_no_client_auth(),
+        };
+        Ok(Self {
+            config: Arc::new(config),
+        })
+    }
+}
+
+fn certificates(pem: &Pem) -> Result<Vec<CertificateDer<'static>>, String> {
+    let data = pem.read()?;
+    let certs = CertificateDer::pem_slice_iter(&data)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("invalid certificate in {}: {e}", pem.describe()))?;
+    if certs.is_empty() {
+        return Err(format!("no certificate in {}", pem.describe()));
+    }
+    Ok(certs)
+}
+
+fn private_key(pem: &Pem) -> Result<PrivateKeyDer<'static>, String> {
+    PrivateKeyDer::from_pem_slice(&pem.read()?)
+        .map_err(|e| format!("no usable private key in {}: {e}", pem.describe()))
+}
+
+impl<S> MakeTlsConnect<S> for RustlsConnect
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    type Stream = RustlsStream<S>;
+    type TlsConnect = RustlsHandshake;
+    type Error = rustls::pki_types::InvalidDnsNameError;
+
+    fn make_tls_connect(&mut self, host: &str) -> Result<RustlsHandshake, Self::Error> {
+        Ok(RustlsHandshake {
+            config: self.config.clone(),
+            server: ServerName::try_from(host)?.to_owned(),
+        })
+    }
+}
+
+/// One connection's handshake, for the host it connects to.
+pub struct RustlsHandshake {
+    config: Arc<ClientConfig>,
+    server: ServerName<'static>,
+}
+
+type Handshake<S> = Pin<Box<dyn Future<Output = io::Result<RustlsStream<S>>> + Send>>;
+
+impl<S> TlsConnect<S> for RustlsHandshake
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    type Stream = RustlsStream<S>;
+    type Error = io::Error;
+    type Future = Handshake<S>;
+
+    fn connect(self, stream: S) -> Handshake<S> {
+        let connector = tokio_rustls::TlsConnector::from(self.config);
+        Box::pin(async move {
+            let stream = connector.connect(self.server, stream).await?;
+            Ok(RustlsStream(stream))
+        })
+    }
+}
+
+/// An established TLS stream. No channel binding: sqlx's SCRAM does not bind either.
+pub struct RustlsStream<S>(tokio_rustls::client::TlsStream<S>);
+
+impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream for RustlsStream<S> {
+    fn channel_binding(&self) -> ChannelBinding {
+        ChannelBinding::none()
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for RustlsStream<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for RustlsStream<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+/// `prefer` and `require`: the handshake's signatures are still checked, the certificate not.
+#[derive(Debug)]
+struct AnyCertificate {
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let algorithms = &self.provider.signature_verification_algorithms;
+        verify_tls12_signature(message, cert, dss, algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let algorithms = &self.provider.signature_verification_algorithms;
+        verify_tls13_signature(message, cert, dss, algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// `verify-ca`: the chain must lead to a trusted root; the name it was issued for may differ.
+#[derive(Debug)]
+struct AnyName {
+    chain: Arc<WebPkiServerVerifier>,
+}
+
+impl ServerCertVerifier for AnyName {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        use rustls::{CertificateError, Error};
+        match self
+            .chain
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        {
+            Err(Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.chain.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.chain.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.chain.supported_verify_schemes()
+    }
+}
