@@ -42,7 +42,8 @@ backend_tests!(
     postgres_only,
     Shared;
     a_late_task_id_does_not_overwrite_a_committed_callback,
-    postgres_ingestion_reaches_every_row_through_an_index
+    postgres_ingestion_reaches_every_row_through_an_index,
+    a_session_a_panic_left_mid_transaction_is_never_used_again
 );
 
 // SQLite's ingestion runs on a connection of its own (`db::ingest::SqliteWriter`).
@@ -632,6 +633,51 @@ async fn postgres_ingestion_reaches_every_row_through_an_index(backend: Backend)
         assert!(!plan.contains("Seq Scan"), "{sql}\n{plan}");
         assert_eq!(scans, conditions, "{sql}\n{plan}");
     }
+}
+
+/// A bug that panics mid-transaction must not leave its transaction open on a session that
+/// the next batch then uses: that batch's COMMIT would commit the rows of both.
+async fn a_session_a_panic_left_mid_transaction_is_never_used_again(backend: Backend) {
+    use scenehook::db::ingest::{PgWriter, Session};
+    let Some(app) = started(backend, "ingest_pg_panic", &[]).await else {
+        return;
+    };
+    let url = &app.gateway.state.config.database_url;
+    // One session, so that every batch here takes the same slot.
+    let writer = PgWriter::open(url, 1, std::time::Duration::from_secs(5))
+        .await
+        .unwrap();
+    let sessions = writer.sessions().clone();
+    let panicked: Result<Result<(), _>, _> = tokio::spawn(async move {
+        sessions
+            .run(async |session: &Session| {
+                session
+                    .client
+                    .batch_execute(
+                        "BEGIN; INSERT INTO webhook_deliveries (kind, delivery_key, project_id, \
+                         outcome, received_at) VALUES ('video-complete', 'leaked', 'p', \
+                         'accepted', now())",
+                    )
+                    .await
+                    .unwrap();
+                panic!("a bug mid-transaction")
+            })
+            .await
+    })
+    .await;
+    assert!(panicked.is_err());
+    for _ in 0..2 {
+        writer
+            .sessions()
+            .run(async |session: &Session| {
+                let committed = session.client.batch_execute("BEGIN; COMMIT").await;
+                Ok::<_, sea_orm::DbErr>(committed.unwrap())
+            })
+            .await
+            .unwrap();
+    }
+    let leaked = "SELECT COUNT(*) FROM webhook_deliveries WHERE delivery_key = 'leaked'";
+    assert_eq!(count(&app, leaked).await, 0);
 }
 
 async fn a_failing_statement_costs_only_its_own_delivery(backend: Backend) {

@@ -37,7 +37,7 @@ use std::{
 
 use chrono::{DateTime, Utc};
 use entity::outbox_job;
-pub use postgres::{PgWriter, STATEMENTS as POSTGRES_STATEMENTS};
+pub use postgres::{PgWriter, STATEMENTS as POSTGRES_STATEMENTS, Session, WriterSessions};
 use sea_orm::{DatabaseConnection, DbErr, RuntimeErr};
 pub use sqlite::SqliteWriter;
 use tokio::sync::{Mutex, mpsc, oneshot};

@@ -24,8 +24,8 @@ use entity::{project, scene};
 use sea_orm::DbErr;
 use tokio_postgres::{Row, types::ToSql};
 
-pub use self::session::WriterSessions;
-use self::session::{Session, db_err};
+use self::session::db_err;
+pub use self::session::{Session, WriterSessions};
 use super::{Batch, Claims, Reply, ScenesWanted, apply_transitions, payload_text, scenes_wanted};
 use crate::{
     db::pipeline::{assemble, changed_rows, record},

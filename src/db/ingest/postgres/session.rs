@@ -13,7 +13,7 @@ use std::{
         Arc,
         atomic::{AtomicUsize, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use sea_orm::{
@@ -39,7 +39,13 @@ const SESSION_OPTIONS: &str = "-c plan_cache_mode=force_generic_plan";
 pub struct Session {
     pub client: Client,
     pub statements: Statements,
+    last_used: Instant,
 }
+
+/// A session idle for longer is pinged before its next batch, as sqlx's pool checks its
+/// connections: one a network or a failover dropped silently meanwhile is then replaced
+/// instead of failing that batch. A session in steady use is not (a round trip per batch).
+const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 
 pub struct Statements {
     pub begin: Statement,
@@ -116,7 +122,7 @@ impl WriterSessions {
     /// that a panic left mid-transaction, is dropped (its server rolls back what was in
     /// flight) and the next batch connects anew; after a refused statement it rolls back and
     /// is kept.
-    pub(super) async fn run<T>(
+    pub async fn run<T>(
         &self,
         work: impl AsyncFnOnce(&Session) -> Result<T, DbErr>,
     ) -> Result<T, DbErr> {
@@ -124,11 +130,12 @@ impl WriterSessions {
             .await
             .map_err(|_| DbErr::ConnectionAcquire(ConnAcquireErr::Timeout))?;
         // Out of its slot while in use: a panic unwinding through here drops it.
-        let session = match slot.take() {
-            Some(session) if !session.client.is_closed() => session,
+        let mut session = match slot.take() {
+            Some(session) if self.usable(&session).await => session,
             _ => self.connector.connect(self.timeout).await?,
         };
         let result = work(&session).await;
+        session.last_used = Instant::now();
         let keep = match &result {
             Ok(_) => true,
             Err(e) if crate::db::is_unavailable(e) => false,
@@ -138,6 +145,17 @@ impl WriterSessions {
             *slot = Some(session);
         }
         result
+    }
+
+    async fn usable(&self, session: &Session) -> bool {
+        if session.client.is_closed() {
+            return false;
+        }
+        if session.last_used.elapsed() < PING_IF_IDLE_FOR {
+            return true;
+        }
+        let ping = session.client.simple_query("");
+        matches!(tokio::time::timeout(self.timeout, ping).await, Ok(Ok(_)))
     }
 
     async fn slot(&self) -> MutexGuard<'_, Option<Session>> {
@@ -173,7 +191,11 @@ impl Connector {
                 }
             });
             let statements = Statements::prepare(&client).await?;
-            Ok(Session { client, statements })
+            Ok(Session {
+                client,
+                statements,
+                last_used: Instant::now(),
+            })
         };
         match tokio::time::timeout(timeout, connecting).await {
             Ok(Ok(session)) => Ok(session),
