@@ -43,7 +43,8 @@ backend_tests!(
     Shared;
     a_late_task_id_does_not_overwrite_a_committed_callback,
     postgres_ingestion_reaches_every_row_through_an_index,
-    a_session_a_panic_left_mid_transaction_is_never_used_again
+    a_session_a_panic_left_mid_transaction_is_never_used_again,
+    a_duplicate_locks_nothing
 );
 
 // SQLite's ingestion runs on a connection of its own (`db::ingest::SqliteWriter`).
@@ -633,6 +634,42 @@ async fn postgres_ingestion_reaches_every_row_through_an_index(backend: Backend)
         assert!(!plan.contains("Seq Scan"), "{sql}\n{plan}");
         assert_eq!(scans, conditions, "{sql}\n{plan}");
     }
+}
+
+/// A batch sends its claims before it knows which of them are duplicates; only the projects of
+/// the deliveries it claimed may be locked (a lock is a write, and a wait on whoever holds it).
+/// A duplicate is answered while another transaction holds its project.
+async fn a_duplicate_locks_nothing(backend: Backend) {
+    use sea_orm::TransactionTrait;
+    let Some(app) = started(backend, "ingest_pg_dup_lock", &["p_a"]).await else {
+        return;
+    };
+    let first = ingest_batch(
+        ingest_db(&app),
+        batch(vec![video_done("k_a", "p_a", "task_p_a")]),
+        &LIMITS,
+    )
+    .await
+    .unwrap();
+    assert!(matches!(first[..], [Ok(IngestOutcome::Accepted(_))]));
+    let holder = db(&app).begin().await.unwrap();
+    holder
+        .execute_unprepared("SELECT * FROM projects WHERE id = 'p_a' FOR UPDATE")
+        .await
+        .unwrap();
+    let again = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        ingest_batch(
+            ingest_db(&app),
+            batch(vec![video_done("k_a", "p_a", "task_p_a")]),
+            &LIMITS,
+        ),
+    )
+    .await
+    .expect("a duplicate does not wait for its project's lock")
+    .unwrap();
+    assert!(matches!(again[..], [Ok(IngestOutcome::Duplicate)]));
+    holder.rollback().await.unwrap();
 }
 
 /// A bug that panics mid-transaction must not leave its transaction open on a session that

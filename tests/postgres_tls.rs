@@ -47,6 +47,10 @@ leaf client /CN=certuser 'basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth
     );
 }
 
+fn percent_encode(text: &str) -> String {
+    percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
 async fn writer(url: &str) -> Result<PgWriter, String> {
     PgWriter::open(url, 1, Duration::from_secs(5))
         .await
@@ -154,6 +158,17 @@ async fn the_writers_read_tls_certificates_and_passwords_as_sqlx_does() {
             .get(0);
         assert!(encrypted, "{url}");
     }
+
+    // A Unix socket: TLS is for TCP only, and `prefer`, the default, goes without it there.
+    let socket = format!(
+        "postgres://postgres@{}:{}/postgres",
+        percent_encode(pg.socket_dir()),
+        pg.port
+    );
+    Database::connect(socket.as_str()).await.unwrap();
+    writer(&socket)
+        .await
+        .unwrap_or_else(|e| panic!("the writers refused {socket}: {e}"));
 
     let stranger = file("stranger.pem");
     let refused = [

@@ -363,6 +363,11 @@ impl OwnPostgres {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
 
+    /// The directory of its Unix socket.
+    pub fn socket_dir(&self) -> &str {
+        self.data()
+    }
+
     pub fn restart(&self) {
         let opts = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",

@@ -32,21 +32,37 @@ use crate::{
     domain::Limits,
 };
 
+/// Claims the deliveries and locks the projects of those claimed, in one statement: the
+/// claims are sent before their answer is known, so only they can tell which projects to
+/// lock. A duplicate then locks nothing, and a batch of duplicates writes nothing at all (a
+/// project locked `FOR UPDATE` is a WAL record and a dirtied page).
+///
 /// Inserting first claims each delivery: a concurrent transaction holding the same key makes
 /// this insert wait for its outcome, then skip the row if it committed. The rows come sorted
 /// by key, so two batches that share keys wait on them in the same order, never on each other.
-const CLAIM_DELIVERIES: &str = "INSERT INTO webhook_deliveries \
-     (kind, delivery_key, task_id, scene_id, project_id, outcome, received_at) \
-     SELECT kind, delivery_key, task_id, scene_id, project_id, 'accepted', $6 \
-     FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) \
-     AS d(kind, delivery_key, task_id, scene_id, project_id) \
-     ON CONFLICT (kind, delivery_key) DO NOTHING RETURNING id, kind, delivery_key";
-/// Locked in id order, so that concurrent transactions over overlapping projects queue
-/// instead of deadlocking. The scenes are read by the next statement, whose snapshot is taken
-/// once the locks are held (read in this one, they could predate a transaction waited for).
-const LOCK_PROJECTS: &str = "SELECT id, name, status, final_video_url, stitch_attempts, \
-     last_error, created_at, updated_at, completed_at \
-     FROM projects WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE";
+/// The projects are locked in id order, so that concurrent transactions over overlapping
+/// projects queue instead of deadlocking; `FOR UPDATE` returns each as its last committed
+/// version. The scenes are read by the next statement, whose snapshot is taken once the locks
+/// are held (read in this one, they could predate a transaction waited for).
+///
+/// One row per claim (`claim_id`, `kind`, `delivery_key`, the rest null), then one per
+/// project (`claim_id` null, then the project's columns).
+const CLAIM_AND_LOCK: &str = "WITH claimed AS (\
+       INSERT INTO webhook_deliveries \
+       (kind, delivery_key, task_id, scene_id, project_id, outcome, received_at) \
+       SELECT kind, delivery_key, task_id, scene_id, project_id, 'accepted', $6 \
+       FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) \
+       AS d(kind, delivery_key, task_id, scene_id, project_id) \
+       ON CONFLICT (kind, delivery_key) DO NOTHING RETURNING id, kind, delivery_key, project_id\
+     ), locked AS (\
+       SELECT id, name, status, final_video_url, stitch_attempts, last_error, created_at, \
+       updated_at, completed_at FROM projects \
+       WHERE id = ANY(ARRAY(SELECT project_id FROM claimed)) ORDER BY id FOR UPDATE\
+     ) SELECT id AS claim_id, kind, delivery_key, NULL::text, NULL::text, NULL::text, \
+       NULL::text, NULL::int4, NULL::text, NULL::timestamptz, NULL::timestamptz, \
+       NULL::timestamptz FROM claimed \
+     UNION ALL SELECT NULL, NULL, NULL, id, name, status, final_video_url, stitch_attempts, \
+       last_error, created_at, updated_at, completed_at FROM locked";
 /// Whole projects' scenes ($1), then scenes by id ($2).
 macro_rules! scenes_of_projects_or_by_id {
     () => {
@@ -114,9 +130,8 @@ const WRITE: &str = "WITH scene_rows AS (\
      ) SELECT 1";
 
 /// The statements, for tests and diagnostics (their plans).
-pub const STATEMENTS: [&str; 6] = [
-    CLAIM_DELIVERIES,
-    LOCK_PROJECTS,
+pub const STATEMENTS: [&str; 5] = [
+    CLAIM_AND_LOCK,
     SCENES,
     SCENES_AND_NEXT,
     DELETE_DELIVERIES,
@@ -171,11 +186,10 @@ async fn transaction(
     let now = Utc::now();
     let mut sorted: Vec<_> = batch.items.iter().collect();
     sorted.sort_unstable_by(|a, b| (a.kind, &a.key).cmp(&(b.kind, &b.key)));
-    // The claims are not known before they are sent with the reads: every delivery's rows are
-    // read, a duplicate's too (it then changes nothing).
+    // The claims are not known before the scenes are asked for: every delivery's scenes are
+    // read, a duplicate's too (its project is not locked, and they are left aside).
     let every = vec![Some(0); batch.len()];
     let wanted = scenes_wanted(batch, &every);
-    let projects: Vec<&str> = wanted.keys().copied().collect();
     let (mut whole, mut by_id, mut with_next) = (Vec::new(), Vec::new(), Vec::new());
     for (&id, want) in &wanted {
         match want {
@@ -204,24 +218,25 @@ async fn transaction(
         column(&sorted, |s| s.callback.scene_id().map(|id| id.as_str())),
         column(&sorted, |s| s.callback.project_id().as_str()),
     );
-    let claims = async {
+    let claims_and_locks = async {
         let values: [&(dyn ToSql + Sync); 6] =
             [&kinds, &keys, &tasks, &scene_ids, &project_ids, &now];
-        client.query(&statements.claim, &values).await
+        client.query(&statements.claim_and_lock, &values).await
     };
-    let locks = async { client.query(&statements.lock, &[&projects]).await };
     // `biased`: polled in this order, and tokio-postgres sends a request when its future is
     // first polled, so BEGIN goes first and the rest run inside the transaction.
-    let (_, claimed, projects, scenes) = tokio::try_join!(
+    let (_, claimed_and_locked, scenes) = tokio::try_join!(
         biased;
         client.execute(&statements.begin, &[]),
-        claims,
-        locks,
+        claims_and_locks,
         scenes,
     )
     .map_err(db_err)?;
+    let (claimed, projects): (Vec<&Row>, Vec<&Row>) = claimed_and_locked
+        .iter()
+        .partition(|row| row.get::<_, Option<i64>>(0).is_some());
     let claims = claims_in_batch_order(batch, &claimed).map_err(db_err)?;
-    let projects = decode(&projects, project_row)?;
+    let projects = decode(projects, project_row)?;
     let scenes = decode(&scenes, scene_row)?;
     let mut works = assemble(projects, scenes);
     let applied = apply_transitions(batch, &claims, &mut works, limits, now);
@@ -293,7 +308,7 @@ async fn transaction(
 
 /// Each submission's delivery row, as the claims returned them (sorted by key), in batch
 /// order; `None` for a delivery already stored.
-fn claims_in_batch_order(batch: &Batch, rows: &[Row]) -> Result<Claims, tokio_postgres::Error> {
+fn claims_in_batch_order(batch: &Batch, rows: &[&Row]) -> Result<Claims, tokio_postgres::Error> {
     let mut inserted = rows
         .iter()
         .map(|row| Ok((row.try_get(1)?, row.try_get(2)?, row.try_get(0)?)))
@@ -313,11 +328,11 @@ fn claims_in_batch_order(batch: &Batch, rows: &[Row]) -> Result<Claims, tokio_po
         .collect())
 }
 
-fn decode<T>(
-    rows: &[Row],
+fn decode<'r, T>(
+    rows: impl IntoIterator<Item = &'r Row>,
     decode: fn(&Row) -> Result<T, tokio_postgres::Error>,
 ) -> Result<Vec<T>, DbErr> {
-    rows.iter()
+    rows.into_iter()
         .map(decode)
         .collect::<Result<_, _>>()
         .map_err(db_err)
@@ -328,17 +343,18 @@ fn column<'a, R, T>(rows: &'a [R], value: impl Fn(&'a R) -> T) -> Vec<T> {
     rows.iter().map(value).collect()
 }
 
+/// A project from [`CLAIM_AND_LOCK`], whose columns follow the claims' three.
 fn project_row(row: &Row) -> Result<project::Model, tokio_postgres::Error> {
     Ok(project::Model {
-        id: row.try_get(0)?,
-        name: row.try_get(1)?,
-        status: row.try_get(2)?,
-        final_video_url: row.try_get(3)?,
-        stitch_attempts: row.try_get(4)?,
-        last_error: row.try_get(5)?,
-        created_at: row.try_get(6)?,
-        updated_at: row.try_get(7)?,
-        completed_at: row.try_get(8)?,
+        id: row.try_get(3)?,
+        name: row.try_get(4)?,
+        status: row.try_get(5)?,
+        final_video_url: row.try_get(6)?,
+        stitch_attempts: row.try_get(7)?,
+        last_error: row.try_get(8)?,
+        created_at: row.try_get(9)?,
+        updated_at: row.try_get(10)?,
+        completed_at: row.try_get(11)?,
     })
 }
 

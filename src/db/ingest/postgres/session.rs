@@ -50,8 +50,7 @@ const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 pub struct Statements {
     pub begin: Statement,
     pub commit: Statement,
-    pub claim: Statement,
-    pub lock: Statement,
+    pub claim_and_lock: Statement,
     pub scenes: Statement,
     pub scenes_and_next: Statement,
     pub delete: Statement,
@@ -61,11 +60,10 @@ pub struct Statements {
 impl Statements {
     /// Prepares every statement, the requests sent at once.
     async fn prepare(client: &Client) -> Result<Self, tokio_postgres::Error> {
-        let (begin, commit, claim, lock, scenes, scenes_and_next, delete, write) = tokio::try_join!(
+        let (begin, commit, claim_and_lock, scenes, scenes_and_next, delete, write) = tokio::try_join!(
             client.prepare("BEGIN"),
             client.prepare("COMMIT"),
-            client.prepare(super::CLAIM_DELIVERIES),
-            client.prepare(super::LOCK_PROJECTS),
+            client.prepare(super::CLAIM_AND_LOCK),
             client.prepare(super::SCENES),
             client.prepare(super::SCENES_AND_NEXT),
             client.prepare(super::DELETE_DELIVERIES),
@@ -74,8 +72,7 @@ impl Statements {
         Ok(Self {
             begin,
             commit,
-            claim,
-            lock,
+            claim_and_lock,
             scenes,
             scenes_and_next,
             delete,

@@ -146,12 +146,14 @@ where
 {
     type Stream = RustlsStream<S>;
     type TlsConnect = RustlsHandshake;
-    type Error = rustls::pki_types::InvalidDnsNameError;
+    type Error = io::Error;
 
-    fn make_tls_connect(&mut self, host: &str) -> Result<RustlsHandshake, Self::Error> {
+    /// Called for every connection, TLS or not: a Unix socket's `host` is empty, and a name
+    /// that cannot be a server's fails only a handshake that is attempted.
+    fn make_tls_connect(&mut self, host: &str) -> io::Result<RustlsHandshake> {
         Ok(RustlsHandshake {
             config: self.config.clone(),
-            server: ServerName::try_from(host)?.to_owned(),
+            server: ServerName::try_from(host).map(|name| name.to_owned()),
         })
     }
 }
@@ -159,7 +161,7 @@ where
 /// One connection's handshake, for the host it connects to.
 pub struct RustlsHandshake {
     config: Arc<ClientConfig>,
-    server: ServerName<'static>,
+    server: Result<ServerName<'static>, rustls::pki_types::InvalidDnsNameError>,
 }
 
 type Handshake<S> = Pin<Box<dyn Future<Output = io::Result<RustlsStream<S>>> + Send>>;
@@ -175,7 +177,10 @@ where
     fn connect(self, stream: S) -> Handshake<S> {
         let connector = tokio_rustls::TlsConnector::from(self.config);
         Box::pin(async move {
-            let stream = connector.connect(self.server, stream).await?;
+            let server = self
+                .server
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+            let stream = connector.connect(server, stream).await?;
             Ok(RustlsStream(stream))
         })
     }
