@@ -3,8 +3,8 @@
 //! through tokio-postgres on connections of the writers' own ([`session`]).
 //!
 //! A batch is two groups of requests, each sent without waiting for the answers in between:
-//! BEGIN, the claims, the project locks and the scenes (one statement of two, as the batch
-//! has last-frame callbacks or not); then, once the transitions are applied in memory, the
+//! BEGIN, the claims with their projects' locks (one statement) and the scenes (one statement
+//! of two, as the batch has last-frame callbacks or not); then, once the transitions are applied in memory, the
 //! deletion of rejected deliveries (when there are any), the writes and COMMIT. Postgres runs
 //! them one after another as ever; what goes is the wait for each answer before sending the
 //! next, seven round trips through sqlx (which has no pipelining) against two
