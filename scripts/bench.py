@@ -32,7 +32,7 @@ elif MODE == "ab":
 elif MODE == "soak":
     CONCURRENCY, DURATION, PER_RUN = [32], 300, (200000, 200000)
 else:
-    CONCURRENCY, DURATION, PER_RUN = [8, 32, 64], 10, (250000, 60000)
+    CONCURRENCY, DURATION, PER_RUN = [8, 32, 64], 10, (250000, 150000)
 # Last-frame deliveries per run (`lastframe`): each is a project of 10 scenes, so the database
 # holds ten times as many scenes as the run sends deliveries.
 LAST_FRAME_PER_RUN = 65000
