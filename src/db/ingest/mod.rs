@@ -11,9 +11,10 @@
 //!
 //! The writers run on a thread and runtime of their own ([`Ingestor::start`]). Each backend
 //! has statements written for it: Postgres runs a few of one shape each, rows bound as arrays,
-//! sent without waiting for each answer on connections of the writers' own ([`postgres`]); SQLite runs cached statements a row at a time
-//! on a connection of its own driven directly ([`sqlite`]), where the per-statement and
-//! per-row hops of sqlx's SQLite worker thread cost several times what SQLite itself spends.
+//! sent without waiting for each answer on connections of the writers' own ([`postgres`]);
+//! SQLite runs cached statements a row at a time on a connection of its own driven directly
+//! ([`sqlite`]), where the per-statement and per-row hops of sqlx's SQLite worker thread cost
+//! several times what SQLite itself spends.
 //! The decisions are shared: both claim the deliveries, read [`scenes_wanted`], run
 //! [`apply_transitions`] and write what changed.
 

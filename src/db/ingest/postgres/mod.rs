@@ -4,8 +4,9 @@
 //!
 //! A batch is two groups of requests, each sent without waiting for the answers in between:
 //! BEGIN, the claims with their projects' locks (one statement) and the scenes (one statement
-//! of two, as the batch has last-frame callbacks or not); then, once the transitions are applied in memory, the
-//! deletion of rejected deliveries (when there are any), the writes and COMMIT. Postgres runs
+//! of two, as the batch has last-frame callbacks or not); then, once the transitions are
+//! applied in memory, the deletion of rejected deliveries (when there are any), the writes and
+//! COMMIT. Postgres runs
 //! them one after another as ever; what goes is the wait for each answer before sending the
 //! next, seven round trips through sqlx (which has no pipelining) against two
 //! (docs/PERFORMANCE.md, *The pipelined writer*).
@@ -234,7 +235,7 @@ async fn transaction(
     .map_err(db_err)?;
     let (claimed, projects): (Vec<&Row>, Vec<&Row>) = claimed_and_locked
         .iter()
-        .partition(|row| row.get::<_, Option<i64>>(0).is_some());
+        .partition(|row| matches!(row.try_get::<_, Option<i64>>(0), Ok(Some(_))));
     let claims = claims_in_batch_order(batch, &claimed).map_err(db_err)?;
     let projects = decode(projects, project_row)?;
     let scenes = decode(&scenes, scene_row)?;

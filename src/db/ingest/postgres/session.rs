@@ -60,14 +60,15 @@ pub struct Statements {
 impl Statements {
     /// Prepares every statement, the requests sent at once.
     async fn prepare(client: &Client) -> Result<Self, tokio_postgres::Error> {
+        let prepare = |sql| client.prepare(sql);
         let (begin, commit, claim_and_lock, scenes, scenes_and_next, delete, write) = tokio::try_join!(
-            client.prepare("BEGIN"),
-            client.prepare("COMMIT"),
-            client.prepare(super::CLAIM_AND_LOCK),
-            client.prepare(super::SCENES),
-            client.prepare(super::SCENES_AND_NEXT),
-            client.prepare(super::DELETE_DELIVERIES),
-            client.prepare(super::WRITE),
+            prepare("BEGIN"),
+            prepare("COMMIT"),
+            prepare(super::CLAIM_AND_LOCK),
+            prepare(super::SCENES),
+            prepare(super::SCENES_AND_NEXT),
+            prepare(super::DELETE_DELIVERIES),
+            prepare(super::WRITE),
         )?;
         Ok(Self {
             begin,
@@ -184,7 +185,8 @@ impl Connector {
             let (client, connection) = self.config.connect(self.tls.clone()).await?;
             tokio::spawn(async move {
                 if let Err(e) = connection.await {
-                    tracing::warn!(error = %described(&e), "an ingestion writer's Postgres connection ended");
+                    let error = described(&e);
+                    tracing::warn!(%error, "an ingestion writer's Postgres connection ended");
                 }
             });
             let statements = Statements::prepare(&client).await?;
