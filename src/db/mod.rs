@@ -52,6 +52,10 @@ pub async fn connect_gateway(config: &Config) -> Result<DatabaseConnection, DbEr
     open_pool(config, PoolRole::Gateway).await
 }
 
+/// How long opening a connection to Postgres may take, for the pools and the ingestion
+/// writers' own connections alike.
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// What a pool is for, where that changes its connections' settings.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum PoolRole {
@@ -75,7 +79,7 @@ async fn open_pool(config: &Config, role: PoolRole) -> Result<DatabaseConnection
     let mut options = ConnectOptions::new(url.clone());
     options
         .acquire_timeout(Duration::from_millis(config.database.acquire_timeout_ms))
-        .connect_timeout(Duration::from_secs(3))
+        .connect_timeout(CONNECT_TIMEOUT)
         // No reaper: sqlx 0.9.0's pool maintenance task can read a transiently wrapped idle
         // count and spin a worker at 100 % CPU for good (sqlx#3645, fixed upstream in #4289,
         // not in a release yet); seen here once in a benchmark's seeding process. Connections

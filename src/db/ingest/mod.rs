@@ -180,13 +180,12 @@ pub(super) enum ScenesWanted<'a> {
     },
 }
 
-/// The rows the claimed submissions' transitions read, by project.
+/// The rows the transitions of `submissions` read, by project.
 fn scenes_wanted<'b>(
-    batch: &'b Batch,
-    claims: &[Option<i64>],
+    submissions: impl IntoIterator<Item = &'b Submission>,
 ) -> BTreeMap<&'b str, ScenesWanted<'b>> {
     let mut wanted: BTreeMap<&str, ScenesWanted> = BTreeMap::new();
-    for (submission, _) in batch.items.iter().zip(claims).filter(|(_, c)| c.is_some()) {
+    for submission in submissions {
         let project = wanted
             .entry(submission.callback.project_id().as_str())
             .or_insert(ScenesWanted::Named {

@@ -149,7 +149,9 @@ impl SqliteWriter {
             .map_err(db_err)?;
         let stamps = Stamps::of(now);
         let claims = claim_deliveries(&txn, batch, &stamps).map_err(db_err)?;
-        let mut works = load(&txn, &scenes_wanted(batch, &claims)).map_err(db_err)?;
+        let claimed = batch.items.iter().zip(&claims).filter(|(_, c)| c.is_some());
+        let wanted = scenes_wanted(claimed.map(|(submission, _)| submission));
+        let mut works = load(&txn, &wanted).map_err(db_err)?;
         let applied = apply_transitions(batch, &claims, &mut works, limits, now);
         write(&txn, &stamps, &applied.rejected, &works, &applied.jobs).map_err(db_err)?;
         before_commit();

@@ -189,8 +189,7 @@ async fn transaction(
     sorted.sort_unstable_by(|a, b| (a.kind, &a.key).cmp(&(b.kind, &b.key)));
     // The claims are not known before the scenes are asked for: every delivery's scenes are
     // read, a duplicate's too (its project is not locked, and they are left aside).
-    let every = vec![Some(0); batch.len()];
-    let wanted = scenes_wanted(batch, &every);
+    let wanted = scenes_wanted(&batch.items);
     let (mut whole, mut by_id, mut with_next) = (Vec::new(), Vec::new(), Vec::new());
     for (&id, want) in &wanted {
         match want {

@@ -175,7 +175,7 @@ impl Connector {
     fn from_url(url: &str) -> Result<Self, DbErr> {
         let invalid = |e: String| DbErr::Custom(format!("DATABASE_URL: {e}"));
         let options = PgConnectOptions::from_str(url).map_err(|e| invalid(e.to_string()))?;
-        let (config, tls) = writer_config(&options).map_err(invalid)?;
+        let (config, tls) = writer_config(&options);
         let tls = RustlsConnect::new(&tls).map_err(invalid)?;
         Ok(Self { config, tls })
     }
@@ -205,9 +205,7 @@ impl Connector {
 }
 
 /// The tokio-postgres settings and the TLS settings for what sqlx resolved into `options`.
-fn writer_config(
-    options: &PgConnectOptions,
-) -> Result<(tokio_postgres::Config, TlsSettings), String> {
+fn writer_config(options: &PgConnectOptions) -> (tokio_postgres::Config, TlsSettings) {
     let mut config = tokio_postgres::Config::new();
     match options.get_socket() {
         Some(directory) => config.host_path(directory),
@@ -218,7 +216,7 @@ fn writer_config(
     config
         .port(options.get_port())
         .user(options.get_username())
-        .connect_timeout(Duration::from_secs(3));
+        .connect_timeout(crate::db::CONNECT_TIMEOUT);
     if let Some(database) = options.get_database() {
         config.dbname(database);
     }
@@ -242,10 +240,7 @@ fn writer_config(
     // it, which any character special in a URL would break.
     let resolved = options.clone().username("u").host("h").to_url_lossy();
     if let Some(password) = resolved.password() {
-        let password = percent_encoding::percent_decode_str(password)
-            .decode_utf8()
-            .map_err(|_| "the password is not UTF-8".to_owned())?;
-        config.password(password.as_bytes());
+        config.password(percent_encoding::percent_decode_str(password).collect::<Vec<u8>>());
     }
     let pem = |name: &str| {
         resolved
@@ -262,7 +257,7 @@ fn writer_config(
         client_cert: pem("sslcert"),
         client_key: pem("sslkey"),
     };
-    Ok((config, tls))
+    (config, tls)
 }
 
 /// A failure as sea-orm reports sqlx's, so that [`crate::db::is_unavailable`] tells a lost
@@ -299,7 +294,7 @@ mod tests {
     use super::*;
 
     fn resolved(url: &str) -> (tokio_postgres::Config, TlsSettings) {
-        writer_config(&PgConnectOptions::from_str(url).unwrap()).unwrap()
+        writer_config(&PgConnectOptions::from_str(url).unwrap())
     }
 
     #[test]
@@ -363,7 +358,7 @@ mod tests {
             .unwrap()
             .ssl_root_cert_from_pem(pem.as_bytes().to_vec())
             .ssl_client_key_from_pem(pem);
-        let (config, tls) = writer_config(&options).unwrap();
+        let (config, tls) = writer_config(&options);
         assert_eq!(
             config.get_hosts(),
             [tokio_postgres::config::Host::Unix(
@@ -373,6 +368,8 @@ mod tests {
         assert_eq!(config.get_password(), None);
         assert_eq!(tls.root_cert, Some(Pem::Inline(pem.into())));
         assert_eq!(tls.client_key, Some(Pem::Inline(pem.into())));
+        // A key given inline is a secret: its text stays out of every debug print.
+        assert!(!format!("{tls:?}").contains("AAAA"), "{tls:?}");
         assert_eq!(tls.client_cert, None);
     }
 }

@@ -37,10 +37,20 @@ pub enum Verify {
 }
 
 /// A certificate or key: a file, or PEM text given inline (as sqlx accepts both).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum Pem {
     File(std::path::PathBuf),
     Inline(String),
+}
+
+/// Inline PEM may be a private key: its text never reaches a log line.
+impl std::fmt::Debug for Pem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Pem::File(path) => f.debug_tuple("File").field(path).finish(),
+            Pem::Inline(text) => write!(f, "Inline({} bytes)", text.len()),
+        }
+    }
 }
 
 impl Pem {
