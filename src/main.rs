@@ -26,7 +26,8 @@ async fn main() -> ExitCode {
     if args.iter().any(|a| a == "--no-migrate") {
         config.run_migrations = false;
     }
-    telemetry::init_tracing(config.log_format == "json");
+    // Held to the end of `main`: its drop writes out the log lines still queued.
+    let _log_writer = telemetry::init_tracing(config.log_format == "json");
     match args.first().map(String::as_str) {
         Some("demo") => demo::run(config).await,
         Some("--no-migrate") | None => run(config).await,

@@ -1,33 +1,69 @@
 //! Logging (tracing, `RUST_LOG`, text or JSON lines) and the Prometheus recorder.
 
-use std::sync::OnceLock;
+use std::{
+    io::{BufWriter, IsTerminal},
+    sync::OnceLock,
+};
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
-/// Installs the global subscriber once; later calls (tests start many apps) do nothing.
-/// `LOG_FORMAT=json` gives one JSON object per line.
-pub fn init_tracing(json: bool) {
-    static INIT: OnceLock<()> = OnceLock::new();
-    INIT.get_or_init(|| {
-        let filter = EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| EnvFilter::new("scenehook=info,tower_http=warn,warn"));
-        let registry = tracing_subscriber::registry().with(filter);
-        let result = if json {
-            registry
-                .with(
-                    fmt::layer()
-                        .json()
-                        .flatten_event(true)
-                        .with_current_span(true),
-                )
-                .try_init()
-        } else {
-            registry.with(fmt::layer().with_target(false)).try_init()
-        };
-        // A test harness may have installed its own subscriber first; that one stays.
-        drop(result);
-    });
+/// Log lines queued for the log thread at most (a few MiB). Past it, new lines are dropped
+/// and counted (`scenehook_log_lines_dropped_total`) rather than holding requests until the
+/// log drains.
+const LOG_QUEUE_LINES: usize = 8_192;
+
+/// The log thread's count of dropped lines, once logging is installed.
+static DROPPED_LOG_LINES: OnceLock<ErrorCounter> = OnceLock::new();
+
+/// Installs the global subscriber. `LOG_FORMAT=json` gives one JSON object per line. Lines are
+/// formatted where they are logged and written to stdout by a thread of their own, so that a
+/// stdout that stalls (a pipe to a log collector) never blocks a tokio worker; lines queued
+/// together leave in one write. Keep the guard until exit: dropping it writes out what is still
+/// queued. `None` when a subscriber is installed already (a test harness's, which stays).
+pub fn init_tracing(json: bool) -> Option<WorkerGuard> {
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("scenehook=info,tower_http=warn,warn"));
+    let (writer, guard) = NonBlockingBuilder::default()
+        .buffered_lines_limit(LOG_QUEUE_LINES)
+        .thread_name("scenehook-log")
+        .finish(BufWriter::new(std::io::stdout()));
+    let dropped = writer.error_counter();
+    let registry = tracing_subscriber::registry().with(filter);
+    let installed = if json {
+        registry
+            .with(
+                fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(true)
+                    .with_writer(writer),
+            )
+            .try_init()
+    } else {
+        // Colours for a terminal only: in a file or a collector they are noise.
+        let ansi = std::io::stdout().is_terminal();
+        registry
+            .with(
+                fmt::layer()
+                    .with_target(false)
+                    .with_ansi(ansi)
+                    .with_writer(writer),
+            )
+            .try_init()
+    };
+    installed.ok()?;
+    DROPPED_LOG_LINES.get_or_init(|| dropped);
+    Some(guard)
+}
+
+/// Brings `scenehook_log_lines_dropped_total` up to date (on each scrape).
+pub fn record_dropped_log_lines() {
+    if let Some(dropped) = DROPPED_LOG_LINES.get() {
+        metrics::counter!("scenehook_log_lines_dropped_total")
+            .absolute(dropped.dropped_lines() as u64);
+    }
 }
 
 /// Latency buckets in seconds, from sub-millisecond webhook answers to slow downstream calls.
@@ -118,6 +154,10 @@ fn describe_metrics() {
     describe_counter!(
         "scenehook_sqlite_wal_restart_busy_total",
         "SQLite: WAL restarts given up because a reader or writer held the log."
+    );
+    describe_counter!(
+        "scenehook_log_lines_dropped_total",
+        "Log lines dropped because stdout did not keep up with them."
     );
     describe_counter!(
         "scenehook_ingest_batch_splits_total",
@@ -219,6 +259,7 @@ fn describe_metrics() {
         "scenehook_error_store_failures_total",
         "scenehook_error_store_dropped_total",
         "scenehook_ingest_batch_splits_total",
+        "scenehook_log_lines_dropped_total",
     ] {
         metrics::counter!(counter).increment(0);
     }

@@ -1,5 +1,5 @@
 //! Metrics after an end-to-end run, the deploy/ dashboards and alerts against what is really
-//! exported, and logs that never carry a secret.
+//! exported, and logs that never carry a secret, written plainly and completely.
 
 mod common;
 
@@ -346,4 +346,76 @@ async fn logs_never_carry_secrets_and_sigterm_exits_cleanly() {
     for (name, value) in secrets.iter().chain([&("OPERATOR_API_KEYS", operator_key)]) {
         assert!(!logs.contains(value), "{name} leaked into the logs");
     }
+}
+
+/// Text logs (the default format) written to a pipe carry no terminal colour codes, and the
+/// lines logged while shutting down still reach stdout: the log thread's queue is written out
+/// before the process exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_logs_off_a_terminal_are_plain_and_complete_at_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let child = Command::new(env!("CARGO_BIN_EXE_scenehook"))
+        .current_dir(dir.path())
+        .env("BIND_ADDR", format!("127.0.0.1:{port}"))
+        .env(
+            "DATABASE_URL",
+            format!("sqlite://{}/gw.db?mode=rwc", dir.path().display()),
+        )
+        .env("VIDEO_WEBHOOK_SECRET", "text-log-test-video-secret-0123")
+        .env_remove("RUST_LOG")
+        .env_remove("LOG_FORMAT")
+        .env_remove("REDIS_URL")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let http = reqwest::Client::new();
+    eventually(Duration::from_secs(20), "the gateway is up", || async {
+        http.get(format!("{url}/healthz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    let forged = http
+        .post(format!("{url}/api/webhooks/video-complete"))
+        .header("content-type", "application/json")
+        .header("x-webhook-signature", sign_hex("attacker", b"{}"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 401);
+    let scrape = http
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        scrape.contains("\nscenehook_log_lines_dropped_total 0\n"),
+        "{scrape}"
+    );
+    let term = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "graceful shutdown exits 0");
+    let logs = String::from_utf8_lossy(&out.stdout);
+    assert!(logs.contains("scenehook listening"), "{logs}");
+    assert!(logs.contains("webhook signature rejected"), "{logs}");
+    assert!(
+        logs.contains("stopped accepting; finishing background work"),
+        "the lines logged at shutdown are written before exit: {logs}"
+    );
+    assert!(
+        !logs.contains('\u{1b}'),
+        "no colour codes off a terminal: {logs}"
+    );
 }

@@ -78,6 +78,7 @@ async fn readyz(State(app): State<AppState>) -> Response {
     responses((status = 200, description = "Prometheus exposition", content_type = "text/plain")))]
 async fn metrics(State(app): State<AppState>) -> Response {
     refresh_gauges(&app).await;
+    crate::telemetry::record_dropped_log_lines();
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         app.metrics.render(),
