@@ -419,3 +419,67 @@ async fn text_logs_off_a_terminal_are_plain_and_complete_at_exit() {
         "no colour codes off a terminal: {logs}"
     );
 }
+
+/// A stdout nobody reads (a log collector that stalls) holds no request: once the pipe and the
+/// log thread's queue are full, new lines are dropped and counted, and requests are answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_stdout_drops_log_lines_and_holds_no_request() {
+    use futures::StreamExt;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    // Its stdout is a pipe that is read only once the process has exited.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_scenehook"))
+        .current_dir(dir.path())
+        .env("BIND_ADDR", format!("127.0.0.1:{port}"))
+        .env(
+            "DATABASE_URL",
+            format!("sqlite://{}/gw.db?mode=rwc", dir.path().display()),
+        )
+        .env("RUST_LOG", "scenehook=debug,tower_http=debug")
+        .env_remove("LOG_FORMAT")
+        .env_remove("REDIS_URL")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let http = reqwest::Client::new();
+    eventually(Duration::from_secs(20), "the gateway is up", || async {
+        http.get(format!("{url}/healthz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    // Two debug lines a request: far more than a pipe (64 KiB) and the queue (8,192 lines) hold.
+    let healthz = format!("{url}/healthz");
+    let answered = tokio::time::timeout(
+        Duration::from_secs(60),
+        futures::stream::iter(0..8_000)
+            .map(|_| http.get(&healthz).send())
+            .buffer_unordered(16)
+            .filter(|r| std::future::ready(r.as_ref().is_ok_and(|r| r.status() == 200)))
+            .count(),
+    )
+    .await
+    .expect("requests are answered while nobody reads the log");
+    assert_eq!(answered, 8_000);
+    let scrape = http
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let dropped: u64 = scrape
+        .lines()
+        .find_map(|l| l.strip_prefix("scenehook_log_lines_dropped_total "))
+        .expect("the counter is exported")
+        .parse()
+        .unwrap();
+    assert!(dropped > 0, "lines past the queue are dropped and counted");
+    child.kill().unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.stdout.is_empty());
+}
