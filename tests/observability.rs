@@ -33,6 +33,32 @@ fn referenced_metrics(text: &str) -> Vec<String> {
     names
 }
 
+/// The gateway binary serving `port`, with its SQLite database in `dir`, no Redis, and its
+/// stdout and stderr piped (the caller adds its own settings and spawns it).
+fn gateway_command(dir: &std::path::Path, port: u16) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_scenehook"));
+    cmd.current_dir(dir)
+        .env("BIND_ADDR", format!("127.0.0.1:{port}"))
+        .env(
+            "DATABASE_URL",
+            format!("sqlite://{}/gw.db?mode=rwc", dir.display()),
+        )
+        .env_remove("REDIS_URL")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+async fn until_up(http: &reqwest::Client, url: &str) {
+    eventually(Duration::from_secs(20), "the gateway is up", || async {
+        http.get(format!("{url}/healthz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scrape_after_the_pipeline_shows_every_outcome_and_every_referenced_metric() {
     let (mut cfg, fakes) = with_fakes(Backend::Embedded, "observability")
@@ -238,21 +264,12 @@ async fn logs_never_carry_secrets_and_sigterm_exits_cleanly() {
     .unwrap();
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_scenehook"));
-    cmd.current_dir(dir.path())
-        .env("BIND_ADDR", format!("127.0.0.1:{port}"))
-        .env("APP_URL", &url)
-        .env(
-            "DATABASE_URL",
-            format!("sqlite://{}/gw.db?mode=rwc", dir.path().display()),
-        )
+    let mut cmd = gateway_command(dir.path(), port);
+    cmd.env("APP_URL", &url)
         .env("OPERATOR_API_KEYS", format!("ops:{operator_key}:rw"))
         .env("RUST_LOG", "scenehook=debug,tower_http=debug")
         .env("LOG_FORMAT", "json")
-        .env("SCENEHOOK_OUTBOX__POLL_INTERVAL_MS", "50")
-        .env_remove("REDIS_URL")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .env("SCENEHOOK_OUTBOX__POLL_INTERVAL_MS", "50");
     for (k, v) in secrets {
         cmd.env(k, v);
     }
@@ -266,13 +283,7 @@ async fn logs_never_carry_secrets_and_sigterm_exits_cleanly() {
     }
     let child = cmd.spawn().unwrap();
     let http = reqwest::Client::new();
-    eventually(Duration::from_secs(20), "the gateway is up", || async {
-        http.get(format!("{url}/healthz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200)
-    })
-    .await;
+    until_up(&http, &url).await;
     let api = |path: &str| format!("{url}/api/v1{path}");
     let created = http
         .post(api("/projects"))
@@ -356,29 +367,14 @@ async fn text_logs_off_a_terminal_are_plain_and_complete_at_exit() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
-    let child = Command::new(env!("CARGO_BIN_EXE_scenehook"))
-        .current_dir(dir.path())
-        .env("BIND_ADDR", format!("127.0.0.1:{port}"))
-        .env(
-            "DATABASE_URL",
-            format!("sqlite://{}/gw.db?mode=rwc", dir.path().display()),
-        )
+    let child = gateway_command(dir.path(), port)
         .env("VIDEO_WEBHOOK_SECRET", "text-log-test-video-secret-0123")
         .env_remove("RUST_LOG")
         .env_remove("LOG_FORMAT")
-        .env_remove("REDIS_URL")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let http = reqwest::Client::new();
-    eventually(Duration::from_secs(20), "the gateway is up", || async {
-        http.get(format!("{url}/healthz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200)
-    })
-    .await;
+    until_up(&http, &url).await;
     let forged = http
         .post(format!("{url}/api/webhooks/video-complete"))
         .header("content-type", "application/json")
@@ -429,28 +425,14 @@ async fn a_stalled_stdout_drops_log_lines_and_holds_no_request() {
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
     // Its stdout is a pipe that is read only once the process has exited.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_scenehook"))
-        .current_dir(dir.path())
-        .env("BIND_ADDR", format!("127.0.0.1:{port}"))
-        .env(
-            "DATABASE_URL",
-            format!("sqlite://{}/gw.db?mode=rwc", dir.path().display()),
-        )
+    let mut child = gateway_command(dir.path(), port)
         .env("RUST_LOG", "scenehook=debug,tower_http=debug")
         .env_remove("LOG_FORMAT")
-        .env_remove("REDIS_URL")
-        .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let http = reqwest::Client::new();
-    eventually(Duration::from_secs(20), "the gateway is up", || async {
-        http.get(format!("{url}/healthz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200)
-    })
-    .await;
+    until_up(&http, &url).await;
     // Two debug lines a request: far more than a pipe (64 KiB) and the queue (8,192 lines) hold.
     let healthz = format!("{url}/healthz");
     let answered = tokio::time::timeout(
