@@ -49,6 +49,36 @@ fn gateway_command(dir: &std::path::Path, port: u16) -> Command {
     cmd
 }
 
+async fn scrape(http: &reqwest::Client, url: &str) -> String {
+    let response = http.get(format!("{url}/metrics")).send().await.unwrap();
+    response.text().await.unwrap()
+}
+
+/// A video-complete webhook signed with the wrong secret; its status.
+async fn send_forged_webhook(http: &reqwest::Client, url: &str) -> reqwest::StatusCode {
+    let forged = http
+        .post(format!("{url}/api/webhooks/video-complete"))
+        .header("content-type", "application/json")
+        .header("x-webhook-signature", sign_hex("attacker", b"{}"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    forged.status()
+}
+
+/// SIGTERM, then the process's output once it has exited, which must be with 0.
+fn terminate(child: std::process::Child) -> std::process::Output {
+    let term = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "graceful shutdown exits 0");
+    out
+}
+
 async fn until_up(http: &reqwest::Client, url: &str) {
     eventually(Duration::from_secs(20), "the gateway is up", || async {
         http.get(format!("{url}/healthz"))
@@ -317,15 +347,7 @@ async fn logs_never_carry_secrets_and_sigterm_exits_cleanly() {
         }
     })
     .await;
-    let forged = http
-        .post(format!("{url}/api/webhooks/video-complete"))
-        .header("content-type", "application/json")
-        .header("x-webhook-signature", sign_hex("attacker", b"{}"))
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(forged.status(), 401);
+    assert_eq!(send_forged_webhook(&http, &url).await, 401);
     assert_eq!(
         http.get(api("/errors"))
             .bearer_auth("log-test-wrong-key")
@@ -336,13 +358,7 @@ async fn logs_never_carry_secrets_and_sigterm_exits_cleanly() {
         401
     );
 
-    let term = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(term.success());
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "graceful shutdown exits 0");
+    let out = terminate(child);
     let logs = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -375,34 +391,13 @@ async fn text_logs_off_a_terminal_are_plain_and_complete_at_exit() {
         .unwrap();
     let http = reqwest::Client::new();
     until_up(&http, &url).await;
-    let forged = http
-        .post(format!("{url}/api/webhooks/video-complete"))
-        .header("content-type", "application/json")
-        .header("x-webhook-signature", sign_hex("attacker", b"{}"))
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(forged.status(), 401);
-    let scrape = http
-        .get(format!("{url}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    assert_eq!(send_forged_webhook(&http, &url).await, 401);
+    let scrape = scrape(&http, &url).await;
     assert!(
         scrape.contains("\nscenehook_log_lines_dropped_total 0\n"),
         "{scrape}"
     );
-    let term = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(term.success());
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "graceful shutdown exits 0");
+    let out = terminate(child);
     let logs = String::from_utf8_lossy(&out.stdout);
     assert!(logs.contains("scenehook listening"), "{logs}");
     assert!(logs.contains("webhook signature rejected"), "{logs}");
@@ -446,14 +441,7 @@ async fn a_stalled_stdout_drops_log_lines_and_holds_no_request() {
     .await
     .expect("requests are answered while nobody reads the log");
     assert_eq!(answered, 8_000);
-    let scrape = http
-        .get(format!("{url}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let scrape = scrape(&http, &url).await;
     let dropped: u64 = scrape
         .lines()
         .find_map(|l| l.strip_prefix("scenehook_log_lines_dropped_total "))
