@@ -42,6 +42,13 @@ pub struct Session {
     last_used: Instant,
 }
 
+/// TCP keepalives on the writers' connections: a server that vanished while a batch waits for
+/// its answer (a host lost, a failover) is noticed after ~25 s of silence, its batch answered
+/// 503, instead of holding a writer until the system's default of two hours.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+const KEEPALIVE_RETRIES: u32 = 3;
+
 /// A session idle for longer is pinged before its next batch, as sqlx's pool checks its
 /// connections: one a network or a failover dropped silently meanwhile is then replaced
 /// instead of failing that batch. A session in steady use is not (a round trip per batch).
@@ -137,7 +144,15 @@ impl WriterSessions {
         let keep = match &result {
             Ok(_) => true,
             Err(e) if crate::db::is_unavailable(e) => false,
-            Err(_) => session.client.batch_execute("ROLLBACK").await.is_ok(),
+            // Bounded as the ping is: a session whose ROLLBACK does not come back is dropped
+            // rather than holding its slot.
+            Err(_) => {
+                let rollback = session.client.batch_execute("ROLLBACK");
+                matches!(
+                    tokio::time::timeout(self.timeout, rollback).await,
+                    Ok(Ok(_))
+                )
+            }
         };
         if keep {
             *slot = Some(session);
@@ -216,7 +231,10 @@ fn writer_config(options: &PgConnectOptions) -> (tokio_postgres::Config, TlsSett
     config
         .port(options.get_port())
         .user(options.get_username())
-        .connect_timeout(crate::db::CONNECT_TIMEOUT);
+        .connect_timeout(crate::db::CONNECT_TIMEOUT)
+        .keepalives_idle(KEEPALIVE_IDLE)
+        .keepalives_interval(KEEPALIVE_INTERVAL)
+        .keepalives_retries(KEEPALIVE_RETRIES);
     if let Some(database) = options.get_database() {
         config.dbname(database);
     }
@@ -318,6 +336,20 @@ mod tests {
             Some("-c search_path=hook -c plan_cache_mode=force_generic_plan")
         );
         assert_eq!(config.get_ssl_mode(), SslMode::Require);
+        assert_eq!(
+            (
+                config.get_keepalives(),
+                config.get_keepalives_idle(),
+                config.get_keepalives_interval(),
+                config.get_keepalives_retries()
+            ),
+            (
+                true,
+                KEEPALIVE_IDLE,
+                Some(KEEPALIVE_INTERVAL),
+                Some(KEEPALIVE_RETRIES)
+            )
+        );
         assert_eq!(
             tls,
             TlsSettings {
