@@ -68,20 +68,6 @@ struct State {
 struct Pass {
     busy: bool,
     wal_frames: i64,
-    /// How many of the WAL's frames are in the database file.
-    copied_frames: i64,
-}
-
-impl Pass {
-    /// Whether the WAL is to be started over: it holds `restart_frames` or more, and not all
-    /// of them are in the database file yet. Once they all are, the writer's next transaction
-    /// starts the WAL over by itself (unless a reader still uses it, and then it appends, and
-    /// the next pass finds frames to copy): a RESTART would copy nothing, only take the
-    /// writer's lock, and be counted as a restart. That happened after nearly every restart
-    /// under load, when the writer had not yet committed by the next pass.
-    fn needs_restart(&self, restart_frames: i64) -> bool {
-        self.wal_frames >= restart_frames && self.copied_frames < self.wal_frames
-    }
 }
 
 impl Checkpointer {
@@ -156,7 +142,7 @@ fn run(connection: &Connection, shared: &Shared, restart_frames: i64, frame_byte
             state.committed = false;
         }
         let result = checkpoint(connection, "PASSIVE").and_then(|pass| {
-            if pass.needs_restart(restart_frames) {
+            if pass.wal_frames >= restart_frames {
                 let started = Instant::now();
                 let restart = checkpoint(connection, "RESTART")?;
                 metrics::histogram!("scenehook_sqlite_wal_restart_seconds")
@@ -214,7 +200,6 @@ fn checkpoint(connection: &Connection, mode: &str) -> rusqlite::Result<Pass> {
         Ok(Pass {
             busy: row.get::<_, i64>(0)? != 0,
             wal_frames: row.get(1)?,
-            copied_frames: row.get(2)?,
         })
     })
 }
@@ -241,31 +226,11 @@ pub fn writer_may_wait(attempts: i32) -> bool {
     attempts < FINE + 4_990
 }
 
-#[cfg(test)]
+#[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
 
-    fn pass(wal_frames: i64, copied_frames: i64) -> Pass {
-        Pass {
-            busy: false,
-            wal_frames,
-            copied_frames,
-        }
-    }
-
-    #[test]
-    fn the_wal_is_restarted_past_its_bound_only_while_frames_are_left_to_copy() {
-        assert!(pass(1000, 900).needs_restart(1000));
-        assert!(pass(1500, 0).needs_restart(1000));
-        // Below the bound, passes copy and the WAL goes on.
-        assert!(!pass(999, 500).needs_restart(1000));
-        // Every frame copied, as after a restart the writer has not yet committed behind:
-        // the writer's next transaction starts the WAL over by itself.
-        assert!(!pass(1500, 1500).needs_restart(1000));
-    }
-
     /// The nice value of every thread of this process named as the checkpointer is.
-    #[cfg(target_os = "linux")]
     fn checkpointer_nice_values() -> Vec<i32> {
         let mut values = Vec::new();
         for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
@@ -282,14 +247,12 @@ mod tests {
 
     /// A thread's nice value from its `stat`: field 19, counting from the pid, after the name,
     /// which ends at the last ')'.
-    #[cfg(target_os = "linux")]
     fn nice_of(stat: &str) -> i32 {
         let (_, fields) = stat.rsplit_once(')').unwrap();
         fields.split_whitespace().nth(16).unwrap().parse().unwrap()
     }
 
     #[test]
-    #[cfg(target_os = "linux")]
     fn the_checkpointer_runs_below_the_writers_priority() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("nice.db");
