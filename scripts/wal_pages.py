@@ -7,8 +7,8 @@ maps each frame's page to the table or index that owns it in DATABASE, through S
 `dbstat` table (Debian's Python SQLite has it). DATABASE is opened read-only from a copy taken
 without the WAL, so the mapping is the database file's as the checkpointer left it; pages the
 WAL added since are counted as `new`. To keep a running gateway's WAL, stop it with SIGKILL
-(a clean stop checkpoints and removes it). docs/PERFORMANCE.md (*What a commit writes, page
-by page*) shows what it found.
+(a clean stop checkpoints and removes it). docs/performance-log.md (*What a commit writes,
+page by page*) shows what it found.
 """
 
 import collections

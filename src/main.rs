@@ -9,7 +9,7 @@ mod demo;
 
 /// mimalloc instead of glibc's malloc: with the two cores busy, glibc's frees and consolidations
 /// took ~15 % of the request threads' and the SQLite writer's time; mimalloc made the embedded
-/// gateway 14 % faster (docs/PERFORMANCE.md, *The allocator*).
+/// gateway 14 % faster (docs/performance-log.md, *The allocator*).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -7,8 +7,8 @@
 //! take no lock a writer needs). A passive checkpoint never lets the WAL start over while
 //! writes keep coming, so once it holds `restart_frames` frames a RESTART checkpoint copies
 //! the few frames committed since the last pass and makes the next transaction write from the
-//! start of the file again: the writer waits only for that tail (docs/PERFORMANCE.md,
-//! "Checkpoints").
+//! start of the file again: the writer waits only for that tail (docs/performance-log.md,
+//! *Checkpoints: what was tried, what was kept*).
 
 use std::{
     sync::Arc,
@@ -38,7 +38,7 @@ const IDLE_PASS: Duration = Duration::from_secs(1);
 /// WAL has no deadline but the WAL's bound, while the writer it runs beside holds every queued
 /// webhook: on cores that are busy, the writer and the request threads go first. 10 rather
 /// than 19 or `SCHED_IDLE`, so that passes still keep up under sustained load; measured in
-/// docs/PERFORMANCE.md ("Checkpoints").
+/// docs/performance-log.md (*The checkpointer gives way*).
 #[cfg(target_os = "linux")]
 const NICE: i32 = 10;
 

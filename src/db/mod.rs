@@ -363,7 +363,7 @@ mod tests {
 
     /// `.cargo/config.toml` builds SQLite without SQLITE_ENABLE_MEMORY_MANAGEMENT. With it, all
     /// connections share one page-cache group, and a scrape's reads can leave the ingestion
-    /// writer without a cache (docs/PERFORMANCE.md, "The slow second run").
+    /// writer without a cache (docs/performance-log.md, *The slow second run*).
     #[test]
     fn sqlite_gives_each_connection_its_own_page_cache() {
         let connection = rusqlite::Connection::open_in_memory().unwrap();

@@ -160,7 +160,8 @@ pub struct MemoryErrorStore {
 
 /// An entry's id as the indexes hold it: each index shares the one allocation, so that a kept
 /// entry costs its indexes a pointer each rather than a copy of its id (with the stats' keys,
-/// copies were a seventh of the bytes a kept entry allocated; docs/PERFORMANCE.md).
+/// copies were a seventh of the bytes a kept entry allocated; docs/performance-log.md,
+/// *The error store under a last-frame load*).
 type Id = Arc<str>;
 
 /// (score, id): the order of every index, as in the Redis store's sorted sets.

@@ -2,7 +2,7 @@
 //! ingestion writers' thread: cached prepared statements, one row at a time, values bound and
 //! read by position. SQLite runs in-process, so a statement per row costs a few microseconds; through
 //! sqlx's SQLite worker each statement and each row cross a thread and are copied, several
-//! times what SQLite spends on them (docs/PERFORMANCE.md).
+//! times what SQLite spends on them (docs/performance-log.md, *The write alone, below HTTP*).
 //!
 //! The rest of the gateway reaches the same file through sea-orm's connection, so this one
 //! begins `IMMEDIATE`: it takes the write lock up front and waits for it (polling, see

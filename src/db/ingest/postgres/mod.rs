@@ -9,7 +9,7 @@
 //! COMMIT. Postgres runs
 //! them one after another as ever; what goes is the wait for each answer before sending the
 //! next, seven round trips through sqlx (which has no pipelining) against two
-//! (docs/PERFORMANCE.md, *The pipelined writer*).
+//! (docs/performance-log.md, *The pipelined writer*).
 //!
 //! Built by sea-orm, a batch's multi-row statements took one text per batch size: up to 64
 //! shapes of each, every one planned again at each execution, each batch's text built and
