@@ -151,6 +151,12 @@ fn describe_metrics() {
         Unit::Seconds,
         "SQLite: time the checkpoint that starts the WAL over held new transactions back."
     );
+    describe_histogram!(
+        "scenehook_sqlite_sync_ahead_seconds",
+        Unit::Seconds,
+        "SQLite: the checkpointer's syncs of the database file ahead of a WAL restart, beside the \
+         writer (so that the restart's own sync, which holds new transactions, is short)."
+    );
     describe_counter!(
         "scenehook_sqlite_wal_restart_busy_total",
         "SQLite: WAL restarts given up because a reader or writer held the log."

@@ -1042,4 +1042,16 @@ async fn the_checkpointer_bounds_the_wal_and_a_long_reader_does_not_stall_ingest
         "the WAL never started over: {} frames",
         frames().0
     );
+    // The pass that found the WAL past its bound synced the database file ahead of the
+    // restart, beside the writer, once from three quarters of the bound and once or more in
+    // the rounds before the restart (or had at three quarters already).
+    let synced = sample(
+        &app.scrape().await,
+        "scenehook_sqlite_sync_ahead_seconds_count",
+        &[],
+    );
+    assert!(
+        synced.is_some_and(|n| n >= 2.0),
+        "syncs ahead of the restart: {synced:?}"
+    );
 }

@@ -9,6 +9,14 @@
 //! the few frames committed since the last pass and makes the next transaction write from the
 //! start of the file again: the writer waits only for that tail (docs/performance-log.md,
 //! *Checkpoints: what was tried, what was kept*).
+//!
+//! The restart also syncs the database file before the WAL is written over, and SQLite syncs
+//! that file only in a pass that reaches the WAL's end, which under continuous writes only the
+//! restart does: its sync would carry every page copied since the previous restart, on a disk
+//! the copies keep busy, while new transactions wait (50-250 ms measured). So this thread syncs
+//! the database file itself, beside the writer, from three quarters of the bound and in a few
+//! rounds before the restart, which then carries about one round's pages
+//! (docs/PERFORMANCE.md, *What bounds it*).
 
 use std::{
     sync::Arc,
@@ -42,6 +50,19 @@ const IDLE_PASS: Duration = Duration::from_secs(1);
 #[cfg(target_os = "linux")]
 const NICE: i32 = 10;
 
+/// The share of `restart_frames` at which the thread first syncs the database file ahead of
+/// the restart: early enough that the rounds before the restart start from a quarter of the
+/// cycle's pages rather than all of them.
+const SYNC_AHEAD_FROM: (i64, i64) = (3, 4);
+
+/// Rounds of a sync and a pass before a restart. Each copies what was committed during the
+/// round before it; under heavy writes they do not get shorter than the disk allows, so the
+/// rounds are bounded, and the WAL passes its bound meanwhile by the rounds' commits.
+const CATCH_UP_ROUNDS: u32 = 4;
+
+/// A round that took less than this has caught up: the restart's own syncs will be as short.
+const CAUGHT_UP: Duration = Duration::from_millis(5);
+
 /// The thread's name (`top -H`, `/proc/PID/task/*/comm`, which keep its first 15 bytes).
 const THREAD_NAME: &str = "scenehook-checkpoint";
 
@@ -70,6 +91,14 @@ struct Pass {
     wal_frames: i64,
 }
 
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    #[error(transparent)]
+    Checkpoint(#[from] rusqlite::Error),
+    #[error("syncing the database file: {0}")]
+    Sync(#[from] std::io::Error),
+}
+
 impl Checkpointer {
     /// Opens its connection to the database file at `path` and starts checkpointing it,
     /// restarting the WAL once it reaches `wal_max_bytes`.
@@ -84,9 +113,12 @@ impl Checkpointer {
         // A WAL frame is a page and its 24-byte header.
         let frame_bytes = page_size + 24;
         let restart_frames = (wal_max_bytes as i64 / frame_bytes).max(1);
+        // Only to sync it: fdatasync takes any descriptor of the file.
+        let database = std::fs::File::open(path).map_err(|e| failed(&e))?;
         metrics::gauge!("scenehook_sqlite_wal_limit_bytes").set(wal_max_bytes as f64);
         // Registered now, so that dashboards and alerts see them before the first restart.
         drop(metrics::histogram!("scenehook_sqlite_wal_restart_seconds"));
+        drop(metrics::histogram!("scenehook_sqlite_sync_ahead_seconds"));
         metrics::counter!("scenehook_sqlite_wal_restart_busy_total").increment(0);
         let shared = Arc::new(Shared::default());
         let thread = std::thread::Builder::new()
@@ -95,7 +127,7 @@ impl Checkpointer {
                 let shared = shared.clone();
                 move || {
                     lower_priority();
-                    run(&connection, &shared, restart_frames, frame_bytes)
+                    run(&connection, &database, &shared, restart_frames, frame_bytes)
                 }
             })
             .map_err(|e| failed(&e))?;
@@ -122,7 +154,19 @@ impl Drop for Checkpointer {
     }
 }
 
-fn run(connection: &Connection, shared: &Shared, restart_frames: i64, frame_bytes: i64) {
+fn run(
+    connection: &Connection,
+    database: &std::fs::File,
+    shared: &Shared,
+    restart_frames: i64,
+    frame_bytes: i64,
+) {
+    let (share, of) = SYNC_AHEAD_FROM;
+    let bounds = Bounds {
+        sync_ahead_frames: restart_frames * share / of,
+        restart_frames,
+    };
+    let mut synced_ahead = false;
     let mut failing = false;
     let mut last_pass = Instant::now();
     loop {
@@ -141,19 +185,7 @@ fn run(connection: &Connection, shared: &Shared, restart_frames: i64, frame_byte
             }
             state.committed = false;
         }
-        let result = checkpoint(connection, "PASSIVE").and_then(|pass| {
-            if pass.wal_frames >= restart_frames {
-                let started = Instant::now();
-                let restart = checkpoint(connection, "RESTART")?;
-                metrics::histogram!("scenehook_sqlite_wal_restart_seconds")
-                    .record(started.elapsed().as_secs_f64());
-                if restart.busy {
-                    metrics::counter!("scenehook_sqlite_wal_restart_busy_total").increment(1);
-                }
-            }
-            Ok(pass)
-        });
-        match result {
+        match run_pass(connection, database, &bounds, &mut synced_ahead) {
             Ok(pass) => {
                 // -1: another connection's checkpoint held the lock (none in the gateway).
                 if pass.wal_frames >= 0 {
@@ -176,6 +208,41 @@ fn run(connection: &Connection, shared: &Shared, restart_frames: i64, frame_byte
     }
 }
 
+/// The WAL sizes, in frames, at which a pass syncs the database file ahead and restarts.
+struct Bounds {
+    sync_ahead_frames: i64,
+    restart_frames: i64,
+}
+
+/// One passive pass; from [`SYNC_AHEAD_FROM`] of the bound, a sync of the database file once
+/// per cycle; at the bound, the rounds that catch up and the RESTART.
+fn run_pass(
+    connection: &Connection,
+    database: &std::fs::File,
+    bounds: &Bounds,
+    synced_ahead: &mut bool,
+) -> Result<Pass, Failure> {
+    let pass = checkpoint(connection, "PASSIVE")?;
+    // Fewer frames than when it synced ahead: the WAL has started over since.
+    if pass.wal_frames < bounds.sync_ahead_frames {
+        *synced_ahead = false;
+    } else if !*synced_ahead {
+        sync(database)?;
+        *synced_ahead = true;
+    }
+    if pass.wal_frames >= bounds.restart_frames {
+        catch_up(connection, database)?;
+        let started = Instant::now();
+        let restart = checkpoint(connection, "RESTART")?;
+        metrics::histogram!("scenehook_sqlite_wal_restart_seconds")
+            .record(started.elapsed().as_secs_f64());
+        if restart.busy {
+            metrics::counter!("scenehook_sqlite_wal_restart_busy_total").increment(1);
+        }
+    }
+    Ok(pass)
+}
+
 /// Gives the calling thread the nice value [`NICE`]. Where that fails, the thread keeps its
 /// priority: only throughput depends on it, not correctness.
 #[cfg(target_os = "linux")]
@@ -194,6 +261,29 @@ fn lower_priority() {
 /// Elsewhere the thread keeps the default priority.
 #[cfg(not(target_os = "linux"))]
 fn lower_priority() {}
+
+/// Syncs the database file and copies what was committed meanwhile, until a round is short
+/// or [`CATCH_UP_ROUNDS`] have run.
+fn catch_up(connection: &Connection, database: &std::fs::File) -> Result<(), Failure> {
+    for _ in 0..CATCH_UP_ROUNDS {
+        let started = Instant::now();
+        sync(database)?;
+        checkpoint(connection, "PASSIVE")?;
+        if started.elapsed() < CAUGHT_UP {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Writes the database file's copied pages to disk; commits go on meanwhile.
+fn sync(database: &std::fs::File) -> std::io::Result<()> {
+    let started = Instant::now();
+    database.sync_data()?;
+    metrics::histogram!("scenehook_sqlite_sync_ahead_seconds")
+        .record(started.elapsed().as_secs_f64());
+    Ok(())
+}
 
 fn checkpoint(connection: &Connection, mode: &str) -> rusqlite::Result<Pass> {
     connection.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |row| {
