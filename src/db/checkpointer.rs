@@ -15,11 +15,15 @@
 //! restart does: its sync would carry every page copied since the previous restart, on a disk
 //! the copies keep busy, while new transactions wait (50-250 ms measured). So this thread syncs
 //! the database file itself, beside the writer, from three quarters of the bound and in a few
-//! rounds before the restart, which then carries about one round's pages
-//! (docs/PERFORMANCE.md, *What bounds it*).
+//! rounds before the restart, which then carries about one round's pages. While those rounds
+//! run, the writer paces its commits ([`Checkpointer::catching_up`]), so that each round has
+//! fewer pages to write back than the one before (docs/PERFORMANCE.md, *What bounds it*).
 
 use std::{
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     thread::JoinHandle,
     time::{Duration, Instant},
 };
@@ -76,6 +80,7 @@ pub struct Checkpointer {
 struct Shared {
     state: Mutex<State>,
     wake: Condvar,
+    catching_up: AtomicBool,
 }
 
 #[derive(Default)]
@@ -137,6 +142,14 @@ impl Checkpointer {
         })
     }
 
+    /// Whether the thread is in the rounds before a restart, syncing the database file and
+    /// copying what was committed meanwhile. Under heavy writes a round's commits dirty about
+    /// as many pages as its sync writes back, and the rounds do not get shorter; a writer that
+    /// slows down meanwhile lets them, and the restart then holds commits for less.
+    pub fn catching_up(&self) -> bool {
+        self.shared.catching_up.load(Ordering::Relaxed)
+    }
+
     /// Tells the thread that a transaction committed frames to copy.
     pub fn committed(&self) {
         self.shared.state.lock().committed = true;
@@ -185,7 +198,7 @@ fn run(
             }
             state.committed = false;
         }
-        match run_pass(connection, database, &bounds, &mut synced_ahead) {
+        match run_pass(connection, database, &bounds, &mut synced_ahead, shared) {
             Ok(pass) => {
                 // -1: another connection's checkpoint held the lock (none in the gateway).
                 if pass.wal_frames >= 0 {
@@ -221,6 +234,7 @@ fn run_pass(
     database: &std::fs::File,
     bounds: &Bounds,
     synced_ahead: &mut bool,
+    shared: &Shared,
 ) -> Result<Pass, Failure> {
     let pass = checkpoint(connection, "PASSIVE")?;
     // Fewer frames than when it synced ahead: the WAL has started over since.
@@ -231,7 +245,10 @@ fn run_pass(
         *synced_ahead = true;
     }
     if pass.wal_frames >= bounds.restart_frames {
-        catch_up(connection, database)?;
+        shared.catching_up.store(true, Ordering::Relaxed);
+        let caught_up = catch_up(connection, database);
+        shared.catching_up.store(false, Ordering::Relaxed);
+        caught_up?;
         let started = Instant::now();
         let restart = checkpoint(connection, "RESTART")?;
         metrics::histogram!("scenehook_sqlite_wal_restart_seconds")
