@@ -170,6 +170,10 @@ def prepare(db_url, count, parts, awaiting="video"):
     # The seeding's writes (the database, the deliveries) reach the disk now, not in the
     # kernel's writeback ~30 s later, in the middle of a measured run.
     os.sync()
+    if db_url.startswith("postgres"):
+        # As a server in service does at its checkpoints: the segments the seeding filled are
+        # recycled for the run (see preallocate_wal).
+        psql("CHECKPOINT", db_url)
     return [f"{out}.{k}" for k in range(parts)] if parts > 1 else [out]
 
 
@@ -212,7 +216,31 @@ def pg_statements(db_url):
     return int(psql("SELECT COALESCE(SUM(calls),0) FROM pg_stat_statements", db_url) or 0)
 
 
+# Set once the scratch Postgres's WAL segments are filled (preallocate_wal).
+WAL_PREALLOCATED = []
+
+
+def preallocate_wal():
+    """Gives the scratch Postgres the WAL segments a server in service has. It recycles its
+    old segments at each checkpoint (up to `min_wal_size`, 2 GB here), where a new server
+    creates each 16 MiB segment when the WAL reaches it: zero-filled and synced inside some
+    commit, which then holds every batch for 30-50 ms (the benchmark's p99 at 32 connections
+    was 33-36 ms with them, 6-7 ms without; docs/performance-log.md, *New WAL segments*).
+    Fills the segments once, by switching to a new one after a one-row insert, and lets a
+    checkpoint recycle them."""
+    if WAL_PREALLOCATED:
+        return
+    segments = 8 if MODE == "quick" else 128
+    script = ["CREATE TABLE wal_warmup (x int);"]
+    script += ["INSERT INTO wal_warmup VALUES (1); SELECT pg_switch_wal();"] * segments
+    script += ["DROP TABLE wal_warmup;", "CHECKPOINT;"]
+    subprocess.run(["psql", PG_ADMIN, "-qX", "-v", "ON_ERROR_STOP=1", "-o", os.devnull],
+                   input="\n".join(script), text=True, check=True, timeout=300)
+    WAL_PREALLOCATED.append(segments)
+
+
 def fresh_database():
+    preallocate_wal()
     name = f"bench_{time.time_ns()}"
     psql(f"CREATE DATABASE {name}")
     base = PG_ADMIN.rsplit("/", 1)[0]
