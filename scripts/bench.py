@@ -6,6 +6,7 @@ awaits its video, so each takes the whole path: rate-limit check, signature, one
 with the delivery row, the scene update and the outbox insert.
 """
 
+import functools
 import json
 import os
 import socket
@@ -216,10 +217,7 @@ def pg_statements(db_url):
     return int(psql("SELECT COALESCE(SUM(calls),0) FROM pg_stat_statements", db_url) or 0)
 
 
-# Set once the scratch Postgres's WAL segments are filled (preallocate_wal).
-WAL_PREALLOCATED = []
-
-
+@functools.cache
 def preallocate_wal():
     """Gives the scratch Postgres the WAL segments a server in service has. It recycles its
     old segments at each checkpoint (up to `min_wal_size`, 2 GB here), where a new server
@@ -227,16 +225,13 @@ def preallocate_wal():
     commit, which then holds every batch for 30-50 ms (the benchmark's p99 at 32 connections
     was 33-36 ms with them, 6-7 ms without; docs/performance-log.md, *New WAL segments*).
     Fills the segments once, by switching to a new one after a one-row insert, and lets a
-    checkpoint recycle them."""
-    if WAL_PREALLOCATED:
-        return
+    checkpoint recycle them; once per scratch server."""
     segments = 8 if MODE == "quick" else 128
     script = ["CREATE TABLE wal_warmup (x int);"]
     script += ["INSERT INTO wal_warmup VALUES (1); SELECT pg_switch_wal();"] * segments
     script += ["DROP TABLE wal_warmup;", "CHECKPOINT;"]
     subprocess.run(["psql", PG_ADMIN, "-qX", "-v", "ON_ERROR_STOP=1", "-o", os.devnull],
                    input="\n".join(script), text=True, check=True, timeout=300)
-    WAL_PREALLOCATED.append(segments)
 
 
 def fresh_database():
