@@ -5,6 +5,7 @@ mod checkpointer;
 pub mod ingest;
 pub mod outbox;
 pub mod pipeline;
+mod wal_vfs;
 
 use std::time::Duration;
 

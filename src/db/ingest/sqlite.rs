@@ -27,6 +27,7 @@ use super::{Batch, Claims, Reply, ScenesWanted, apply_transitions, payload_text,
 use crate::{
     db::checkpointer::{self, Checkpointer},
     db::pipeline::{Work, assemble, changed_rows, record},
+    db::wal_vfs,
     domain::Limits,
 };
 
@@ -98,9 +99,16 @@ impl SqliteWriter {
     /// reaches `wal_max_bytes`.
     pub fn open(path: &str, wal_max_bytes: u64) -> Result<Self, DbErr> {
         crate::db::configure_sqlite();
-        let connection = Connection::open_with_flags(
+        wal_vfs::register().map_err(|rc| {
+            DbErr::Custom(format!(
+                "registering SQLite's VFS {:?} failed: {rc}",
+                wal_vfs::NAME
+            ))
+        })?;
+        let connection = Connection::open_with_flags_and_vfs(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            wal_vfs::NAME,
         )
         .map_err(db_err)?;
         connection
@@ -116,10 +124,24 @@ impl SqliteWriter {
             // Left to SQLite, the commit crossing 1,000 WAL pages would copy them into the
             // database file while every queued webhook waits; the checkpointer does it beside.
             ("wal_autocheckpoint", "0"),
+            // A transaction that spills pages before its commit rewrites frames after its
+            // commit frame; without spills, a commit's WAL writes end with its commit frame,
+            // which is where the VFS writes what it gathered (`wal_vfs`). Batches are bounded,
+            // so the page cache outgrows `cache_size` by one batch's pages at most.
+            ("cache_spill", "OFF"),
         ] {
             connection
                 .pragma_update(None, pragma, value)
                 .map_err(db_err)?;
+        }
+        // The WAL is open once a read has run; from then on it gathers each commit's frames.
+        connection
+            .query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))
+            .map_err(db_err)?;
+        if !wal_vfs::gather_wal_writes(&connection) {
+            return Err(DbErr::Custom(
+                "SQLite's ingestion connection has no WAL to gather writes in".into(),
+            ));
         }
         connection.set_prepared_statement_cache_capacity(16);
         Ok(Self {
