@@ -1,6 +1,10 @@
 //! The real binary: crash recovery after SIGKILL, and the `demo` command.
 
 mod common;
+// Shared with the benchmarks; this file seeds scenes that await their video only.
+#[allow(dead_code)]
+#[path = "../benches/support/seed.rs"]
+mod seed;
 
 use std::{
     process::{Child, Command, Stdio},
@@ -156,6 +160,116 @@ async fn sigkill_mid_call_is_recovered_exactly_once() {
     assert_eq!(frames[1].status, 200);
     child.kill().unwrap();
     child.wait().unwrap();
+}
+
+/// Killed while webhooks pour in on SQLite: every webhook answered 2xx before the kill has its
+/// effects in the database afterwards, and the database is whole. (Ingestion's WAL writes go
+/// through `db::wal_vfs`, which gathers a commit's frames: they must be in the file by the
+/// time the webhook is answered.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_under_load_loses_no_acknowledged_webhook() {
+    const SECRET: &str = "crash-test-video-secret-0123456789";
+    const DELIVERIES: usize = 4_000;
+    const SENDERS: usize = 16;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gw.db");
+    let database_url = format!("sqlite://{}?mode=rwc", path.display());
+    let mut config = scenehook::config::Config::defaults();
+    config.database_url = database_url.clone();
+    let db = scenehook::db::connect(&config).await.unwrap();
+    scenehook::db::migrate(&db).await.unwrap();
+    let seeded = seed::seed(&db, DELIVERIES, seed::Awaiting::Video).await;
+    db.close().await.unwrap();
+
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let env: Vec<(String, String)> = [
+        ("BIND_ADDR", format!("127.0.0.1:{port}")),
+        ("DATABASE_URL", database_url),
+        ("VIDEO_WEBHOOK_SECRET", SECRET.into()),
+        ("SCENEHOOK_RATE_LIMIT__VIDEO_COMPLETE", "1000000000".into()),
+        (
+            "SCENEHOOK_RATE_LIMIT__FLOOD_GUARD_PER_SECOND",
+            "1000000".into(),
+        ),
+        ("SCENEHOOK_RATE_LIMIT__FLOOD_GUARD_BURST", "1000000".into()),
+        ("SCENEHOOK_OUTBOX__ENABLED", "false".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let http = reqwest::Client::new();
+    let mut child = gateway(&env, dir.path());
+    healthy(&http, &url).await;
+
+    let endpoint = format!("{url}/api/webhooks/{}", seeded.kind().as_str());
+    let acknowledged = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let senders: Vec<_> = (0..SENDERS)
+        .map(|sender| {
+            let (http, endpoint, acknowledged) =
+                (http.clone(), endpoint.clone(), acknowledged.clone());
+            let bodies: Vec<String> = (sender..DELIVERIES)
+                .step_by(SENDERS)
+                .map(|i| seeded.delivery(i))
+                .collect();
+            tokio::spawn(async move {
+                for body in bodies {
+                    let signature = scenehook::signature::sign_hex(SECRET, body.as_bytes());
+                    let sent = http
+                        .post(&endpoint)
+                        .header("content-type", "application/json")
+                        .header("x-webhook-signature", signature)
+                        .body(body.clone())
+                        .send()
+                        .await;
+                    match sent {
+                        Ok(r) if r.status().is_success() => acknowledged.lock().unwrap().push(body),
+                        Ok(r) => panic!("webhook answered {}", r.status()),
+                        // The gateway is gone.
+                        Err(_) => return,
+                    }
+                }
+            })
+        })
+        .collect();
+    eventually(
+        Duration::from_secs(30),
+        "a thousand webhooks are acknowledged",
+        || async { acknowledged.lock().unwrap().len() >= 1_000 },
+    )
+    .await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    for sender in senders {
+        sender.await.unwrap();
+    }
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    assert!(
+        acknowledged.len() < DELIVERIES,
+        "killed before the last webhook"
+    );
+
+    let connection = rusqlite::Connection::open(&path).unwrap();
+    let check: String = connection
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+    let mut stored = connection
+        .prepare("SELECT video_url FROM scenes WHERE id = ?1")
+        .unwrap();
+    for body in &acknowledged {
+        let delivery: serde_json::Value = serde_json::from_str(body).unwrap();
+        let video_url: Option<String> = stored
+            .query_row([delivery["scene_id"].as_str().unwrap()], |r| r.get(0))
+            .unwrap();
+        assert_eq!(
+            video_url.as_deref(),
+            delivery["video_url"].as_str(),
+            "an acknowledged webhook's clip is stored ({} of {} acknowledged)",
+            acknowledged.len(),
+            DELIVERIES
+        );
+    }
 }
 
 /// `scenehook demo` drives a 3-scene project to its final video on its own.
