@@ -95,7 +95,8 @@ pub struct SqliteWriter {
 impl SqliteWriter {
     /// Opens the database file the gateway migrated, with the settings of its other
     /// connection (WAL, `synchronous=NORMAL`, foreign keys, statement journals in memory,
-    /// no automatic checkpoints), and starts the checkpointer, which restarts the WAL once it
+    /// no automatic checkpoints), through the VFS that writes each commit's WAL frames in one
+    /// write ([`wal_vfs`]), and starts the checkpointer, which restarts the WAL once it
     /// reaches `wal_max_bytes`.
     pub fn open(path: &str, wal_max_bytes: u64) -> Result<Self, DbErr> {
         crate::db::configure_sqlite();
