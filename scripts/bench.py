@@ -334,7 +334,7 @@ def run_gateway(name, db_url, redis_url, instances, exe=None, webhook="video-com
     per_run = PER_RUN[0] if db_url.startswith("sqlite") else PER_RUN[1]
     awaiting = "video"
     if webhook == "last-frame-complete":
-        # A project of 10 scenes per delivery: fewer, as each run sends fewer of them.
+        # A project of 10 scenes per delivery: at most LAST_FRAME_PER_RUN of them.
         last_frame_per_run = LAST_FRAME_PER_RUN[0 if db_url.startswith("sqlite") else 1]
         per_run, awaiting = min(per_run, last_frame_per_run), "last-frame"
     files = prepare(db_url, per_run * runs * instances, runs * instances, awaiting)
