@@ -16,14 +16,16 @@
 //! of it, the commit frame last; the write of that frame's page flushes the gathered run, and
 //! a failure there fails the commit as a failed write would. So once COMMIT returns, the
 //! frames are in the OS page cache, as without this VFS, and a process crash loses nothing
-//! committed. Anything that is not a simple append is written through:
-//! - a write that does not continue the gathered run flushes the run first;
+//! committed. Writes never reach the file out of order:
+//! - a write that does not continue the gathered run writes the run first, then starts a new
+//!   one;
 //! - every other call on the WAL (read, sync, truncate, size, lock, file control, close)
-//!   flushes first;
+//!   writes the run first;
 //! - a transaction that spills pages before its commit rewrites some frames' headers after
-//!   its commit frame. The ingestion connection does not spill (`cache_spill=OFF`), and as a
-//!   safety net the database file's memory barrier, which SQLite calls just before it
-//!   publishes a commit, flushes the linked WAL. A failed flush there cannot be reported to
+//!   its commit frame, so a run can be left after the commit frame's page. The ingestion
+//!   connection does not spill (`cache_spill=OFF`), and as a safety net the database file's
+//!   memory barrier, which SQLite calls just before it publishes a commit, writes the linked
+//!   WAL's run. A failed flush there cannot be reported to
 //!   SQLite, which would publish frames that were never written: the process aborts instead,
 //!   before any webhook of that batch is answered.
 
