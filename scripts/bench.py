@@ -29,7 +29,8 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 if MODE == "quick":
     CONCURRENCY, DURATION, PER_RUN = [32], 1, (10000, 10000)
 elif MODE == "ab":
-    CONCURRENCY, DURATION, PER_RUN = [32], 8, (200000, 100000)
+    CONCURRENCY = [int(os.environ.get("BENCH_AB_CONNECTIONS", "32"))]
+    DURATION, PER_RUN = 8, (200000, 100000)
 elif MODE == "soak":
     CONCURRENCY, DURATION, PER_RUN = [32], 300, (200000, 200000)
 else:
