@@ -165,7 +165,8 @@ async fn sigkill_mid_call_is_recovered_exactly_once() {
 /// Killed while webhooks pour in on SQLite: every webhook answered 2xx before the kill has its
 /// effects in the database afterwards, and the database is whole. (Ingestion's WAL writes go
 /// through `db::wal_vfs`, which gathers a commit's frames: they must be in the file by the
-/// time the webhook is answered.)
+/// time the webhook is answered.) The WAL is bounded at 1 MiB, so that it starts over every
+/// hundred webhooks or so and the kill may land in any part of its cycle.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_under_load_loses_no_acknowledged_webhook() {
     const SECRET: &str = "crash-test-video-secret-0123456789";
@@ -194,6 +195,7 @@ async fn sigkill_under_load_loses_no_acknowledged_webhook() {
         ),
         ("SCENEHOOK_RATE_LIMIT__FLOOD_GUARD_BURST", "1000000".into()),
         ("SCENEHOOK_OUTBOX__ENABLED", "false".into()),
+        ("SCENEHOOK_DATABASE__SQLITE_WAL_MAX_MIB", "1".into()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
@@ -238,8 +240,26 @@ async fn sigkill_under_load_loses_no_acknowledged_webhook() {
         || async { acknowledged.lock().unwrap().len() >= 1_000 },
     )
     .await;
+    let metrics = http
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let restarts: f64 = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("scenehook_sqlite_wal_restart_seconds_count "))
+        .expect("the WAL restarts are counted")
+        .parse()
+        .unwrap();
     child.kill().unwrap();
     child.wait().unwrap();
+    assert!(
+        restarts >= 2.0,
+        "the WAL started over before the kill ({restarts} restarts)"
+    );
     for sender in senders {
         sender.await.unwrap();
     }
