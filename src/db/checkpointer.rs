@@ -37,12 +37,12 @@ use sea_orm::DbErr;
 /// again after the next commit.
 const RESTART_PATIENCE: Duration = Duration::from_millis(20);
 
-/// At most one pass per this long. A pass that copies anything syncs the WAL first and sorts
-/// the frame index of the WAL's current segment, whatever it copies, and copies a page once
+/// At most one pass per this long. Every pass that copies anything pays the same first (a
+/// sync of the WAL, a sort of its current segment's frame index), and it copies a page once
 /// however many of its frames it finds: under load, 30 ms passes copy 2.0 pages a webhook
 /// where 3 ms ones copied 2.7, and the thread spends ~40 % less (docs/performance-log.md,
-/// *Checkpoint passes 30 ms apart*). The restart's hold does not grow with it: the rounds
-/// before a restart run back to back, whatever the gap.
+/// *Checkpoint passes 30 ms apart*). The restart's hold does not grow with the gap: the rounds
+/// before a restart run back to back. The WAL may pass its bound by up to a gap's commits.
 const PASS_GAP: Duration = Duration::from_millis(30);
 
 /// Checkpoints at least this often, to cover the commits of connections that do not report
