@@ -15,12 +15,12 @@ use common::*;
 use scenehook::fakes::{Behaviour, FakeConfig, FakeServices};
 use serde_json::json;
 
-fn gateway(env: &[(String, String)], dir: &std::path::Path) -> Child {
+fn gateway(env: &[(&str, String)], dir: &std::path::Path) -> Child {
     Command::new(env!("CARGO_BIN_EXE_scenehook"))
         .current_dir(dir)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -62,7 +62,7 @@ async fn sigkill_mid_call_is_recovered_exactly_once() {
     );
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
-    let mut env: Vec<(String, String)> = [
+    let mut env = vec![
         ("BIND_ADDR", format!("127.0.0.1:{port}")),
         ("APP_URL", url.clone()),
         (
@@ -73,17 +73,14 @@ async fn sigkill_mid_call_is_recovered_exactly_once() {
         ("SCENEHOOK_OUTBOX__LEASE_SECS", "2".into()),
         ("SCENEHOOK_OUTBOX__POLL_INTERVAL_MS", "50".into()),
         ("SCENEHOOK_OUTBOX__REQUEST_TIMEOUT_MS", "60000".into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
+    ];
     for var in [
         "VIDEO_SERVICE_URL",
         "LAST_FRAME_SERVICE_URL",
         "STITCH_SERVICE_URL",
         "NOTIFICATION_SERVICE_URL",
     ] {
-        env.push((var.to_owned(), fakes.url()));
+        env.push((var, fakes.url()));
     }
     let http = reqwest::Client::new();
     let mut child = gateway(&env, dir.path());
@@ -184,7 +181,7 @@ async fn sigkill_under_load_loses_no_acknowledged_webhook() {
 
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
-    let env: Vec<(String, String)> = [
+    let env = [
         ("BIND_ADDR", format!("127.0.0.1:{port}")),
         ("DATABASE_URL", database_url),
         ("VIDEO_WEBHOOK_SECRET", SECRET.into()),
@@ -196,10 +193,7 @@ async fn sigkill_under_load_loses_no_acknowledged_webhook() {
         ("SCENEHOOK_RATE_LIMIT__FLOOD_GUARD_BURST", "1000000".into()),
         ("SCENEHOOK_OUTBOX__ENABLED", "false".into()),
         ("SCENEHOOK_DATABASE__SQLITE_WAL_MAX_MIB", "1".into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
+    ];
     let http = reqwest::Client::new();
     let mut child = gateway(&env, dir.path());
     healthy(&http, &url).await;
@@ -248,12 +242,8 @@ async fn sigkill_under_load_loses_no_acknowledged_webhook() {
         .text()
         .await
         .unwrap();
-    let restarts: f64 = metrics
-        .lines()
-        .find_map(|line| line.strip_prefix("scenehook_sqlite_wal_restart_seconds_count "))
-        .expect("the WAL restarts are counted")
-        .parse()
-        .unwrap();
+    let restarts = sample(&metrics, "scenehook_sqlite_wal_restart_seconds_count", &[])
+        .expect("the WAL restarts are counted");
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(
