@@ -332,12 +332,11 @@ def fail_if_unfit(rows):
 
 def run_gateway(name, db_url, redis_url, instances, exe=None, webhook="video-complete"):
     runs = len(CONCURRENCY)
-    per_run = PER_RUN[0] if db_url.startswith("sqlite") else PER_RUN[1]
-    awaiting = "video"
+    backend = 0 if db_url.startswith("sqlite") else 1
+    per_run, awaiting = PER_RUN[backend], "video"
     if webhook == "last-frame-complete":
         # A project of 10 scenes per delivery: at most LAST_FRAME_PER_RUN of them.
-        last_frame_per_run = LAST_FRAME_PER_RUN[0 if db_url.startswith("sqlite") else 1]
-        per_run, awaiting = min(per_run, last_frame_per_run), "last-frame"
+        per_run, awaiting = min(per_run, LAST_FRAME_PER_RUN[backend]), "last-frame"
     files = prepare(db_url, per_run * runs * instances, runs * instances, awaiting)
     ports = [free_port() for _ in range(instances)]
     procs = [start_gateway(db_url, redis_url, p, exe) for p in ports]

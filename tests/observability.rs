@@ -49,11 +49,6 @@ fn gateway_command(dir: &std::path::Path, port: u16) -> Command {
     cmd
 }
 
-async fn scrape(http: &reqwest::Client, url: &str) -> String {
-    let response = http.get(format!("{url}/metrics")).send().await.unwrap();
-    response.text().await.unwrap()
-}
-
 /// A video-complete webhook signed with the wrong secret; its status.
 async fn send_forged_webhook(http: &reqwest::Client, url: &str) -> reqwest::StatusCode {
     let forged = http

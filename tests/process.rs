@@ -234,16 +234,12 @@ async fn sigkill_under_load_loses_no_acknowledged_webhook() {
         || async { acknowledged.lock().unwrap().len() >= 1_000 },
     )
     .await;
-    let metrics = http
-        .get(format!("{url}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let restarts = sample(&metrics, "scenehook_sqlite_wal_restart_seconds_count", &[])
-        .expect("the WAL restarts are counted");
+    let restarts = sample(
+        &scrape(&http, &url).await,
+        "scenehook_sqlite_wal_restart_seconds_count",
+        &[],
+    )
+    .expect("the WAL restarts are counted");
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(

@@ -25,7 +25,7 @@
 //!   its commit frame, so a run can be left after the commit frame's page. The ingestion
 //!   connection does not spill (`cache_spill=OFF`), and as a safety net the database file's
 //!   memory barrier, which SQLite calls just before it publishes a commit, writes the linked
-//!   WAL's run. A failed flush there cannot be reported to
+//!   WAL's run. A failed write there cannot be reported to
 //!   SQLite, which would publish frames that were never written: the process aborts instead,
 //!   before any webhook of that batch is answered.
 

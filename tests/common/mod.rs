@@ -475,15 +475,14 @@ pub async fn with_fakes(
 impl TestApp {
     /// The Prometheus text of this instance.
     pub async fn scrape(&self) -> String {
-        self.http
-            .get(format!("{}/metrics", self.url))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        scrape(&self.http, &self.url).await
     }
+}
+
+/// The Prometheus text of the gateway at `url` (one started in-process or as a process).
+pub async fn scrape(http: &reqwest::Client, url: &str) -> String {
+    let response = http.get(format!("{url}/metrics")).send().await.unwrap();
+    response.text().await.unwrap()
 }
 
 /// The value of the first sample of `name` whose labels include every `labels` pair.
