@@ -17,7 +17,7 @@ use scenehook::{
     config::Config,
     db::{
         self,
-        ingest::{Batch, IngestDb, Submission, ingest_batch},
+        ingest::{Admission, Batch, IngestDb, Submission, ingest_batch},
         pipeline::IngestOutcome,
     },
     domain::{
@@ -48,6 +48,7 @@ fn batch(seeded: &seed::Seeded, deliveries: &[usize]) -> Batch {
                 app_url: "http://127.0.0.1:8080".into(),
                 request_id: None,
             },
+            admission: Admission::granted(),
         };
         batch.push(submission).expect("distinct deliveries");
     }

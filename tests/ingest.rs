@@ -8,7 +8,7 @@ use common::*;
 use scenehook::{
     db::{
         self,
-        ingest::{Batch, IngestDb, Submission, ingest_batch},
+        ingest::{Admission, Batch, IngestDb, Submission, ingest_batch},
         pipeline::{IngestOutcome, PipelineError},
     },
     domain::{
@@ -32,6 +32,7 @@ on_databases!(
     the_gateway_applies_retention_on_its_own,
     the_job_queries_by_status_cover_every_service,
     one_transaction_applies_a_batch_as_if_one_by_one,
+    a_delivery_the_limiter_refuses_leaves_no_trace,
     a_video_callback_reads_only_its_scene,
     a_failing_statement_costs_only_its_own_delivery,
     concurrent_webhooks_share_commits,
@@ -100,6 +101,7 @@ fn submission(kind: WebhookKind, key: &str, body: serde_json::Value) -> Submissi
             app_url: "http://127.0.0.1:1".into(),
             request_id: None,
         },
+        admission: Admission::granted(),
     }
 }
 
@@ -276,6 +278,77 @@ async fn one_transaction_applies_a_batch_as_if_one_by_one(backend: Backend) {
         count(&app, "SELECT COUNT(*) FROM outbox_jobs").await - jobs_before,
         3
     );
+}
+
+/// Requests submit their deliveries before the rate limiter has decided (`Admission`): the
+/// writer waits for each decision, applies what was admitted and takes back what was refused,
+/// or left undecided by a request that went away.
+async fn a_delivery_the_limiter_refuses_leaves_no_trace(backend: Backend) {
+    let Some(app) = started(backend, "ingest_admission", &["p_a", "p_b", "p_c"]).await else {
+        return;
+    };
+    let deliveries_before = count(&app, "SELECT COUNT(*) FROM webhook_deliveries").await;
+    let jobs_before = count(&app, "SELECT COUNT(*) FROM outbox_jobs").await;
+    let (refuse, refused) = Admission::pending();
+    let (admit, admitted) = Admission::pending();
+    let (drop_undecided, undecided) = Admission::pending();
+    let submissions = vec![
+        Submission {
+            admission: refused,
+            ..video_done("k_a", "p_a", "task_p_a")
+        },
+        Submission {
+            admission: admitted,
+            ..video_done("k_b", "p_b", "task_p_b")
+        },
+        Submission {
+            admission: undecided,
+            ..video_done("k_c", "p_c", "task_p_c")
+        },
+    ];
+    let writing = tokio::spawn({
+        let db = ingest_db(&app).clone();
+        async move { ingest_batch(&db, batch(submissions), &LIMITS).await }
+    });
+    // Decided while the batch is under way: nothing may be applied before.
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert!(
+        !writing.is_finished(),
+        "the writer must wait for the decisions"
+    );
+    refuse.decide(false);
+    admit.decide(true);
+    drop(drop_undecided);
+    let outcomes = writing.await.unwrap().unwrap();
+    assert_eq!(
+        outcome_names(&outcomes),
+        [
+            "error:not admitted by the rate limiter",
+            "accepted:1",
+            "error:not admitted by the rate limiter"
+        ]
+    );
+    assert_eq!(scene(&app, "p_a_s1").await.status, "generating");
+    assert_eq!(scene(&app, "p_b_s1").await.status, "extracting");
+    assert_eq!(scene(&app, "p_c_s1").await.status, "generating");
+    assert_eq!(
+        count(&app, "SELECT COUNT(*) FROM webhook_deliveries").await - deliveries_before,
+        1
+    );
+    assert_eq!(
+        count(&app, "SELECT COUNT(*) FROM outbox_jobs").await - jobs_before,
+        1
+    );
+    // Nothing of a refused delivery was kept: admitted later, it is applied.
+    let again = ingest_batch(
+        ingest_db(&app),
+        batch(vec![video_done("k_a", "p_a", "task_p_a")]),
+        &LIMITS,
+    )
+    .await
+    .unwrap();
+    assert_eq!(outcome_names(&again), ["accepted:1"]);
+    assert_eq!(scene(&app, "p_a_s1").await.status, "extracting");
 }
 
 /// A video callback loads only its scene; what it decides must not change: a retry still

@@ -200,6 +200,17 @@ async fn rate_limit_101st_request_is_429(backend: Backend) {
     }
     assert!(statuses[..100].iter().all(|s| *s == 401), "{statuses:?}");
     assert_eq!(statuses[100], 429);
+    // A correctly signed delivery, read and submitted while the limiter decided, is refused
+    // all the same and leaves nothing behind.
+    let signed = app.webhook("video-complete", VIDEO_SECRET, SEED).await;
+    assert_eq!(signed.status(), 429);
+    assert_eq!(outbox_count(&app, Service::LastFrame).await, 0);
+    let scenes = scenehook::db::pipeline::find_project(&app.gateway.state.db, "proj_test")
+        .await
+        .unwrap()
+        .unwrap()
+        .1;
+    assert_eq!(scenes[0].status, "generating");
     // Another endpoint has its own window.
     let other = app.webhook("stitch-complete", "x", "{}").await;
     assert_eq!(other.status(), 401);

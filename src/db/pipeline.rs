@@ -37,6 +37,9 @@ pub enum PipelineError {
     Transition(TransitionError),
     #[error("an id is already taken")]
     IdTaken,
+    /// The rate limiter refused the delivery ([`super::ingest::Admission`]); nothing was written.
+    #[error("not admitted by the rate limiter")]
+    NotAdmitted,
     #[error(transparent)]
     Db(#[from] DbErr),
 }

@@ -1,9 +1,12 @@
 //! `POST /api/webhooks/{video-complete,last-frame-complete,stitch-complete}` and their `GET`
 //! health checks. Order of checks: rate limit (unauthenticated floods count), content type,
-//! body size, signature over the raw bytes, payload, then one database transaction.
+//! body size, signature over the raw bytes, payload, then one database transaction. The
+//! limiter's call runs beside the rest (see [`Admission`]), but its decision comes first:
+//! a refused request is answered 429 whatever else it would have been, and leaves no trace.
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
+    pin::pin,
     time::{Duration, Instant},
 };
 
@@ -27,7 +30,7 @@ use crate::{
     app::AppState,
     config::Config,
     db::{
-        ingest::Submission,
+        ingest::{Admission, Submission},
         pipeline::{IngestOutcome, PipelineError},
     },
     domain::{
@@ -190,7 +193,26 @@ async fn ingest(State(app): State<AppState>, kind: WebhookKind, request: Request
         request.headers(),
         &app.config.trusted_proxies,
     );
-    let (outcome, mut response, decision) = match app.limiter.check(kind, ip).await {
+    // The delivery is read, verified and submitted while the limiter decides, so that the
+    // limiter's round trip overlaps the database's ([`Admission`]). Until the limiter has let
+    // it in, nothing of it is applied, reported or answered; once it refuses, the rest of the
+    // work is dropped.
+    let (decide, admission) = Admission::pending();
+    let mut limit = pin!(async {
+        let checked = app.limiter.check(kind, ip).await;
+        decide.decide(matches!(checked, Ok(decision) if decision.allowed));
+        checked
+    });
+    let mut work = pin!(process(&app, kind, request, &admission));
+    let mut processed = None;
+    let checked = loop {
+        tokio::select! {
+            biased;
+            checked = &mut limit => break checked,
+            result = &mut work, if processed.is_none() => processed = Some(result),
+        }
+    };
+    let (outcome, mut response, decision) = match checked {
         Err(_) => (
             Outcome::Unavailable,
             AppError::unavailable("rate limiter unavailable, retry later").into_response(),
@@ -205,7 +227,11 @@ async fn ingest(State(app): State<AppState>, kind: WebhookKind, request: Request
             Some(decision),
         ),
         Ok(decision) => {
-            let (outcome, response) = match process(&app, kind, request).await {
+            let processed = match processed {
+                Some(result) => result,
+                None => work.await,
+            };
+            let (outcome, response) = match processed {
                 Ok(Accepted { duplicate }) => (
                     if duplicate {
                         Outcome::Duplicate
@@ -319,6 +345,7 @@ async fn process(
     app: &AppState,
     kind: WebhookKind,
     request: Request,
+    admission: &Admission,
 ) -> Result<Accepted, AppError> {
     let is_json = request
         .headers()
@@ -349,16 +376,20 @@ async fn process(
         .verifier(kind)
         .verify(&signature, &body, chrono::Utc::now().timestamp())
     {
-        tracing::warn!(endpoint = kind.as_str(), reason = %e, "webhook signature rejected");
-        app.reporter.report_throttled(
-            &format!("invalid_signature:{}", kind.as_str()),
-            Duration::from_secs(1),
-            NewError::warning(
-                ErrorType::Webhook,
-                format!("Invalid webhook signature: {e}"),
-            )
-            .with_source(kind.as_str()),
-        );
+        // Logged and reported only for a request the limiter let in: a refused one is answered
+        // 429, as if it had never been read.
+        if admission.admitted().await {
+            tracing::warn!(endpoint = kind.as_str(), reason = %e, "webhook signature rejected");
+            app.reporter.report_throttled(
+                &format!("invalid_signature:{}", kind.as_str()),
+                Duration::from_secs(1),
+                NewError::warning(
+                    ErrorType::Webhook,
+                    format!("Invalid webhook signature: {e}"),
+                )
+                .with_source(kind.as_str()),
+            );
+        }
         return Err(AppError::InvalidSignature(format!(
             "invalid signature: {e}"
         )));
@@ -381,6 +412,7 @@ async fn process(
             key,
             callback: callback.clone(),
             jobs: app.job_context(request_id),
+            admission: admission.clone(),
         })
         .instrument(span.clone())
         .await;
@@ -454,6 +486,8 @@ async fn process(
             Err(AppError::conflict("invalid_transition", message))
         }
         Err(PipelineError::IdTaken) => Err(AppError::Internal("unexpected id conflict".into())),
+        // Never answered: the limiter's refusal is, and this request's work was dropped with it.
+        Err(PipelineError::NotAdmitted) => Err(AppError::unavailable("not admitted")),
         Err(PipelineError::Db(e)) => Err(e.into()),
     }
 }

@@ -38,6 +38,7 @@ use std::{
 
 use chrono::{DateTime, Utc};
 use entity::outbox_job;
+use futures::{FutureExt, future::Shared};
 pub use postgres::{PgWriter, STATEMENTS as POSTGRES_STATEMENTS, Session, WriterSessions};
 use sea_orm::{DatabaseConnection, DbErr, RuntimeErr};
 pub use sqlite::SqliteWriter;
@@ -58,6 +59,48 @@ pub struct Submission {
     pub key: String,
     pub callback: Callback,
     pub jobs: JobContext,
+    pub admission: Admission,
+}
+
+/// Whether the rate limiter lets a delivery in. A request submits its delivery while its
+/// limiter call is still on the way, so that the call's round trip overlaps the batch's first
+/// round trip to the database instead of preceding it; the writer waits for the decision
+/// before it applies the delivery, and a refused one is taken back like a rejected one: no
+/// row, no state change.
+#[derive(Debug, Clone)]
+pub struct Admission(Option<Shared<oneshot::Receiver<bool>>>);
+
+/// The limiter's side of a pending [`Admission`]. Dropped without a decision (the request was
+/// dropped before its limiter call finished), it refuses.
+#[derive(Debug)]
+pub struct AdmissionDecision(oneshot::Sender<bool>);
+
+impl AdmissionDecision {
+    pub fn decide(self, admitted: bool) {
+        // The delivery may already be gone (its request failed before submitting it).
+        let _ = self.0.send(admitted);
+    }
+}
+
+impl Admission {
+    /// Admitted already (tests, benchmarks, callers with no limiter).
+    pub fn granted() -> Self {
+        Self(None)
+    }
+
+    /// Undecided until the returned decision is made.
+    pub fn pending() -> (AdmissionDecision, Self) {
+        let (decision, admission) = oneshot::channel();
+        (AdmissionDecision(decision), Self(Some(admission.shared())))
+    }
+
+    /// Waits for the decision.
+    pub async fn admitted(&self) -> bool {
+        match &self.0 {
+            None => true,
+            Some(decision) => decision.clone().await == Ok(true),
+        }
+    }
 }
 
 type Reply = Result<IngestOutcome, PipelineError>;
@@ -77,6 +120,15 @@ impl Batch {
 
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()
+    }
+
+    /// Each submission's admission, in order, once decided ([`Admission`]).
+    async fn admitted(&self) -> Vec<bool> {
+        let mut admitted = Vec::with_capacity(self.items.len());
+        for submission in &self.items {
+            admitted.push(submission.admission.admitted().await);
+        }
+        admitted
     }
 
     /// Adds a submission, or hands it back if the same delivery is already in the batch (it
@@ -151,8 +203,13 @@ async fn transaction(
         IngestDb::Postgres(writer) => {
             Box::pin(writer.transaction(&batch, limits, before_commit)).await
         }
-        // Blocks for the transaction: the writers have a thread of their own.
-        IngestDb::Sqlite(writer) => writer.transaction(&batch, limits, before_commit),
+        // Blocks for the transaction: the writers have a thread of their own. The admissions
+        // are awaited first, as nothing overlaps the blocking transaction (with the in-process
+        // limiter they are decided before the deliveries are submitted).
+        IngestDb::Sqlite(writer) => {
+            let admitted = batch.admitted().await;
+            writer.transaction(&batch, &admitted, limits, before_commit)
+        }
     };
     (batch, result)
 }
@@ -217,6 +274,7 @@ struct Applied {
 fn apply_transitions(
     batch: &Batch,
     claims: &[Option<i64>],
+    admitted: &[bool],
     works: &mut HashMap<String, Work>,
     limits: &Limits,
     now: DateTime<Utc>,
@@ -227,7 +285,12 @@ fn apply_transitions(
         jobs: Vec::new(),
         observations: Vec::new(),
     };
-    for (submission, claim) in batch.items.iter().zip(claims) {
+    for ((submission, claim), &admitted) in batch.items.iter().zip(claims).zip(admitted) {
+        if !admitted {
+            applied.rejected.extend(*claim);
+            applied.replies.push(Err(PipelineError::NotAdmitted));
+            continue;
+        }
         let Some(delivery_id) = *claim else {
             applied.replies.push(Ok(IngestOutcome::Duplicate));
             continue;

@@ -170,10 +170,12 @@ impl SqliteWriter {
         Ok(total)
     }
 
-    /// Applies `batch` in one transaction, as the Postgres writer does; blocks.
+    /// Applies `batch` in one transaction, as the Postgres writer does, with the admissions
+    /// decided (`admitted`, in batch order); blocks.
     pub(super) fn transaction(
         &self,
         batch: &Batch,
+        admitted: &[bool],
         limits: &Limits,
         before_commit: impl FnOnce(),
     ) -> Result<Vec<Reply>, DbErr> {
@@ -195,7 +197,7 @@ impl SqliteWriter {
         let claimed = batch.items.iter().zip(&claims).filter(|(_, c)| c.is_some());
         let wanted = scenes_wanted(claimed.map(|(submission, _)| submission));
         let mut works = load(&txn, &wanted).map_err(db_err)?;
-        let applied = apply_transitions(batch, &claims, &mut works, limits, now);
+        let applied = apply_transitions(batch, &claims, admitted, &mut works, limits, now);
         write(&txn, &stamps, &applied.rejected, &works, &applied.jobs).map_err(db_err)?;
         before_commit();
         txn.commit().map_err(db_err)?;

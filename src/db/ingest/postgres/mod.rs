@@ -239,7 +239,10 @@ async fn transaction(
     let projects = decode(projects, project_row)?;
     let scenes = decode(&scenes, scene_row)?;
     let mut works = assemble(projects, scenes);
-    let applied = apply_transitions(batch, &claims, &mut works, limits, now);
+    // Decided while the statements above ran: the limiter's round trip and the database's
+    // overlap ([`super::Admission`]).
+    let admitted = batch.admitted().await;
+    let applied = apply_transitions(batch, &claims, &admitted, &mut works, limits, now);
     let (projects, scenes) = changed_rows(works.values());
     let jobs = &applied.jobs;
     let payloads = column(jobs, payload_text);
