@@ -133,6 +133,16 @@ fn batch(submissions: Vec<Submission>) -> Batch {
     batch
 }
 
+/// Applies `submissions` in one batch; the outcomes in order.
+async fn ingest(
+    app: &TestApp,
+    submissions: Vec<Submission>,
+) -> Vec<Result<IngestOutcome, PipelineError>> {
+    ingest_batch(ingest_db(app), batch(submissions), &LIMITS)
+        .await
+        .unwrap()
+}
+
 fn outcome_names(outcomes: &[Result<IngestOutcome, PipelineError>]) -> Vec<String> {
     outcomes
         .iter()
@@ -222,9 +232,7 @@ async fn one_transaction_applies_a_batch_as_if_one_by_one(backend: Backend) {
             video_done("k_unknown", "p_nope", "task_x"),
         ]
     };
-    let outcomes = ingest_batch(ingest_db(&app), batch(submissions()), &LIMITS)
-        .await
-        .unwrap();
+    let outcomes = ingest(&app, submissions()).await;
     assert_eq!(
         outcome_names(&outcomes),
         [
@@ -261,9 +269,7 @@ async fn one_transaction_applies_a_batch_as_if_one_by_one(backend: Backend) {
 
     // The same deliveries again: the committed ones are duplicates, the rejected ones are
     // judged again (nothing of them was kept).
-    let again = ingest_batch(ingest_db(&app), batch(submissions()), &LIMITS)
-        .await
-        .unwrap();
+    let again = ingest(&app, submissions()).await;
     assert_eq!(
         outcome_names(&again),
         [
@@ -340,13 +346,7 @@ async fn a_delivery_the_limiter_refuses_leaves_no_trace(backend: Backend) {
         1
     );
     // Nothing of a refused delivery was kept: admitted later, it is applied.
-    let again = ingest_batch(
-        ingest_db(&app),
-        batch(vec![video_done("k_a", "p_a", "task_p_a")]),
-        &LIMITS,
-    )
-    .await
-    .unwrap();
+    let again = ingest(&app, vec![video_done("k_a", "p_a", "task_p_a")]).await;
     assert_eq!(outcome_names(&again), ["accepted:1"]);
     assert_eq!(scene(&app, "p_a_s1").await.status, "extracting");
 }
@@ -379,9 +379,9 @@ async fn a_video_callback_reads_only_its_scene(backend: Backend) {
                    "project_id": "p_a", "video_url": "https://cdn.test/x.mp4"}),
         )
     };
-    let outcomes = ingest_batch(
-        ingest_db(&app),
-        batch(vec![
+    let outcomes = ingest(
+        &app,
+        vec![
             submission(
                 WebhookKind::VideoComplete,
                 "c2_failed",
@@ -392,11 +392,9 @@ async fn a_video_callback_reads_only_its_scene(backend: Backend) {
             misnamed("to_p_c", "p_c_s2"),
             misnamed("to_p_b", "p_b_s2"),
             video_done("a_video", "p_a", "task_p_a"),
-        ]),
-        &LIMITS,
+        ],
     )
-    .await
-    .unwrap();
+    .await;
     assert_eq!(
         outcome_names(&outcomes),
         [
@@ -717,13 +715,7 @@ async fn a_duplicate_locks_nothing(backend: Backend) {
     let Some(app) = started(backend, "ingest_pg_dup_lock", &["p_a"]).await else {
         return;
     };
-    let first = ingest_batch(
-        ingest_db(&app),
-        batch(vec![video_done("k_a", "p_a", "task_p_a")]),
-        &LIMITS,
-    )
-    .await
-    .unwrap();
+    let first = ingest(&app, vec![video_done("k_a", "p_a", "task_p_a")]).await;
     assert!(matches!(first[..], [Ok(IngestOutcome::Accepted(_))]));
     let holder = db(&app).begin().await.unwrap();
     holder
@@ -961,17 +953,15 @@ async fn statistics_do_not_make_sqlite_reprepare_the_ingestion_statements(backen
     // once on its first run); after it, a re-prepare would be one per value bound.
     let mut after_first = None;
     for (project, key) in [("p_a", "a"), ("p_b", "b"), ("p_c", "c")] {
-        let outcomes = ingest_batch(
-            ingest_db(&app),
-            batch(vec![
+        let outcomes = ingest(
+            &app,
+            vec![
                 video_done(&format!("{key}_video"), project, &format!("task_{project}")),
                 last_frame_done(&format!("{key}_frame"), project),
                 video_done(&format!("{key}_stale"), project, "an_old_task"),
-            ]),
-            &LIMITS,
+            ],
         )
-        .await
-        .unwrap();
+        .await;
         assert_eq!(
             outcome_names(&outcomes),
             ["accepted:1", "accepted:1", "stale"]
@@ -987,13 +977,7 @@ async fn sqlite_ingestion_stores_timestamps_as_the_other_connection_does(backend
     let Some(app) = started(backend, "ingest_timestamps", &["p_a"]).await else {
         return;
     };
-    let outcomes = ingest_batch(
-        ingest_db(&app),
-        batch(vec![video_done("k_a", "p_a", "task_p_a")]),
-        &LIMITS,
-    )
-    .await
-    .unwrap();
+    let outcomes = ingest(&app, vec![video_done("k_a", "p_a", "task_p_a")]).await;
     assert_eq!(outcome_names(&outcomes), ["accepted:1"]);
     let stored = text(
         &app,
