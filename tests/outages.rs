@@ -113,12 +113,33 @@ async fn redis_outage_fails_closed_when_configured() {
     cfg.redis_url = redis.url();
     cfg.rate_limit.fail_open = false;
     let app = TestApp::start_with(cfg, false).await;
+    let (status, _) = app
+        .post(
+            "/projects",
+            json!({"id": "p", "name": "n", "scenes": [{"id": "s1", "prompt": "x"}]}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    assert_eq!(app.post("/projects/p/generate", json!(null)).await.0, 202);
+    assert!(
+        scenehook::db::pipeline::store_video_task(&app.gateway.state.db, "s1", "t1")
+            .await
+            .unwrap()
+    );
     redis.stop();
-    let r = app.webhook("video-complete", VIDEO_SECRET, BODY).await;
+    // A delivery that would be applied, submitted while the limiter's call was on its way:
+    // the limiter's failure refuses it, and nothing of it is kept.
+    let applicable = BODY.replace("nope", "p");
+    let r = app
+        .webhook("video-complete", VIDEO_SECRET, &applicable)
+        .await;
     assert_eq!(r.status(), 503);
     assert!(r.headers().contains_key("retry-after"));
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["error"]["code"], "unavailable");
+    let (_, project) = app.get("/projects/p").await;
+    assert_eq!(project["scenes"][0]["status"], "generating", "{project}");
+    assert!(project["scenes"][0]["video_url"].is_null(), "{project}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
