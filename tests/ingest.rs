@@ -62,24 +62,10 @@ backend_tests!(
 async fn started(backend: Backend, test: &str, ids: &[&str]) -> Option<TestApp> {
     let app = TestApp::start_with(config(backend, test).await?, false).await;
     for id in ids {
-        let (status, _) = app
-            .post(
-                "/projects",
-                json!({"id": id, "name": id, "scenes": [
-                    {"id": format!("{id}_s1"), "prompt": "first"},
-                    {"id": format!("{id}_s2"), "prompt": "second"}]}),
-            )
+        let (first, second) = (format!("{id}_s1"), format!("{id}_s2"));
+        let scenes = [(first.as_str(), "first"), (second.as_str(), "second")];
+        app.project_awaiting_video(id, &scenes, &format!("task_{id}"))
             .await;
-        assert_eq!(status, 201);
-        let (status, _) = app
-            .post(&format!("/projects/{id}/generate"), json!(null))
-            .await;
-        assert_eq!(status, 202);
-        assert!(
-            db::pipeline::store_video_task(db(&app), &format!("{id}_s1"), &format!("task_{id}"))
-                .await
-                .unwrap()
-        );
     }
     Some(app)
 }

@@ -113,19 +113,7 @@ async fn redis_outage_fails_closed_when_configured() {
     cfg.redis_url = redis.url();
     cfg.rate_limit.fail_open = false;
     let app = TestApp::start_with(cfg, false).await;
-    let (status, _) = app
-        .post(
-            "/projects",
-            json!({"id": "p", "name": "n", "scenes": [{"id": "s1", "prompt": "x"}]}),
-        )
-        .await;
-    assert_eq!(status, 201);
-    assert_eq!(app.post("/projects/p/generate", json!(null)).await.0, 202);
-    assert!(
-        scenehook::db::pipeline::store_video_task(&app.gateway.state.db, "s1", "t1")
-            .await
-            .unwrap()
-    );
+    app.project_awaiting_video("p", &[("s1", "x")], "t1").await;
     redis.stop();
     // A delivery that would be applied, submitted while the limiter's call was on its way:
     // the limiter's failure refuses it, and nothing of it is kept.

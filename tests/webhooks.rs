@@ -15,21 +15,12 @@ const SEED: &str = r#"{"task_id":"test_123","status":"completed","scene_id":"sce
 /// (done without the outbox worker, as the video service would have).
 async fn seeded(backend: Backend, test: &str) -> Option<TestApp> {
     let app = TestApp::start_with(config(backend, test).await?, false).await;
-    let (status, _) = app
-        .post(
-            "/projects",
-            json!({"id": "proj_test", "name": "Seed", "scenes": [
-            {"id": "scene_001", "prompt": "first"}, {"id": "scene_002", "prompt": "second"}]}),
-        )
-        .await;
-    assert_eq!(status, 201);
-    let (status, _) = app.post("/projects/proj_test/generate", json!(null)).await;
-    assert_eq!(status, 202);
-    assert!(
-        scenehook::db::pipeline::store_video_task(&app.gateway.state.db, "scene_001", "test_123")
-            .await
-            .unwrap()
-    );
+    app.project_awaiting_video(
+        "proj_test",
+        &[("scene_001", "first"), ("scene_002", "second")],
+        "test_123",
+    )
+    .await;
     Some(app)
 }
 

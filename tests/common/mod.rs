@@ -174,6 +174,32 @@ impl TestApp {
         self.api(reqwest::Method::POST, path, RW_KEY, Some(body))
             .await
     }
+
+    /// Project `id` with `scenes` (id and prompt, in order), its generation started and the
+    /// first scene's answered with `task`, as the video service would have (without the outbox).
+    pub async fn project_awaiting_video(&self, id: &str, scenes: &[(&str, &str)], task: &str) {
+        let first = scenes[0].0;
+        let scenes: Vec<_> = scenes
+            .iter()
+            .map(|(scene, prompt)| serde_json::json!({"id": scene, "prompt": prompt}))
+            .collect();
+        let (status, body) = self
+            .post(
+                "/projects",
+                serde_json::json!({"id": id, "name": id, "scenes": scenes}),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        let (status, body) = self
+            .post(&format!("/projects/{id}/generate"), serde_json::Value::Null)
+            .await;
+        assert_eq!(status, 202, "{body}");
+        assert!(
+            scenehook::db::pipeline::store_video_task(&self.gateway.state.db, first, task)
+                .await
+                .unwrap()
+        );
+    }
 }
 
 /// Waits until `check` holds, polling; panics with `what` after `timeout`.
