@@ -192,7 +192,7 @@ impl Gateway {
         )
     }
 
-    /// Stops the background tasks, letting the outbox finish the batch it is sending.
+    /// Stops the background tasks, letting the outbox finish the jobs it is sending.
     pub async fn stop(mut self, grace: Duration) {
         let _ = self.shutdown.send(true);
         let drained = tokio::time::timeout(grace, async {
@@ -228,7 +228,7 @@ async fn housekeeping(state: AppState, mut stop: watch::Receiver<bool>) {
 }
 
 /// An interval whose missed ticks are put off rather than fired in a burst after a slow one.
-fn ticker(period: Duration) -> tokio::time::Interval {
+pub(crate) fn ticker(period: Duration) -> tokio::time::Interval {
     let mut interval = tokio::time::interval(period);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     interval

@@ -185,7 +185,6 @@ pub struct OutboxConfig {
     pub base_delay_ms: u64,
     pub max_delay_secs: u64,
     pub max_attempts: i32,
-    pub batch_size: u64,
     pub concurrency_per_service: usize,
     pub request_timeout_ms: u64,
     pub inline_retries: u32,

@@ -150,6 +150,53 @@ async fn breaker_opens_during_an_outage_and_nothing_is_lost(backend: Backend) {
     ));
 }
 
+/// A call that hangs holds one of its service's slots, not the service's queue: the jobs
+/// queued after it go out beside it, and their projects complete while it still waits.
+async fn a_hanging_call_holds_one_slot_not_the_lane(backend: Backend) {
+    let Some((mut cfg, fakes)) = with_fakes(backend, "e2e_hanging_call").await else {
+        return;
+    };
+    cfg.outbox.concurrency_per_service = 2;
+    cfg.outbox.request_timeout_ms = 60_000;
+    cfg.outbox.inline_retries = 0;
+    fakes.set_behaviour(
+        "video",
+        Behaviour {
+            hang: true,
+            ..Default::default()
+        },
+    );
+    let app = TestApp::start(cfg).await;
+    create_and_generate(&app, "ph0", 1).await;
+    eventually(
+        Duration::from_secs(10),
+        "the first video request hangs",
+        || async { fakes.received().iter().any(|r| r.service == "video") },
+    )
+    .await;
+    fakes.set_behaviour("video", Behaviour::default());
+    for i in 1..=3 {
+        create_and_generate(&app, &format!("ph{i}"), 1).await;
+    }
+    for i in 1..=3 {
+        wait_for_status(
+            &app,
+            &format!("ph{i}"),
+            "completed",
+            Duration::from_secs(20),
+        )
+        .await;
+    }
+    let (_, first) = app.get("/projects/ph0").await;
+    assert_eq!(first["status"], "generating", "{first}");
+    let video_requests = fakes
+        .received()
+        .iter()
+        .filter(|r| r.service == "video")
+        .count();
+    assert_eq!(video_requests, 4, "the hanging call was not sent again");
+}
+
 async fn permanent_failure_is_dead_lettered_and_replayed(backend: Backend) {
     let Some((mut cfg, fakes)) = with_fakes(backend, "e2e_dead").await else {
         return;
@@ -312,6 +359,7 @@ on_all_backends!(
     project_api_refuses_taken_ids_and_bad_input,
     five_scenes_chain_stitch_and_notify,
     breaker_opens_during_an_outage_and_nothing_is_lost,
+    a_hanging_call_holds_one_slot_not_the_lane,
     permanent_failure_is_dead_lettered_and_replayed,
     failed_videos_are_retried_then_fail_the_project,
 );

@@ -1,7 +1,8 @@
 //! The outbox worker: one lane per service, in every instance. A lane claims due jobs of its
 //! service (never while its breaker is open: waiting jobs are not burned as failed attempts),
-//! sends them concurrently up to the service's limit, and settles each: done, retried later
-//! (exponential backoff, or the service's `Retry-After`), or dead after the last attempt.
+//! keeps up to the service's limit of them in flight, claiming more as each is settled, and
+//! settles each: done, retried later (exponential backoff, or the service's `Retry-After`),
+//! or dead after the last attempt.
 
 use std::{sync::Arc, time::Duration};
 
@@ -82,7 +83,7 @@ impl Outbox {
         }
     }
 
-    /// Runs every lane until `shutdown` turns true; a lane finishes the batch it is sending.
+    /// Runs every lane until `shutdown` turns true; a lane finishes the jobs it is sending.
     pub async fn run(self: Arc<Self>, shutdown: tokio::sync::watch::Receiver<bool>) {
         let mut lanes = JoinSet::new();
         for service in Service::ALL {
@@ -93,47 +94,80 @@ impl Outbox {
         while lanes.join_next().await.is_some() {}
     }
 
-    async fn run_lane(&self, service: Service, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    async fn run_lane(
+        self: &Arc<Self>,
+        service: Service,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
         let lane = self.lane(service);
-        let poll = Duration::from_millis(self.config.outbox.poll_interval_ms);
         let lease = Duration::from_secs(self.config.outbox.lease_secs);
+        let capacity = self.config.outbox.concurrency_per_service.max(1);
+        // Each job in flight holds one slot until it is settled, and a slot that frees is
+        // filled by the next claim: a slow call holds its own slot, not the lane. Each is a
+        // task of its own, so that it goes on while the lane awaits a claim: a settle left
+        // unpolled mid-statement would hold SQLite's write lock the claim waits for.
+        let mut in_flight = JoinSet::new();
+        // Whether due jobs may be waiting: after a claim that filled every free slot, a wake
+        // (jobs were queued) or a poll (retries come due). A slot that frees claims again only
+        // then, so that an idle lane does not query (on SQLite: take the write lock the
+        // ingestion writer waits for) at every settled job.
+        let mut due = true;
+        let mut poll = crate::app::ticker(Duration::from_millis(
+            self.config.outbox.poll_interval_ms.max(1),
+        ));
         while !*shutdown.borrow() {
-            let mut claimed = 0;
-            if lane.breaker.permits() {
+            if due && lane.breaker.permits() {
                 // Half-open: one probe at a time.
-                let limit = match lane.breaker.state() {
+                let slots = match lane.breaker.state() {
                     BreakerState::HalfOpen => 1,
-                    _ => self.config.outbox.concurrency_per_service.max(1) as u64,
-                };
-                match db::outbox::claim(&self.db, service.as_str(), limit, lease).await {
-                    Ok(jobs) => {
-                        claimed = jobs.len();
-                        let sends = jobs.into_iter().map(|job| {
-                            let span = tracing::info_span!(
-                                "outbox_job",
-                                job_id = %job.id,
-                                service = service.as_str(),
-                                kind = %job.kind,
-                                attempt = job.attempts,
-                                request_id = job.request_id.as_deref().unwrap_or(""),
-                            );
-                            self.process(service, job).instrument(span)
-                        });
-                        futures::future::join_all(sends).await;
-                    }
-                    Err(e) => {
-                        tracing::warn!(service = service.as_str(), error = %e, "outbox claim failed")
+                    _ => capacity,
+                }
+                .saturating_sub(in_flight.len());
+                if slots > 0 {
+                    match db::outbox::claim(&self.db, service.as_str(), slots as u64, lease).await {
+                        Ok(jobs) => {
+                            due = jobs.len() == slots;
+                            for job in jobs {
+                                in_flight.spawn(self.clone().send(service, job));
+                            }
+                        }
+                        Err(e) => {
+                            due = false;
+                            tracing::warn!(service = service.as_str(), error = %e, "outbox claim failed")
+                        }
                     }
                 }
             }
-            if claimed == 0 {
-                tokio::select! {
-                    _ = lane.wake.notified() => {}
-                    _ = tokio::time::sleep(poll) => {}
-                    _ = shutdown.changed() => {}
+            tokio::select! {
+                Some(settled) = in_flight.join_next(), if !in_flight.is_empty() => {
+                    if let Err(e) = settled {
+                        tracing::error!(service = service.as_str(), error = %e, "an outbound job's task failed; its lease will expire and it is sent again");
+                    }
+                }
+                () = lane.wake.notified() => due = true,
+                _ = poll.tick() => due = true,
+                changed = shutdown.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
                 }
             }
         }
+        // Shutting down: no new claims; the jobs in flight are sent and settled.
+        while in_flight.join_next().await.is_some() {}
+    }
+
+    /// Sends and settles one claimed job, in a span of its own.
+    async fn send(self: Arc<Self>, service: Service, job: outbox_job::Model) {
+        let span = tracing::info_span!(
+            "outbox_job",
+            job_id = %job.id,
+            service = service.as_str(),
+            kind = %job.kind,
+            attempt = job.attempts,
+            request_id = job.request_id.as_deref().unwrap_or(""),
+        );
+        self.process(service, job).instrument(span).await
     }
 
     async fn process(&self, service: Service, job: outbox_job::Model) {
