@@ -392,6 +392,70 @@ async fn two_instances_send_every_job_exactly_once() {
     assert_eq!(fakes.accepted("notification").len(), 4);
 }
 
+/// A claim on Postgres reads the jobs it takes, not every job that is due: after an outage
+/// thousands wait, and a lane claims as each of its calls is settled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_reads_only_the_jobs_it_takes() {
+    use sea_orm::{ConnectionTrait, DbBackend, Statement};
+    let Some(url) = fresh_postgres("claim_reads_what_it_takes").await else {
+        return;
+    };
+    let db = sea_orm::Database::connect(&url).await.unwrap();
+    scenehook::db::migrate(&db).await.unwrap();
+    // 5,000 jobs due for the last-frame service, and as many done ones beside them.
+    db.execute_unprepared(
+        "INSERT INTO outbox_jobs (id, kind, service, payload, status, attempts, \
+           next_attempt_at, created_at, updated_at) \
+         SELECT 'job_' || lpad(i::text, 8, '0'), 'extract_last_frame', 'last_frame', '{}', \
+           CASE WHEN i % 2 = 0 THEN 'pending' ELSE 'done' END, 0, \
+           now() - (10000 - i) * interval '1 ms', now(), now() \
+         FROM generate_series(1, 10000) i; ANALYZE outbox_jobs",
+    )
+    .await
+    .unwrap();
+    let explain = Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        format!(
+            "EXPLAIN (ANALYZE, FORMAT JSON) {}",
+            scenehook::db::outbox::CLAIM_POSTGRES
+        ),
+        [
+            (chrono::Utc::now() + chrono::Duration::seconds(30)).into(),
+            chrono::Utc::now().into(),
+            "last_frame".into(),
+            8i64.into(),
+        ],
+    );
+    let plan: serde_json::Value = db
+        .query_one_raw(explain)
+        .await
+        .unwrap()
+        .unwrap()
+        .try_get_by_index(0)
+        .unwrap();
+    fn scans(node: &serde_json::Value, found: &mut Vec<(String, u64)>) {
+        if node["Index Name"] == "idx_outbox_jobs_due" {
+            let kind = node["Node Type"].as_str().unwrap_or_default().to_owned();
+            found.push((kind, node["Actual Rows"].as_u64().unwrap_or(u64::MAX)));
+        }
+        for child in node["Plans"].as_array().into_iter().flatten() {
+            scans(child, found);
+        }
+    }
+    let root = &plan[0]["Plan"];
+    let mut found = Vec::new();
+    scans(root, &mut found);
+    assert!(
+        !found.is_empty(),
+        "the claim uses the claims' index: {plan}"
+    );
+    assert!(
+        found.iter().all(|(_, rows)| *rows <= 8),
+        "a scan read more due jobs than it claims: {found:?}"
+    );
+    assert_eq!(root["Actual Rows"], 8, "{plan}");
+}
+
 /// Migrations go up, down and up again on SQLite and Postgres.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrations_round_trip() {

@@ -30,6 +30,23 @@ fn of_service(service: Option<Service>) -> SimpleExpr {
     }
 }
 
+/// The claim on Postgres: `$1` the lease's end, `$2` now, `$3` the service, `$4` the limit.
+/// One index scan per status, each in the index's order and stopping at the limit: with both
+/// statuses in one scan, Postgres sorts every due job before it locks the first (23-26 ms a
+/// claim with 50,000 waiting, against 0.2-0.8 ms so), and a lane claims as each call is
+/// settled. SQLite stops early by itself (0.05 ms with 50,000 waiting).
+pub const CLAIM_POSTGRES: &str = "WITH pending AS (SELECT id, next_attempt_at FROM outbox_jobs \
+       WHERE service = $3 AND status = 'pending' AND next_attempt_at <= $2 \
+       ORDER BY next_attempt_at LIMIT $4 FOR UPDATE SKIP LOCKED), \
+     expired AS (SELECT id, next_attempt_at FROM outbox_jobs \
+       WHERE service = $3 AND status = 'in_flight' AND next_attempt_at <= $2 \
+       ORDER BY next_attempt_at LIMIT $4 FOR UPDATE SKIP LOCKED) \
+     UPDATE outbox_jobs SET status = 'in_flight', attempts = attempts + 1, \
+     next_attempt_at = $1, updated_at = $2 \
+     WHERE id = ANY(ARRAY(SELECT id FROM (SELECT * FROM pending UNION ALL \
+       SELECT * FROM expired) due ORDER BY next_attempt_at LIMIT $4)) \
+     RETURNING *";
+
 /// Claims up to `limit` due jobs of `service`: pending ones whose time has come and in-flight
 /// ones whose lease expired (their instance died). Two instances never claim the same job:
 /// Postgres skips rows another claim has locked, SQLite runs one write at a time.
@@ -43,12 +60,7 @@ pub async fn claim(
     let lease_until = now + ChronoDuration::from_std(lease).unwrap_or(ChronoDuration::seconds(30));
     let backend = db.get_database_backend();
     let sql = if super::is_postgres(db) {
-        "UPDATE outbox_jobs SET status = 'in_flight', attempts = attempts + 1, \
-         next_attempt_at = $1, updated_at = $2 \
-         WHERE id IN (SELECT id FROM outbox_jobs WHERE service = $3 \
-           AND status IN ('pending', 'in_flight') AND next_attempt_at <= $2 \
-           ORDER BY next_attempt_at LIMIT $4 FOR UPDATE SKIP LOCKED) \
-         RETURNING *"
+        CLAIM_POSTGRES
     } else {
         "UPDATE outbox_jobs SET status = 'in_flight', attempts = attempts + 1, \
          next_attempt_at = $1, updated_at = $2 \
