@@ -35,6 +35,7 @@ pub struct App {
     pub ingestor: db::ingest::Ingestor,
     pub metrics: PrometheusHandle,
     pub webhook_metrics: crate::http::WebhookMetrics,
+    pub flood_guard: crate::http::FloodGuard,
     verifiers: [Verifier; 3],
 }
 
@@ -158,6 +159,7 @@ impl Gateway {
             ingestor,
             metrics,
             webhook_metrics: crate::http::WebhookMetrics::register(),
+            flood_guard: crate::http::FloodGuard::new(&config.rate_limit),
             verifiers,
         }));
         let (shutdown, stop) = watch::channel(false);
@@ -206,8 +208,8 @@ impl Gateway {
     }
 }
 
-/// Periodic chores: error-store cleanup, metric upkeep (database retention runs apart:
-/// [`retention`]; the error entries' writer too: [`Reporter::run`]).
+/// Periodic chores: error-store cleanup, the flood guard's idle peers, metric upkeep (database
+/// retention runs apart: [`retention`]; the error entries' writer too: [`Reporter::run`]).
 async fn housekeeping(state: AppState, mut stop: watch::Receiver<bool>) {
     let mut cleanup = ticker(state.config.errors.cleanup_interval());
     let mut tick = ticker(Duration::from_secs(2));
@@ -221,6 +223,8 @@ async fn housekeeping(state: AppState, mut stop: watch::Receiver<bool>) {
                     Ok(n) => tracing::info!(removed = n, "error store cleanup"),
                     Err(e) => tracing::warn!(error = %e, "error store cleanup failed"),
                 }
+                let peers = state.flood_guard.prune();
+                tracing::debug!(peers, "flood guard pruned");
             }
             _ = tick.tick() => state.metrics.run_upkeep(),
         }

@@ -34,7 +34,7 @@ use utoipa_axum::router::OpenApiRouter;
 
 use crate::{app::AppState, error::AppError};
 
-pub use webhooks::{WebhookMetrics, client_ip};
+pub use webhooks::{FloodGuard, WebhookMetrics, client_ip};
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -94,7 +94,7 @@ pub fn router(state: AppState) -> Router {
         .nest("/api/v1", api)
         // Merged with full paths rather than nested: a nested router strips its prefix and
         // records the nested path on every request, the hottest route's too.
-        .merge(webhooks::router(&state.config))
+        .merge(webhooks::router(&state.flood_guard))
         .merge(health::router())
         .split_for_parts();
     let document = Arc::new(document);

@@ -7,6 +7,7 @@
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
     pin::pin,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -17,10 +18,15 @@ use axum::{
     http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
+use governor::middleware::NoOpMiddleware;
 use ipnet::IpNet;
 use serde::Serialize;
 use serde_json::json;
-use tower_governor::{GovernorLayer, governor::GovernorConfigBuilder, key_extractor::KeyExtractor};
+use tower_governor::{
+    GovernorLayer,
+    governor::{GovernorConfig, GovernorConfigBuilder},
+    key_extractor::KeyExtractor,
+};
 use tracing::Instrument;
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -28,7 +34,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use super::{ErrorBody, peer_addr, request_id};
 use crate::{
     app::AppState,
-    config::Config,
+    config::RateLimitConfig,
     db::{
         ingest::{Admission, Submission},
         pipeline::{IngestOutcome, PipelineError},
@@ -48,24 +54,48 @@ use crate::{
     store::{ErrorType, NewError, RateDecision, Severity},
 };
 
-pub fn router(config: &Config) -> OpenApiRouter<AppState> {
-    let per_second = config.rate_limit.flood_guard_per_second.max(1);
-    let flood_guard = GovernorConfigBuilder::default()
-        .period(Duration::from_nanos(1_000_000_000 / per_second))
-        .burst_size(config.rate_limit.flood_guard_burst.max(1))
-        .key_extractor(PeerIp)
-        .finish()
-        .expect("period and burst are positive");
+pub fn router(flood_guard: &FloodGuard) -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(video_complete_health, video_complete))
         .routes(routes!(last_frame_complete_health, last_frame_complete))
         .routes(routes!(stitch_complete_health, stitch_complete))
-        .layer(GovernorLayer::new(flood_guard).error_handler(|_| {
-            AppError::RateLimited {
-                retry_after_secs: 1,
-            }
-            .into_response()
-        }))
+        .layer(
+            GovernorLayer::new(flood_guard.0.clone()).error_handler(|_| {
+                AppError::RateLimited {
+                    retry_after_secs: 1,
+                }
+                .into_response()
+            }),
+        )
+}
+
+/// The per-peer flood guard in front of the webhook routes, checked before anything else. It
+/// keeps a bucket for every peer address it has seen until [`FloodGuard::prune`] drops those
+/// that have refilled; housekeeping does so at each cleanup, or peers that rotate addresses
+/// (an IPv6 prefix holds billions) would grow the gateway's memory without bound.
+#[derive(Clone)]
+pub struct FloodGuard(Arc<GovernorConfig<PeerIp, NoOpMiddleware>>);
+
+impl FloodGuard {
+    pub fn new(limits: &RateLimitConfig) -> Self {
+        let per_second = limits.flood_guard_per_second.max(1);
+        let config = GovernorConfigBuilder::default()
+            .period(Duration::from_nanos(1_000_000_000 / per_second))
+            .burst_size(limits.flood_guard_burst.max(1))
+            .key_extractor(PeerIp)
+            .finish()
+            .expect("period and burst are positive");
+        Self(Arc::new(config))
+    }
+
+    /// Forgets the peers whose bucket is full again (a new peer's is the same); returns how
+    /// many peers are left.
+    pub fn prune(&self) -> usize {
+        let limiter = self.0.limiter();
+        limiter.retain_recent();
+        limiter.shrink_to_fit();
+        limiter.len()
+    }
 }
 
 /// The flood guard's key: the socket peer (unspecified when the server runs without connect
@@ -555,6 +585,33 @@ mod tests {
         for (slot, kind) in WebhookKind::ALL.into_iter().enumerate() {
             assert_eq!(kind as usize, slot, "{}", kind.as_str());
         }
+    }
+
+    #[test]
+    fn the_flood_guard_forgets_peers_whose_bucket_refilled() {
+        let limits = RateLimitConfig {
+            flood_guard_per_second: 4,
+            flood_guard_burst: 2,
+            ..crate::config::Config::defaults().rate_limit
+        };
+        let guard = FloodGuard::new(&limits);
+        let limiter = guard.0.limiter();
+        for i in 0..100u8 {
+            let _ = limiter.check_key(&IpAddr::V4(Ipv4Addr::new(198, 51, 100, i)));
+        }
+        assert_eq!(limiter.len(), 100);
+        // A token comes back every 250 ms, and a peer is forgotten once its bucket has been
+        // full for as long: 500 ms after one request, 750 ms after two.
+        std::thread::sleep(Duration::from_millis(700));
+        let busy = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 1));
+        for _ in 0..2 {
+            let _ = limiter.check_key(&busy);
+        }
+        assert_eq!(
+            guard.prune(),
+            1,
+            "only the peer whose bucket is not full stays"
+        );
     }
 
     fn headers(xff: &str) -> HeaderMap {
