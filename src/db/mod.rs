@@ -247,18 +247,18 @@ async fn first_delivery_kept(
 /// at once (millions, at a few thousand webhooks a second) would hold it for many seconds.
 pub const PRUNE_CHUNK: u64 = 1_000;
 
-/// Runs `delete` (a statement deleting at most [`PRUNE_CHUNK`] rows) until it deletes fewer,
-/// with a pause between in which ingestion's batches commit; returns how many rows went.
-async fn in_chunks<Chunk>(mut delete: impl FnMut() -> Chunk) -> Result<u64, DbErr>
+/// Runs `chunk` (a statement changing at most [`PRUNE_CHUNK`] rows) until it changes fewer,
+/// with a pause between in which ingestion's batches commit; returns how many rows it changed.
+async fn in_chunks<Chunk>(mut chunk: impl FnMut() -> Chunk) -> Result<u64, DbErr>
 where
     Chunk: Future<Output = Result<u64, DbErr>>,
 {
     const PAUSE: Duration = Duration::from_millis(5);
     let mut total = 0;
     loop {
-        let deleted = delete().await?;
-        total += deleted;
-        if deleted < PRUNE_CHUNK {
+        let changed = chunk().await?;
+        total += changed;
+        if changed < PRUNE_CHUNK {
             return Ok(total);
         }
         tokio::time::sleep(PAUSE).await;

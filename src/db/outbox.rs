@@ -185,18 +185,34 @@ fn listing(
     query
 }
 
-/// Re-queues dead jobs (one, or all of a service) with a fresh set of attempts.
+/// Re-queues dead jobs (one, or all of a service) with a fresh set of attempts. All of them
+/// go [`super::PRUNE_CHUNK`] at a time, each chunk a statement of its own: after a long
+/// outage they may be tens of thousands, and on SQLite one statement for all of them would
+/// hold the write lock every webhook's transaction waits for.
 pub async fn replay(
     db: &DatabaseConnection,
     id: Option<&str>,
     service: Option<Service>,
 ) -> Result<u64, DbErr> {
-    Ok(replaying(id, service).exec(db).await?.rows_affected)
+    match id {
+        Some(id) => Ok(replaying(service)
+            .filter(outbox_job::Column::Id.eq(id))
+            .exec(db)
+            .await?
+            .rows_affected),
+        None => {
+            super::in_chunks(|| async move {
+                Ok(replaying_chunk(service).exec(db).await?.rows_affected)
+            })
+            .await
+        }
+    }
 }
 
-fn replaying(id: Option<&str>, service: Option<Service>) -> UpdateMany<outbox_job::Entity> {
+/// Dead jobs of `service` (or every service) back to pending.
+fn replaying(service: Option<Service>) -> UpdateMany<outbox_job::Entity> {
     let now = Utc::now();
-    let mut update = outbox_job::Entity::update_many()
+    outbox_job::Entity::update_many()
         .col_expr(
             outbox_job::Column::Status,
             Expr::value(JobStatus::Pending.as_str()),
@@ -205,11 +221,19 @@ fn replaying(id: Option<&str>, service: Option<Service>) -> UpdateMany<outbox_jo
         .col_expr(outbox_job::Column::NextAttemptAt, Expr::value(now))
         .col_expr(outbox_job::Column::UpdatedAt, Expr::value(now))
         .filter(of_service(service))
-        .filter(outbox_job::Column::Status.eq(JobStatus::Dead.as_str()));
-    if let Some(id) = id {
-        update = update.filter(outbox_job::Column::Id.eq(id));
-    }
-    update
+        .filter(outbox_job::Column::Status.eq(JobStatus::Dead.as_str()))
+}
+
+/// At most [`super::PRUNE_CHUNK`] of [`replaying`].
+fn replaying_chunk(service: Option<Service>) -> UpdateMany<outbox_job::Entity> {
+    let chunk = Query::select()
+        .column(outbox_job::Column::Id)
+        .from(outbox_job::Entity)
+        .and_where(of_service(service))
+        .and_where(outbox_job::Column::Status.eq(JobStatus::Dead.as_str()))
+        .limit(super::PRUNE_CHUNK)
+        .to_owned();
+    replaying(service).filter(outbox_job::Column::Id.in_subquery(chunk))
 }
 
 /// Deletes the jobs done before `cutoff` (a done job's next attempt is when it was done, so
@@ -288,6 +312,44 @@ mod tests {
 
     use super::*;
 
+    /// Replaying every dead job goes a chunk at a time, and every chunk is replayed: the
+    /// loop ends only at a chunk that found fewer than a chunk's worth.
+    #[tokio::test]
+    async fn replaying_all_dead_jobs_goes_in_chunks_to_the_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, db) = crate::db::migrated_sqlite(dir.path()).await;
+        let dead = 2 * crate::db::PRUNE_CHUNK + 500;
+        db.execute_unprepared(&format!(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {dead}) \
+             INSERT INTO outbox_jobs (id, kind, service, payload, status, attempts, \
+               next_attempt_at, created_at, updated_at) \
+             SELECT 'job_' || i, 'stitch_project', \
+               CASE WHEN i <= 10 THEN 'notification' ELSE 'stitch' END, '{{}}', 'dead', 20, \
+               '2026-12-01 10:00:00+00:00', '2026-12-01 10:00:00+00:00', \
+               '2026-12-01 10:00:00+00:00' FROM n"
+        ))
+        .await
+        .unwrap();
+        let replayed = replay(&db, None, Some(Service::Stitch)).await.unwrap();
+        assert_eq!(replayed, dead - 10);
+        let left = |status: &'static str| {
+            let db = db.clone();
+            async move {
+                db.query_one_raw(Statement::from_string(
+                    DbBackend::Sqlite,
+                    format!("SELECT count(*) FROM outbox_jobs WHERE status = '{status}'"),
+                ))
+                .await
+                .unwrap()
+                .unwrap()
+                .try_get_by_index::<i64>(0)
+                .unwrap()
+            }
+        };
+        assert_eq!(left("dead").await, 10, "another service's dead jobs stay");
+        assert_eq!(left("pending").await as u64, dead - 10);
+    }
+
     /// The queries by status reach the jobs through the claims' index, which begins with the
     /// service: there is no other index by status.
     #[tokio::test]
@@ -299,8 +361,9 @@ mod tests {
             listing(Some(JobStatus::Dead), None, 10).build(sqlite),
             listing(Some(JobStatus::Pending), Some(Service::Video), 10).build(sqlite),
             listing(None, Some(Service::Video), 10).build(sqlite),
-            replaying(None, None).build(sqlite),
-            replaying(None, Some(Service::Stitch)).build(sqlite),
+            replaying(None).build(sqlite),
+            replaying_chunk(None).build(sqlite),
+            replaying_chunk(Some(Service::Stitch)).build(sqlite),
             done_before(Utc::now()).build(sqlite),
             not_done_counts().build(sqlite),
             oldest_pending().build(sqlite),
