@@ -208,7 +208,7 @@ impl Gateway {
     }
 }
 
-/// Periodic chores: error-store cleanup, the flood guard's idle peers, metric upkeep (database
+/// Periodic chores: error-store cleanup, metric upkeep, the flood guard's idle peers (database
 /// retention runs apart: [`retention`]; the error entries' writer too: [`Reporter::run`]).
 async fn housekeeping(state: AppState, mut stop: watch::Receiver<bool>) {
     let mut cleanup = ticker(state.config.errors.cleanup_interval());
@@ -223,10 +223,12 @@ async fn housekeeping(state: AppState, mut stop: watch::Receiver<bool>) {
                     Ok(n) => tracing::info!(removed = n, "error store cleanup"),
                     Err(e) => tracing::warn!(error = %e, "error store cleanup failed"),
                 }
-                let peers = state.flood_guard.prune();
-                tracing::debug!(peers, "flood guard pruned");
             }
-            _ = tick.tick() => state.metrics.run_upkeep(),
+            _ = tick.tick() => {
+                state.metrics.run_upkeep();
+                // Often, so that peers rotating addresses hold only seconds' worth of buckets.
+                state.flood_guard.prune();
+            }
         }
     }
 }

@@ -71,8 +71,8 @@ pub fn router(flood_guard: &FloodGuard) -> OpenApiRouter<AppState> {
 
 /// The per-peer flood guard in front of the webhook routes, checked before anything else. It
 /// keeps a bucket for every peer address it has seen until [`FloodGuard::prune`] drops those
-/// that have refilled; housekeeping does so at each cleanup, or peers that rotate addresses
-/// (an IPv6 prefix holds billions) would grow the gateway's memory without bound.
+/// that have refilled; housekeeping does so every 2 s, or peers that rotate addresses (an
+/// IPv6 prefix holds billions) would grow the gateway's memory without bound.
 #[derive(Clone)]
 pub struct FloodGuard(Arc<GovernorConfig<PeerIp, NoOpMiddleware>>);
 
