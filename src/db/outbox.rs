@@ -125,7 +125,7 @@ pub async fn retry_later(
     settle(db, job, JobStatus::Pending, at, job.attempts, Some(error)).await
 }
 
-/// Puts a job back without counting the attempt (its breaker was open, or we shut down).
+/// Puts a job back without counting the attempt: its breaker opened after the claim.
 pub async fn release(
     db: &DatabaseConnection,
     job: &outbox_job::Model,
