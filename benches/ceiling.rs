@@ -3,11 +3,13 @@
 //! with `--redis URL`, also one sliding-window EVALSHA (through the gateway's own limiter).
 //!
 //! `ceiling serve 127.0.0.1:PORT [--redis redis://…]` (cargo bench passes `--bench`, ignored).
+//! `ceiling sink 127.0.0.1:PORT`: an outbound service that accepts every call at once, for
+//! measuring the outbox's sending rate.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::{
-    Router,
+    Json, Router,
     body::Bytes,
     extract::State,
     http::{HeaderMap, StatusCode},
@@ -19,6 +21,7 @@ use scenehook::{
     signature::{SignatureHeaders, Verifier},
     store::{RateLimitStore, redis::RedisRateLimiter},
 };
+use serde_json::json;
 
 struct Ceiling {
     verifier: Verifier,
@@ -60,15 +63,20 @@ async fn main() {
         .skip(1)
         .filter(|a| a != "--bench")
         .collect();
-    let Some(addr) = args
-        .iter()
-        .position(|a| a == "serve")
-        .and_then(|i| args.get(i + 1))
-    else {
-        eprintln!("usage: ceiling serve ADDR [--redis URL] [--secret SECRET]");
+    let address_after = |command: &str| {
+        args.iter()
+            .position(|a| a == command)
+            .and_then(|i| args.get(i + 1))
+            .map(|a| a.parse::<SocketAddr>().expect("a socket address"))
+    };
+    if let Some(addr) = address_after("sink") {
+        let router = Router::new().fallback(|| async { Json(json!({"task_id": "sunk"})) });
+        return serve(addr, router).await;
+    }
+    let Some(addr) = address_after("serve") else {
+        eprintln!("usage: ceiling serve ADDR [--redis URL] [--secret SECRET] | ceiling sink ADDR");
         return;
     };
-    let addr: SocketAddr = addr.parse().expect("a socket address");
     let flag = |name: &str| {
         args.iter()
             .position(|a| a == name)
@@ -93,6 +101,10 @@ async fn main() {
     let router = Router::new()
         .route("/api/webhooks/video-complete", post(webhook))
         .with_state(state);
+    serve(addr, router).await
+}
+
+async fn serve(addr: SocketAddr, router: Router) {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .expect("the port is free");

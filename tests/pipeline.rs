@@ -456,6 +456,128 @@ async fn a_claim_reads_only_the_jobs_it_takes() {
     assert_eq!(root["Actual Rows"], 8, "{plan}");
 }
 
+/// A lane writes what became of its finished jobs and its next claim in one transaction.
+/// Each job is settled only if this worker still holds that attempt of it: one re-claimed
+/// elsewhere after its lease expired is left to its new holder and reported lost.
+async fn a_lane_settles_its_jobs_and_claims_the_next_together(backend: Backend) {
+    use scenehook::db::outbox::{Claim, Settle, settle_and_claim};
+    use sea_orm::ConnectionTrait;
+    let Some(config) = config(backend, "settle_and_claim").await else {
+        return;
+    };
+    let db = scenehook::db::connect(&config).await.unwrap();
+    scenehook::db::migrate(&db).await.unwrap();
+    db.execute_unprepared(
+        "INSERT INTO outbox_jobs (id, kind, service, payload, status, attempts, \
+           next_attempt_at, created_at, updated_at) VALUES \
+         ('job_1', 'extract_last_frame', 'last_frame', '{}', 'pending', 0, \
+           '2026-01-01 00:00:01+00:00', '2026-01-01 00:00:00+00:00', '2026-01-01 00:00:00+00:00'), \
+         ('job_2', 'extract_last_frame', 'last_frame', '{}', 'pending', 0, \
+           '2026-01-01 00:00:02+00:00', '2026-01-01 00:00:00+00:00', '2026-01-01 00:00:00+00:00'), \
+         ('job_3', 'extract_last_frame', 'last_frame', '{}', 'pending', 0, \
+           '2026-01-01 00:00:03+00:00', '2026-01-01 00:00:00+00:00', '2026-01-01 00:00:00+00:00'), \
+         ('job_4', 'extract_last_frame', 'last_frame', '{}', 'pending', 0, \
+           '2026-01-01 00:00:04+00:00', '2026-01-01 00:00:00+00:00', '2026-01-01 00:00:00+00:00'), \
+         ('job_5', 'extract_last_frame', 'last_frame', '{}', 'pending', 0, \
+           '2026-01-01 00:00:05+00:00', '2026-01-01 00:00:00+00:00', '2026-01-01 00:00:00+00:00'), \
+         ('job_6', 'extract_last_frame', 'last_frame', '{}', 'pending', 0, \
+           '2026-01-01 00:00:06+00:00', '2026-01-01 00:00:00+00:00', '2026-01-01 00:00:00+00:00'), \
+         ('job_7', 'extract_last_frame', 'last_frame', '{}', 'pending', 0, \
+           '2026-01-01 00:00:07+00:00', '2026-01-01 00:00:00+00:00', '2026-01-01 00:00:00+00:00')",
+    )
+    .await
+    .unwrap();
+    let claim = |limit| Claim {
+        service: "last_frame",
+        limit,
+        lease: Duration::from_secs(30),
+    };
+    let first = settle_and_claim(&db, &[], Some(claim(5))).await.unwrap();
+    let ids: Vec<&str> = first.claimed.iter().map(|job| job.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        ["job_1", "job_2", "job_3", "job_4", "job_5"],
+        "the oldest due first"
+    );
+    assert!(first.claimed.iter().all(|job| job.attempts == 1));
+    // job_2's lease expired and another worker took it: its attempt is now the 2nd.
+    db.execute_unprepared("UPDATE outbox_jobs SET attempts = 2 WHERE id = 'job_2'")
+        .await
+        .unwrap();
+    let retry_at = chrono::Utc::now() + chrono::Duration::minutes(5);
+    let mut jobs = first.claimed.into_iter();
+    let mut next = || jobs.next().unwrap();
+    let finished = [
+        (next(), Settle::Done),
+        (next(), Settle::Done),
+        (
+            next(),
+            Settle::RetryAt {
+                at: retry_at,
+                error: "503".into(),
+            },
+        ),
+        (
+            next(),
+            Settle::Dead {
+                error: "404".into(),
+            },
+        ),
+        (next(), Settle::Release { at: retry_at }),
+    ];
+    let second = settle_and_claim(&db, &finished, Some(claim(5)))
+        .await
+        .unwrap();
+    assert_eq!(second.lost, ["job_2"]);
+    let ids: Vec<&str> = second.claimed.iter().map(|job| job.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        ["job_6", "job_7"],
+        "the settled jobs are not due again yet"
+    );
+    let rows = db
+        .query_all_raw(sea_orm::Statement::from_string(
+            db.get_database_backend(),
+            "SELECT id, status, attempts, last_error FROM outbox_jobs ORDER BY id",
+        ))
+        .await
+        .unwrap();
+    let states: Vec<(String, String, i32, Option<String>)> = rows
+        .iter()
+        .map(|row| {
+            (
+                row.try_get_by_index(0).unwrap(),
+                row.try_get_by_index(1).unwrap(),
+                row.try_get_by_index(2).unwrap(),
+                row.try_get_by_index(3).unwrap(),
+            )
+        })
+        .collect();
+    let state = |id: &str, status: &str, attempts: i32, error: Option<&str>| {
+        (
+            id.to_owned(),
+            status.to_owned(),
+            attempts,
+            error.map(str::to_owned),
+        )
+    };
+    assert_eq!(
+        states,
+        [
+            state("job_1", "done", 1, None),
+            state("job_2", "in_flight", 2, None),
+            state("job_3", "pending", 1, Some("503")),
+            state("job_4", "dead", 1, Some("404")),
+            state("job_5", "pending", 0, None),
+            state("job_6", "in_flight", 1, None),
+            state("job_7", "in_flight", 1, None),
+        ]
+    );
+}
+
+backend_tests!(sqlite, Embedded; a_lane_settles_its_jobs_and_claims_the_next_together);
+backend_tests!(postgres, Shared; a_lane_settles_its_jobs_and_claims_the_next_together);
+
 /// Migrations go up, down and up again on SQLite and Postgres.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrations_round_trip() {

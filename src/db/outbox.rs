@@ -9,8 +9,8 @@
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use entity::outbox_job;
 use sea_orm::{
-    ColumnTrait, DatabaseConnection, DbErr, DeleteMany, EntityTrait, FromQueryResult, QueryFilter,
-    QueryOrder, QuerySelect, Select, Statement, UpdateMany,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, DeleteMany, EntityTrait,
+    FromQueryResult, QueryFilter, QueryOrder, QuerySelect, Select, Statement, UpdateMany,
     sea_query::{Expr, Query, SimpleExpr},
 };
 
@@ -47,17 +47,23 @@ pub const CLAIM_POSTGRES: &str = "WITH pending AS (SELECT id, next_attempt_at FR
        SELECT * FROM expired) due ORDER BY next_attempt_at LIMIT $4)) \
      RETURNING *";
 
+/// A lane's claim: up to `limit` due jobs of `service`, leased for `lease`.
+pub struct Claim<'a> {
+    pub service: &'a str,
+    pub limit: u64,
+    pub lease: std::time::Duration,
+}
+
 /// Claims up to `limit` due jobs of `service`: pending ones whose time has come and in-flight
 /// ones whose lease expired (their instance died). Two instances never claim the same job:
 /// Postgres skips rows another claim has locked, SQLite runs one write at a time.
-pub async fn claim(
-    db: &DatabaseConnection,
-    service: &str,
-    limit: u64,
-    lease: std::time::Duration,
+async fn claim(
+    db: &impl ConnectionTrait,
+    claim: &Claim<'_>,
 ) -> Result<Vec<outbox_job::Model>, DbErr> {
     let now = Utc::now();
-    let lease_until = now + ChronoDuration::from_std(lease).unwrap_or(ChronoDuration::seconds(30));
+    let lease_until =
+        now + ChronoDuration::from_std(claim.lease).unwrap_or(ChronoDuration::seconds(30));
     let backend = db.get_database_backend();
     let sql = if super::is_postgres(db) {
         CLAIM_POSTGRES
@@ -76,17 +82,130 @@ pub async fn claim(
             [
                 lease_until.into(),
                 now.into(),
-                service.into(),
-                (limit as i64).into(),
+                claim.service.into(),
+                (claim.limit as i64).into(),
             ],
         ))
         .all(db)
         .await
 }
 
-/// Updates a claimed job if this worker still holds it (same attempt number, still in flight).
-async fn settle(
+/// What became of a claimed job's attempt.
+#[derive(Debug, Clone)]
+pub enum Settle {
+    /// The service took it.
+    Done,
+    /// Another attempt at `at`.
+    RetryAt { at: DateTime<Utc>, error: String },
+    /// No attempt left, or one that cannot succeed.
+    Dead { error: String },
+    /// Back to pending at `at` without counting the attempt: its breaker opened after the claim.
+    Release { at: DateTime<Utc> },
+}
+
+/// What [`settle_and_claim`] wrote.
+#[derive(Debug, Default)]
+pub struct Settled {
+    /// The ids of the settled jobs this worker no longer held: their lease had expired and
+    /// another claim had taken them.
+    pub lost: Vec<String>,
+    pub claimed: Vec<outbox_job::Model>,
+}
+
+/// Writes what became of a lane's finished jobs and claims its next ones, in one transaction:
+/// a commit per batch of jobs instead of two per job (on SQLite, one turn at the write lock
+/// the ingestion writer also takes; on Postgres, one flush). A job is settled only if this
+/// worker still holds it: the same attempt, still in flight. The done ones, nearly all of
+/// them, go in one statement.
+pub async fn settle_and_claim(
     db: &DatabaseConnection,
+    finished: &[(outbox_job::Model, Settle)],
+    next: Option<Claim<'_>>,
+) -> Result<Settled, DbErr> {
+    let txn = super::begin(db).await?;
+    let mut lost = Vec::new();
+    let done: Vec<&outbox_job::Model> = finished
+        .iter()
+        .filter(|(_, settle)| matches!(settle, Settle::Done))
+        .map(|(job, _)| job)
+        .collect();
+    if !done.is_empty() {
+        let completed = complete_all(&txn, &done).await?;
+        lost.extend(
+            done.iter()
+                .filter(|job| !completed.contains(&job.id))
+                .map(|job| job.id.clone()),
+        );
+    }
+    for (job, settle) in finished {
+        let (status, at, attempts, error) = match settle {
+            Settle::Done => continue,
+            Settle::RetryAt { at, error } => {
+                (JobStatus::Pending, *at, job.attempts, Some(error.clone()))
+            }
+            Settle::Dead { error } => (
+                JobStatus::Dead,
+                Utc::now(),
+                job.attempts,
+                Some(error.clone()),
+            ),
+            Settle::Release { at } => (
+                JobStatus::Pending,
+                *at,
+                job.attempts - 1,
+                job.last_error.clone(),
+            ),
+        };
+        if !update_held(&txn, job, status, at, attempts, error).await? {
+            lost.push(job.id.clone());
+        }
+    }
+    let claimed = match next {
+        Some(next) => claim(&txn, &next).await?,
+        None => Vec::new(),
+    };
+    txn.commit().await?;
+    Ok(Settled { lost, claimed })
+}
+
+/// Marks `jobs` done, those this worker still holds; returns their ids.
+async fn complete_all(
+    db: &impl ConnectionTrait,
+    jobs: &[&outbox_job::Model],
+) -> Result<Vec<String>, DbErr> {
+    let now = Utc::now();
+    // `$1` now, then each job's id and attempt. The ids alone find the rows by key; the pairs
+    // check that each is still this attempt.
+    let mut values: Vec<sea_orm::Value> = vec![now.into()];
+    let mut ids = Vec::with_capacity(jobs.len());
+    let mut pairs = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        let n = values.len();
+        ids.push(format!("${}", n + 1));
+        pairs.push(format!("(${}, ${})", n + 1, n + 2));
+        values.push(job.id.clone().into());
+        values.push(job.attempts.into());
+    }
+    let sql = format!(
+        "UPDATE outbox_jobs SET status = 'done', next_attempt_at = $1, updated_at = $1, \
+         last_error = NULL WHERE id IN ({}) AND status = 'in_flight' \
+         AND (id, attempts) IN (VALUES {}) RETURNING id",
+        ids.join(", "),
+        pairs.join(", ")
+    );
+    let rows = db
+        .query_all_raw(Statement::from_sql_and_values(
+            db.get_database_backend(),
+            sql,
+            values,
+        ))
+        .await?;
+    rows.iter().map(|row| row.try_get_by_index(0)).collect()
+}
+
+/// Updates a claimed job if this worker still holds it (same attempt number, still in flight).
+async fn update_held(
+    db: &impl ConnectionTrait,
     job: &outbox_job::Model,
     status: JobStatus,
     next_attempt_at: DateTime<Utc>,
@@ -108,55 +227,6 @@ async fn settle(
         .exec(db)
         .await?;
     Ok(result.rows_affected == 1)
-}
-
-pub async fn complete(db: &DatabaseConnection, job: &outbox_job::Model) -> Result<bool, DbErr> {
-    settle(db, job, JobStatus::Done, Utc::now(), job.attempts, None).await
-}
-
-/// Schedules the next attempt after `delay`.
-pub async fn retry_later(
-    db: &DatabaseConnection,
-    job: &outbox_job::Model,
-    delay: std::time::Duration,
-    error: String,
-) -> Result<bool, DbErr> {
-    let at = Utc::now() + ChronoDuration::from_std(delay).unwrap_or(ChronoDuration::seconds(60));
-    settle(db, job, JobStatus::Pending, at, job.attempts, Some(error)).await
-}
-
-/// Puts a job back without counting the attempt: its breaker opened after the claim.
-pub async fn release(
-    db: &DatabaseConnection,
-    job: &outbox_job::Model,
-    delay: std::time::Duration,
-) -> Result<bool, DbErr> {
-    let at = Utc::now() + ChronoDuration::from_std(delay).unwrap_or(ChronoDuration::seconds(1));
-    settle(
-        db,
-        job,
-        JobStatus::Pending,
-        at,
-        job.attempts - 1,
-        job.last_error.clone(),
-    )
-    .await
-}
-
-pub async fn kill(
-    db: &DatabaseConnection,
-    job: &outbox_job::Model,
-    error: String,
-) -> Result<bool, DbErr> {
-    settle(
-        db,
-        job,
-        JobStatus::Dead,
-        Utc::now(),
-        job.attempts,
-        Some(error),
-    )
-    .await
 }
 
 pub async fn list(
@@ -308,7 +378,7 @@ fn oldest_pending() -> Select<outbox_job::Entity> {
 
 #[cfg(test)]
 mod tests {
-    use sea_orm::{ConnectionTrait, DbBackend, QueryTrait};
+    use sea_orm::{DbBackend, QueryTrait};
 
     use super::*;
 

@@ -6,6 +6,7 @@
 
 use std::{sync::Arc, time::Duration};
 
+use chrono::Utc;
 use entity::outbox_job;
 use sea_orm::DatabaseConnection;
 use tokio::{sync::Notify, task::JoinSet};
@@ -18,7 +19,10 @@ use super::{
 };
 use crate::{
     config::{Config, ServiceConfig},
-    db,
+    db::{
+        self,
+        outbox::{Claim, Settle},
+    },
     reporter::Reporter,
     store::{ErrorType, NewError, Severity},
 };
@@ -104,11 +108,15 @@ impl Outbox {
         let capacity = self.config.outbox.concurrency_per_service.max(1);
         // Each job in flight holds one slot until it is settled, and a slot that frees is
         // filled by the next claim: a slow call holds its own slot, not the lane. Each is a
-        // task of its own, so that it goes on while the lane awaits a claim: a settle left
-        // unpolled mid-statement would hold SQLite's write lock the claim waits for.
+        // task of its own, so that it goes on while the lane writes.
         let mut in_flight = JoinSet::new();
+        // What became of the jobs that finished, written with the next claim in one
+        // transaction. Kept when that write fails, for the next turn (no claim is made
+        // meanwhile, so they stay within the lane's capacity); a job whose lease expires
+        // first is sent again, as it would be after a crash.
+        let mut finished: Vec<(outbox_job::Model, Settle)> = Vec::new();
         // Whether due jobs may be waiting: after a claim that filled every free slot, a wake
-        // (jobs were queued) or a poll (retries come due). A slot that frees claims again only
+        // (jobs were queued) or a poll (retries come due). Slots that free claim again only
         // then, so that an idle lane does not query (on SQLite: take the write lock the
         // ingestion writer waits for) at every settled job.
         let mut due = true;
@@ -116,32 +124,47 @@ impl Outbox {
             self.config.outbox.poll_interval_ms.max(1),
         ));
         while !*shutdown.borrow() {
-            if due && lane.breaker.permits() {
+            let slots = if due && lane.breaker.permits() {
                 // Half-open: one probe at a time.
-                let slots = match lane.breaker.state() {
+                match lane.breaker.state() {
                     BreakerState::HalfOpen => 1,
                     _ => capacity,
                 }
-                .saturating_sub(in_flight.len());
-                if slots > 0 {
-                    match db::outbox::claim(&self.db, service.as_str(), slots as u64, lease).await {
-                        Ok(jobs) => {
-                            due = jobs.len() == slots;
-                            for job in jobs {
-                                in_flight.spawn(self.clone().send(service, job));
-                            }
+                .saturating_sub(in_flight.len())
+            } else {
+                0
+            };
+            if slots > 0 || !finished.is_empty() {
+                let next = (slots > 0).then(|| Claim {
+                    service: service.as_str(),
+                    limit: slots as u64,
+                    lease,
+                });
+                match db::outbox::settle_and_claim(&self.db, &finished, next).await {
+                    Ok(settled) => {
+                        for job_id in settled.lost {
+                            tracing::warn!(service = service.as_str(), %job_id, "job was re-claimed elsewhere after its lease expired");
                         }
-                        Err(e) => {
-                            due = false;
-                            tracing::warn!(service = service.as_str(), error = %e, "outbox claim failed")
+                        finished.clear();
+                        if slots > 0 {
+                            due = settled.claimed.len() == slots;
                         }
+                        for job in settled.claimed {
+                            in_flight.spawn(self.clone().send(service, job));
+                        }
+                    }
+                    Err(e) => {
+                        due = false;
+                        tracing::warn!(service = service.as_str(), error = %e, settled = finished.len(), "outbox settle and claim failed; trying again at the next poll");
                     }
                 }
             }
             tokio::select! {
-                Some(settled) = in_flight.join_next(), if !in_flight.is_empty() => {
-                    if let Err(e) = settled {
-                        tracing::error!(service = service.as_str(), error = %e, "an outbound job's task failed; its lease will expire and it is sent again");
+                Some(sent) = in_flight.join_next(), if !in_flight.is_empty() => {
+                    keep_settled(service, sent, &mut finished);
+                    // Every other call already back goes in the same write.
+                    while let Some(sent) = in_flight.try_join_next() {
+                        keep_settled(service, sent, &mut finished);
                     }
                 }
                 () = lane.wake.notified() => due = true,
@@ -153,12 +176,23 @@ impl Outbox {
                 }
             }
         }
-        // Shutting down: no new claims; the jobs in flight are sent and settled.
-        while in_flight.join_next().await.is_some() {}
+        // Shutting down: no new claims; the jobs in flight are sent, and all settled at once.
+        while let Some(sent) = in_flight.join_next().await {
+            keep_settled(service, sent, &mut finished);
+        }
+        if !finished.is_empty()
+            && let Err(e) = db::outbox::settle_and_claim(&self.db, &finished, None).await
+        {
+            tracing::warn!(service = service.as_str(), error = %e, settled = finished.len(), "could not settle jobs on shutdown; their leases will expire and they are sent again");
+        }
     }
 
-    /// Sends and settles one claimed job, in a span of its own.
-    async fn send(self: Arc<Self>, service: Service, job: outbox_job::Model) {
+    /// Sends one claimed job, in a span of its own; returns what became of it.
+    async fn send(
+        self: Arc<Self>,
+        service: Service,
+        job: outbox_job::Model,
+    ) -> (outbox_job::Model, Settle) {
         let span = tracing::info_span!(
             "outbox_job",
             job_id = %job.id,
@@ -167,19 +201,16 @@ impl Outbox {
             attempt = job.attempts,
             request_id = job.request_id.as_deref().unwrap_or(""),
         );
-        self.process(service, job).instrument(span).await
+        let settle = self.process(service, &job).instrument(span).await;
+        (job, settle)
     }
 
-    async fn process(&self, service: Service, job: outbox_job::Model) {
+    async fn process(&self, service: Service, job: &outbox_job::Model) -> Settle {
         let lane = self.lane(service);
         if !lane.breaker.permits() {
-            let _ = db::outbox::release(
-                &self.db,
-                &job,
-                Duration::from_millis(self.config.outbox.poll_interval_ms),
-            )
-            .await;
-            return;
+            return Settle::Release {
+                at: Utc::now() + Duration::from_millis(self.config.outbox.poll_interval_ms),
+            };
         }
         let (result, elapsed) = self
             .client
@@ -198,7 +229,7 @@ impl Outbox {
         .increment(1);
         metrics::histogram!("scenehook_outbound_duration_seconds", "service" => service.as_str())
             .record(elapsed.as_secs_f64());
-        let settled = match result {
+        match result {
             CallResult::Delivered(body) => {
                 lane.breaker.success();
                 if job.kind == "generate_scene"
@@ -214,7 +245,7 @@ impl Outbox {
                     tracing::warn!(error = %e, "could not store the video task id; the callback will");
                 }
                 tracing::debug!("delivered");
-                db::outbox::complete(&self.db, &job).await
+                Settle::Done
             }
             CallResult::Transient {
                 error,
@@ -225,7 +256,7 @@ impl Outbox {
                     lane.breaker.failure();
                 }
                 if job.attempts >= self.config.outbox.max_attempts {
-                    self.bury(service, &job, error).await
+                    self.bury(service, job, error)
                 } else {
                     let delay = retry_after
                         .map(|d| d.min(Duration::from_secs(3600)))
@@ -233,19 +264,15 @@ impl Outbox {
                     metrics::counter!("scenehook_outbox_retries_total", "service" => service.as_str())
                         .increment(1);
                     tracing::info!(%error, delay_ms = delay.as_millis() as u64, "outbound call failed, retrying later");
-                    db::outbox::retry_later(&self.db, &job, delay, error).await
+                    Settle::RetryAt {
+                        at: Utc::now() + delay,
+                        error,
+                    }
                 }
             }
             CallResult::Permanent(error) => {
                 lane.breaker.success();
-                self.bury(service, &job, error).await
-            }
-        };
-        match settled {
-            Ok(true) => {}
-            Ok(false) => tracing::warn!("job was re-claimed elsewhere after its lease expired"),
-            Err(e) => {
-                tracing::warn!(error = %e, "could not settle job; its lease will expire and it is sent again")
+                self.bury(service, job, error)
             }
         }
     }
@@ -258,12 +285,7 @@ impl Outbox {
         Duration::from_millis(delay.min(o.max_delay_secs.saturating_mul(1000)))
     }
 
-    async fn bury(
-        &self,
-        service: Service,
-        job: &outbox_job::Model,
-        error: String,
-    ) -> Result<bool, sea_orm::DbErr> {
+    fn bury(&self, service: Service, job: &outbox_job::Model, error: String) -> Settle {
         metrics::counter!("scenehook_outbox_dead_total", "service" => service.as_str())
             .increment(1);
         tracing::error!(%error, "outbound job is dead after its last attempt");
@@ -284,6 +306,21 @@ impl Outbox {
             .with_source(format!("outbox:{}", service.as_str()))
             .with_details(serde_json::json!({"jobId": job.id, "attempts": job.attempts})),
         );
-        db::outbox::kill(&self.db, job, error).await
+        Settle::Dead { error }
+    }
+}
+
+/// Keeps what became of a job whose task has ended. A task that panicked settled nothing: its
+/// lease expires and the job is sent again.
+fn keep_settled(
+    service: Service,
+    sent: Result<(outbox_job::Model, Settle), tokio::task::JoinError>,
+    finished: &mut Vec<(outbox_job::Model, Settle)>,
+) {
+    match sent {
+        Ok(settled) => finished.push(settled),
+        Err(e) => {
+            tracing::error!(service = service.as_str(), error = %e, "an outbound job's task failed; its lease will expire and it is sent again")
+        }
     }
 }
