@@ -180,7 +180,7 @@ def prepare(db_url, count, parts, awaiting="video"):
     return [f"{out}.{k}" for k in range(parts)] if parts > 1 else [out]
 
 
-def start_gateway(db_url, redis_url, port, exe=None):
+def start_gateway(db_url, redis_url, port, exe=None, sink=None):
     env = dict(os.environ)
     for key in list(env):
         if key.startswith("SCENEHOOK_") or key in ("DATABASE_URL", "REDIS_URL"):
@@ -192,10 +192,14 @@ def start_gateway(db_url, redis_url, port, exe=None):
         "SCENEHOOK_RATE_LIMIT__LAST_FRAME_COMPLETE": "1000000000",
         "SCENEHOOK_RATE_LIMIT__FLOOD_GUARD_PER_SECOND": "1000000",
         "SCENEHOOK_RATE_LIMIT__FLOOD_GUARD_BURST": "1000000",
-        # Ingestion alone is measured: the queued jobs are not sent during the run.
-        "SCENEHOOK_OUTBOX__ENABLED": "false",
+        # Ingestion alone is measured: the queued jobs are not sent during the run. They are
+        # sent afterwards, to a sink (`run_drain`).
+        "SCENEHOOK_OUTBOX__ENABLED": "false" if sink is None else "true",
         "SCENEHOOK_DATABASE__MAX_CONNECTIONS": "8",
     })
+    if sink is not None:
+        for service in ("VIDEO", "LAST_FRAME", "STITCH", "NOTIFICATION"):
+            env[f"SCENEHOOK_SERVICES__{service}__URL"] = f"http://127.0.0.1:{sink}"
     proc = subprocess.Popen([exe or EXE["scenehook"]], env=env, cwd=SCRATCH,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_http(f"http://127.0.0.1:{port}/healthz")
@@ -211,6 +215,48 @@ def accepted(port, webhook="video-complete"):
                 if f'outcome="{outcome}"' in line:
                     counts[outcome] += float(line.rsplit(" ", 1)[1])
     return counts
+
+
+def outbound_requests(port):
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("scenehook_outbound_requests_total{"))
+
+
+def run_drain(name, db_url, redis_url):
+    """The outbox after an ingestion run: the gateway restarted with its outbox on, sending the
+    jobs the run queued to a sink that accepts every call at once (the ceiling's `sink`), at the
+    configured 8 calls in flight per service. Measured from its start for DURATION seconds, or
+    until the queue is empty."""
+    sink_port, port = free_port(), free_port()
+    sink = subprocess.Popen([EXE["ceiling"], "sink", f"127.0.0.1:{sink_port}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_listening(sink_port)
+    proc = start_gateway(db_url, redis_url, port, sink=sink_port)
+    before, before_cpu = outbound_requests(port), cpu_seconds(proc.pid)
+    before_pg_cpu = postgres_cpu_seconds() if db_url.startswith("postgres") else 0
+    started = last_change = time.monotonic()
+    sent = 0
+    # Until DURATION is up or the queue is empty (a quick run queues little).
+    while time.monotonic() - started < DURATION:
+        time.sleep(0.25)
+        now_sent = outbound_requests(port) - before
+        if now_sent == sent and sent:
+            break
+        if now_sent != sent:
+            sent, last_change = now_sent, time.monotonic()
+    cpu = cpu_seconds(proc.pid) - before_cpu
+    pg_cpu = postgres_cpu_seconds() - before_pg_cpu if db_url.startswith("postgres") else 0
+    row = {"config": name, "kind": "drain", "jobs_per_s": sent / (last_change - started),
+           "jobs": sent, "cpu_us_per_job": cpu * 1e6 / max(sent, 1)}
+    if db_url.startswith("postgres"):
+        row["pg_cpu_us_per_job"] = pg_cpu * 1e6 / max(sent, 1)
+    for p in (proc, sink):
+        p.terminate()
+        p.wait()
+    if not sent:
+        sys.exit(f"bench: the outbox of {name} sent nothing in {DURATION} s")
+    return row
 
 
 def pg_statements(db_url):
@@ -394,7 +440,10 @@ def run_gateway(name, db_url, redis_url, instances, exe=None, webhook="video-com
             sys.exit(f"bench: {name} at {r['connections']} connections used up its "
                      f"{per_run:,} distinct deliveries and sent {r['duplicates']:,.0f} again; "
                      f"seed more (PER_RUN in scripts/bench.py)")
-    return fail_if_unfit(rows)
+    rows = fail_if_unfit(rows)
+    if instances == 1 and webhook == "video-complete" and MODE != "ab":
+        rows.append(run_drain(name, db_url, redis_url))
+    return rows
 
 
 def soak():
@@ -528,6 +577,11 @@ def main():
                             webhook="last-frame-complete")
     if MODE == "quick" or only:
         for r in rows:
+            if r.get("kind") == "drain":
+                print(f"{r['config']:34} outbox drain {r['jobs_per_s']:9.0f} jobs/s  "
+                      f"cpu {r['cpu_us_per_job']:6.0f} us/job  "
+                      f"postgres cpu {r.get('pg_cpu_us_per_job', 0):.0f} us/job")
+                continue
             print(f"{r['config']:34} c={r['connections']:3} {r['rps']:9.0f} req/s "
                   f"p99 {r['p99_us'] / 1000:6.2f} ms  cpu {r['cpu_ms_per_1000']:6.0f} ms/1000  "
                   f"sql {r.get('sql_per_webhook', 0):.2f}/webhook  "
