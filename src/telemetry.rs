@@ -219,7 +219,7 @@ fn describe_metrics() {
     describe_gauge!(
         "scenehook_outbox_oldest_pending_seconds",
         Unit::Seconds,
-        "Age of the oldest pending outbox job."
+        "How long the pending outbox job that came due first has waited since (0 when none is due)."
     );
     describe_gauge!(
         "scenehook_circuit_breaker_state",
