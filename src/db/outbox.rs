@@ -131,8 +131,10 @@ pub async fn settle_and_claim(
         .filter(|(_, settle)| matches!(settle, Settle::Done))
         .map(|(job, _)| job)
         .collect();
-    if !done.is_empty() {
-        let completed = complete_all(&txn, &done).await?;
+    // Chunks keep a statement's parameters within what SQLite binds (32,766) whatever the
+    // lane's configured capacity.
+    for done in done.chunks(COMPLETE_CHUNK) {
+        let completed = complete_all(&txn, done).await?;
         lost.extend(
             done.iter()
                 .filter(|job| !completed.contains(&job.id))
@@ -169,6 +171,9 @@ pub async fn settle_and_claim(
     txn.commit().await?;
     Ok(Settled { lost, claimed })
 }
+
+/// Jobs marked done a statement, two parameters each.
+const COMPLETE_CHUNK: usize = 1_000;
 
 /// Marks `jobs` done, those this worker still holds; returns their ids.
 async fn complete_all(
@@ -479,6 +484,49 @@ mod tests {
                 "{steps:?}"
             );
         }
+    }
+
+    /// A lane of any configured capacity settles what it claimed: its done jobs go in
+    /// statements that stay within SQLite's parameters, however many.
+    #[tokio::test]
+    async fn a_lane_settles_more_jobs_than_one_statement_binds() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, db) = crate::db::migrated_sqlite(dir.path()).await;
+        let jobs = 20_000;
+        db.execute_unprepared(&format!(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {jobs}) \
+             INSERT INTO outbox_jobs (id, kind, service, payload, status, attempts, \
+               next_attempt_at, created_at, updated_at) \
+             SELECT 'job_' || i, 'extract_last_frame', 'last_frame', '{{}}', 'pending', 0, \
+               '2026-12-01 10:00:00+00:00', '2026-12-01 10:00:00+00:00', \
+               '2026-12-01 10:00:00+00:00' FROM n"
+        ))
+        .await
+        .unwrap();
+        let claim = Claim {
+            service: "last_frame",
+            limit: jobs,
+            lease: std::time::Duration::from_secs(30),
+        };
+        let claimed = settle_and_claim(&db, &[], Some(claim))
+            .await
+            .unwrap()
+            .claimed;
+        assert_eq!(claimed.len() as u64, jobs);
+        let finished: Vec<_> = claimed.into_iter().map(|job| (job, Settle::Done)).collect();
+        let settled = settle_and_claim(&db, &finished, None).await.unwrap();
+        assert!(settled.lost.is_empty());
+        let done = db
+            .query_one_raw(Statement::from_string(
+                DbBackend::Sqlite,
+                "SELECT count(*) FROM outbox_jobs WHERE status = 'done'",
+            ))
+            .await
+            .unwrap()
+            .unwrap()
+            .try_get_by_index::<i64>(0)
+            .unwrap();
+        assert_eq!(done as u64, jobs);
     }
 
     /// The queue's delay counts from when a pending job came due, not from when it was
