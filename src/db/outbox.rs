@@ -54,13 +54,17 @@ pub struct Claim<'a> {
     pub lease: std::time::Duration,
 }
 
-/// Claims up to `limit` due jobs of `service`: pending ones whose time has come and in-flight
-/// ones whose lease expired (their instance died). Two instances never claim the same job:
-/// Postgres skips rows another claim has locked, SQLite runs one write at a time.
+/// Claims up to `limit` due jobs of `service`, if a claim is wanted: pending ones whose time
+/// has come and in-flight ones whose lease expired (their instance died). Two instances never
+/// claim the same job: Postgres skips rows another claim has locked, SQLite runs one write at
+/// a time.
 async fn claim(
     db: &impl ConnectionTrait,
-    claim: &Claim<'_>,
+    claim: Option<Claim<'_>>,
 ) -> Result<Vec<outbox_job::Model>, DbErr> {
+    let Some(claim) = claim else {
+        return Ok(Vec::new());
+    };
     let now = Utc::now();
     let lease_until = ChronoDuration::from_std(claim.lease)
         .ok()
@@ -93,7 +97,7 @@ async fn claim(
 }
 
 /// What became of a claimed job's attempt.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub enum Settle {
     /// The service took it.
     Done,
@@ -106,7 +110,7 @@ pub enum Settle {
 }
 
 /// What [`settle_and_claim`] wrote.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Settled {
     /// The ids of the settled jobs this worker no longer held: their lease had expired and
     /// another claim had taken them.
@@ -124,6 +128,13 @@ pub async fn settle_and_claim(
     finished: &[(outbox_job::Model, Settle)],
     next: Option<Claim<'_>>,
 ) -> Result<Settled, DbErr> {
+    if finished.is_empty() {
+        // A claim alone is one statement: no transaction around it.
+        return Ok(Settled {
+            lost: Vec::new(),
+            claimed: claim(db, next).await?,
+        });
+    }
     let txn = super::begin(db).await?;
     let mut lost = Vec::new();
     let done: Vec<&outbox_job::Model> = finished
@@ -164,10 +175,7 @@ pub async fn settle_and_claim(
             lost.push(job.id.clone());
         }
     }
-    let claimed = match next {
-        Some(next) => claim(&txn, &next).await?,
-        None => Vec::new(),
-    };
+    let claimed = claim(&txn, next).await?;
     txn.commit().await?;
     Ok(Settled { lost, claimed })
 }
