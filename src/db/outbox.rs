@@ -136,6 +136,14 @@ pub async fn settle_and_claim(
         });
     }
     let txn = super::begin(db).await?;
+    if super::is_postgres(&txn) {
+        // Not waiting for the flush: a commit lost with the server sends its jobs again
+        // (a settle's when the lease expires, a claim's at once), which the outbox's
+        // at-least-once delivery and its `Idempotency-Key` already allow for. The drain on
+        // Postgres: +20 % jobs a second over four alternating pairs, three of them ahead.
+        txn.execute_unprepared("SET LOCAL synchronous_commit = off")
+            .await?;
+    }
     let mut lost = Vec::new();
     let done: Vec<&outbox_job::Model> = finished
         .iter()
