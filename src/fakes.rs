@@ -134,11 +134,19 @@ impl FakeServices {
         self.state.shared.received.lock().clone()
     }
 
-    /// Received requests of one service that were answered 2xx.
-    pub fn accepted(&self, service: &str) -> Vec<Received> {
+    /// The requests one service received, in arrival order, however it answered.
+    pub fn received_by(&self, service: &str) -> Vec<Received> {
         self.received()
             .into_iter()
-            .filter(|r| r.service == service && (200..300).contains(&r.status))
+            .filter(|r| r.service == service)
+            .collect()
+    }
+
+    /// Received requests of one service that were answered 2xx.
+    pub fn accepted(&self, service: &str) -> Vec<Received> {
+        self.received_by(service)
+            .into_iter()
+            .filter(|r| (200..300).contains(&r.status))
             .collect()
     }
 }

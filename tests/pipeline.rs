@@ -131,11 +131,7 @@ async fn breaker_opens_during_an_outage_and_nothing_is_lost(backend: Backend) {
     // at 1 s) would call it ~23 times; the breaker (open after 3 failures, then one probe
     // every 1-2 s) lets about 13 through.
     tokio::time::sleep(Duration::from_secs(20).saturating_sub(outage.elapsed())).await;
-    let during_outage = fakes
-        .received()
-        .iter()
-        .filter(|r| r.service == "last_frame")
-        .count();
+    let during_outage = fakes.received_by("last_frame").len();
     assert!(
         (3..=15).contains(&during_outage),
         "{during_outage} calls reached the failing service"
@@ -171,7 +167,7 @@ async fn a_hanging_call_holds_one_slot_not_the_lane(backend: Backend) {
     eventually(
         Duration::from_secs(10),
         "the first video request hangs",
-        || async { fakes.received().iter().any(|r| r.service == "video") },
+        || async { !fakes.received_by("video").is_empty() },
     )
     .await;
     fakes.set_behaviour("video", Behaviour::default());
@@ -189,11 +185,7 @@ async fn a_hanging_call_holds_one_slot_not_the_lane(backend: Backend) {
     }
     let (_, first) = app.get("/projects/ph0").await;
     assert_eq!(first["status"], "generating", "{first}");
-    let video_requests = fakes
-        .received()
-        .iter()
-        .filter(|r| r.service == "video")
-        .count();
+    let video_requests = fakes.received_by("video").len();
     assert_eq!(video_requests, 4, "the hanging call was not sent again");
 }
 
@@ -219,15 +211,7 @@ async fn permanent_failure_is_dead_lettered_and_replayed(backend: Backend) {
     .await;
     let (_, dead) = app.get("/outbox?status=dead").await;
     let job_id = dead["jobs"][0]["id"].as_str().unwrap().to_owned();
-    assert_eq!(
-        fakes
-            .received()
-            .iter()
-            .filter(|r| r.service == "video")
-            .count(),
-        1,
-        "a 400 is not retried"
-    );
+    assert_eq!(fakes.received_by("video").len(), 1, "a 400 is not retried");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (_, errors) = app.get("/errors?severity=critical&type=automation").await;
     assert_eq!(errors["errors"].as_array().unwrap().len(), 1);

@@ -112,7 +112,7 @@ async fn sigkill_mid_call_is_recovered_exactly_once() {
     eventually(
         Duration::from_secs(10),
         "the extraction request is in flight",
-        || async { fakes.received().iter().any(|r| r.service == "last_frame") },
+        || async { !fakes.received_by("last_frame").is_empty() },
     )
     .await;
     child.kill().unwrap();
@@ -140,11 +140,7 @@ async fn sigkill_mid_call_is_recovered_exactly_once() {
         },
     )
     .await;
-    let frames: Vec<_> = fakes
-        .received()
-        .into_iter()
-        .filter(|r| r.service == "last_frame")
-        .collect();
+    let frames = fakes.received_by("last_frame");
     assert_eq!(
         frames.len(),
         2,

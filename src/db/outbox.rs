@@ -47,6 +47,15 @@ pub const CLAIM_POSTGRES: &str = "WITH pending AS (SELECT id, next_attempt_at FR
        SELECT * FROM expired) due ORDER BY next_attempt_at LIMIT $4)) \
      RETURNING *";
 
+/// `delay` after `at`, or the latest time there is for a delay beyond it: a retry's, a
+/// release's or a lease's end, so that a configuration's nonsense cannot panic a lane.
+pub fn after(at: DateTime<Utc>, delay: std::time::Duration) -> DateTime<Utc> {
+    ChronoDuration::from_std(delay)
+        .ok()
+        .and_then(|delay| at.checked_add_signed(delay))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
 /// A lane's claim: up to `limit` due jobs of `service`, leased for `lease`.
 pub struct Claim<'a> {
     pub service: &'a str,
@@ -66,10 +75,7 @@ async fn claim(
         return Ok(Vec::new());
     };
     let now = Utc::now();
-    let lease_until = ChronoDuration::from_std(claim.lease)
-        .ok()
-        .and_then(|lease| now.checked_add_signed(lease))
-        .unwrap_or(DateTime::<Utc>::MAX_UTC);
+    let lease_until = after(now, claim.lease);
     let backend = db.get_database_backend();
     let sql = if super::is_postgres(db) {
         CLAIM_POSTGRES
@@ -500,6 +506,18 @@ mod tests {
                 "{steps:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_delay_beyond_any_timestamp_is_the_latest_one() {
+        use std::time::Duration;
+        assert_eq!(after(Utc::now(), Duration::MAX), DateTime::<Utc>::MAX_UTC);
+        assert_eq!(
+            after(Utc::now(), Duration::from_secs(u64::MAX / 1000)),
+            DateTime::<Utc>::MAX_UTC
+        );
+        let soon = after(Utc::now(), Duration::from_secs(60)) - Utc::now();
+        assert!((59..=60).contains(&soon.num_seconds()), "{soon}");
     }
 
     /// A lane of any configured capacity settles what it claimed: its done jobs go in

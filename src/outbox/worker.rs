@@ -6,7 +6,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use entity::outbox_job;
 use sea_orm::DatabaseConnection;
 use tokio::{sync::Notify, task::JoinSet};
@@ -209,7 +209,10 @@ impl Outbox {
         let lane = self.lane(service);
         if !lane.breaker.permits() {
             return Settle::Release {
-                at: from_now(Duration::from_millis(self.config.outbox.poll_interval_ms)),
+                at: db::outbox::after(
+                    Utc::now(),
+                    Duration::from_millis(self.config.outbox.poll_interval_ms),
+                ),
             };
         }
         let (result, elapsed) = self
@@ -265,7 +268,7 @@ impl Outbox {
                         .increment(1);
                     tracing::info!(%error, delay_ms = delay.as_millis() as u64, "outbound call failed, retrying later");
                     Settle::RetryAt {
-                        at: from_now(delay),
+                        at: db::outbox::after(Utc::now(), delay),
                         error,
                     }
                 }
@@ -310,15 +313,6 @@ impl Outbox {
     }
 }
 
-/// `delay` from now, or the latest time there is for a delay beyond it (a configuration's
-/// nonsense must not panic a job's task).
-fn from_now(delay: Duration) -> DateTime<Utc> {
-    chrono::Duration::from_std(delay)
-        .ok()
-        .and_then(|delay| Utc::now().checked_add_signed(delay))
-        .unwrap_or(DateTime::<Utc>::MAX_UTC)
-}
-
 /// Keeps what became of a job whose task has ended. A task that panicked settled nothing: its
 /// lease expires and the job is sent again.
 fn keep_settled(
@@ -331,21 +325,5 @@ fn keep_settled(
         Err(e) => {
             tracing::error!(service = service.as_str(), error = %e, "an outbound job's task failed; its lease will expire and it is sent again")
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_delay_beyond_any_timestamp_is_the_latest_one() {
-        assert_eq!(from_now(Duration::MAX), DateTime::<Utc>::MAX_UTC);
-        assert_eq!(
-            from_now(Duration::from_secs(u64::MAX / 1000)),
-            DateTime::<Utc>::MAX_UTC
-        );
-        let soon = from_now(Duration::from_secs(60)) - Utc::now();
-        assert!((59..=60).contains(&soon.num_seconds()), "{soon}");
     }
 }
