@@ -10,8 +10,10 @@ use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use entity::outbox_job;
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, DeleteMany, EntityTrait,
-    FromQueryResult, QueryFilter, QueryOrder, QuerySelect, Select, Statement, UpdateMany,
-    sea_query::{Asterisk, Expr, Func, Query, SelectStatement, SimpleExpr, UnionType},
+    FromQueryResult, QueryFilter, QuerySelect, Select, Statement, UpdateMany,
+    sea_query::{
+        Alias, Asterisk, Expr, Func, Order, Query, SelectStatement, SimpleExpr, UnionType,
+    },
 };
 
 use crate::outbox::{JobStatus, Service};
@@ -258,30 +260,65 @@ async fn update_held(
     Ok(result.rows_affected == 1)
 }
 
+/// Up to `limit` jobs (of `status`, of `service`), the latest first by the time that goes with
+/// each status: when it is due (pending), when its lease ends (in flight), when it was done or
+/// died ([`listing`]).
 pub async fn list(
     db: &DatabaseConnection,
     status: Option<JobStatus>,
     service: Option<Service>,
     limit: u64,
 ) -> Result<Vec<outbox_job::Model>, DbErr> {
-    listing(status, service, limit).all(db).await
+    let backend = db.get_database_backend();
+    outbox_job::Entity::find()
+        .from_raw_sql(backend.build(&listing(status, service, limit)))
+        .all(db)
+        .await
 }
 
-fn listing(
-    status: Option<JobStatus>,
-    service: Option<Service>,
-    limit: u64,
-) -> Select<outbox_job::Entity> {
-    let mut query = outbox_job::Entity::find()
-        .order_by_desc(outbox_job::Column::UpdatedAt)
-        .limit(limit);
-    if status.is_some() || service.is_some() {
-        query = query.filter(of_service(service));
+/// Each (service, status) pair's latest `limit` jobs, read backwards along the claims' index
+/// and stopping there, then the latest `limit` of those. Ordered by any other column, a listing
+/// would sort every job of its status first, and done jobs are kept for days: on SQLite that
+/// holds the pooled connection the lanes write through for as long.
+fn listing(status: Option<JobStatus>, service: Option<Service>, limit: u64) -> SelectStatement {
+    let services = service.map_or(Service::ALL.to_vec(), |s| vec![s]);
+    let statuses = status.map_or(JobStatus::ALL.to_vec(), |s| vec![s]);
+    let pairs = services
+        .iter()
+        .flat_map(|&service| statuses.iter().map(move |&status| (service, status)));
+    let mut arms = pairs.enumerate().map(|(n, (service, status))| {
+        // Each arm a subquery: SQLite takes no ORDER BY or LIMIT on a compound's own arms.
+        Query::select()
+            .column(Asterisk)
+            .from_subquery(
+                latest_of(service, status, limit),
+                Alias::new(format!("arm{n}")),
+            )
+            .to_owned()
+    });
+    let mut union = arms.next().expect("a service and a status at least");
+    for arm in arms {
+        union.union(UnionType::All, arm);
     }
-    if let Some(status) = status {
-        query = query.filter(outbox_job::Column::Status.eq(status.as_str()));
-    }
-    query
+    Query::select()
+        .column(Asterisk)
+        .from_subquery(union, Alias::new("latest"))
+        .order_by(outbox_job::Column::NextAttemptAt, Order::Desc)
+        .limit(limit)
+        .to_owned()
+}
+
+/// The latest `limit` jobs of `service` in `status`: the claims' index read backwards. Ordered
+/// by its last column alone, as a tie-break on another would sort them all again.
+fn latest_of(service: Service, status: JobStatus, limit: u64) -> SelectStatement {
+    Query::select()
+        .column(Asterisk)
+        .from(outbox_job::Entity)
+        .and_where(outbox_job::Column::Service.eq(service.as_str()))
+        .and_where(outbox_job::Column::Status.eq(status.as_str()))
+        .order_by(outbox_job::Column::NextAttemptAt, Order::Desc)
+        .limit(limit)
+        .to_owned()
 }
 
 /// Re-queues dead jobs (one, or all of a service) with a fresh set of attempts. All of them
@@ -484,9 +521,6 @@ mod tests {
         let (_, db) = crate::db::migrated_sqlite(dir.path()).await;
         let sqlite = DbBackend::Sqlite;
         for statement in [
-            listing(Some(JobStatus::Dead), None, 10).build(sqlite),
-            listing(Some(JobStatus::Pending), Some(Service::Video), 10).build(sqlite),
-            listing(None, Some(Service::Video), 10).build(sqlite),
             replaying(None).build(sqlite),
             replaying_chunk(None).build(sqlite),
             replaying_chunk(Some(Service::Stitch)).build(sqlite),
@@ -506,6 +540,80 @@ mod tests {
                 "{steps:?}"
             );
         }
+    }
+
+    /// A listing reads each (service, status) pair's jobs backwards along the claims' index
+    /// and stops at its limit: it sorts only what those reads return, never a whole status.
+    #[tokio::test]
+    async fn a_listing_reads_the_claims_index_backwards_and_stops() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, db) = crate::db::migrated_sqlite(dir.path()).await;
+        let sqlite = DbBackend::Sqlite;
+        let search = "SEARCH outbox_jobs USING INDEX idx_outbox_jobs_due (service=? AND status=?)";
+        let arm = plan(
+            &db,
+            sqlite.build(&latest_of(Service::Video, JobStatus::Done, 10)),
+        )
+        .await;
+        assert!(arm.len() == 1 && arm[0].starts_with(search), "{arm:#?}");
+        for (status, service, arms) in [
+            (Some(JobStatus::Dead), None, 4),
+            (Some(JobStatus::Pending), Some(Service::Video), 1),
+            (None, Some(Service::Video), 4),
+            (None, None, 16),
+        ] {
+            let steps = plan(&db, sqlite.build(&listing(status, service, 10))).await;
+            let searches = steps.iter().filter(|step| step.starts_with(search)).count();
+            // Every sort is of an arm's results, read from the subquery.
+            let sorts_of_arms = steps
+                .windows(2)
+                .all(|pair| !pair[1].starts_with("USE TEMP") || pair[0].starts_with("SCAN arm"));
+            assert!(
+                searches == arms
+                    && sorts_of_arms
+                    && steps
+                        .iter()
+                        .all(|step| !step.starts_with("SCAN outbox_jobs")),
+                "{steps:#?}"
+            );
+        }
+    }
+
+    /// A listing holds the latest jobs of what it asks for, across services and statuses.
+    #[tokio::test]
+    async fn a_listing_holds_the_latest_jobs_asked_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, db) = crate::db::migrated_sqlite(dir.path()).await;
+        // Job `n` at minute `n`: services and statuses in turn.
+        let mut jobs = Vec::new();
+        for n in 0..40 {
+            let service = Service::ALL[n % 4];
+            let status = JobStatus::ALL[(n / 4) % 4];
+            jobs.push(format!(
+                "('job_{n:02}', 'k', '{service}', '{{}}', '{status}', 1, \
+                 '2026-12-01T10:{n:02}:00+00:00', '2026-12-01T10:00:00+00:00', \
+                 '2026-12-01T10:00:00+00:00')"
+            ));
+        }
+        db.execute_unprepared(&format!(
+            "INSERT INTO outbox_jobs (id, kind, service, payload, status, attempts, \
+               next_attempt_at, created_at, updated_at) VALUES {}",
+            jobs.join(", ")
+        ))
+        .await
+        .unwrap();
+        let ids = async |status, service, limit| {
+            let jobs = list(&db, status, service, limit).await.unwrap();
+            jobs.into_iter().map(|job| job.id).collect::<Vec<_>>()
+        };
+        assert_eq!(ids(None, None, 3).await, ["job_39", "job_38", "job_37"]);
+        // Dead: n / 4 % 4 == 3, so 12-15 and 28-31.
+        let dead = ids(Some(JobStatus::Dead), None, 5).await;
+        assert_eq!(dead, ["job_31", "job_30", "job_29", "job_28", "job_15"]);
+        let video = ids(None, Some(Service::Video), 3).await;
+        assert_eq!(video, ["job_36", "job_32", "job_28"]);
+        let pending_stitch = ids(Some(JobStatus::Pending), Some(Service::Stitch), 10).await;
+        assert_eq!(pending_stitch, ["job_34", "job_18", "job_02"]);
     }
 
     #[test]

@@ -36,7 +36,8 @@ struct ListParams {
     limit: Option<u64>,
 }
 
-/// Outbox jobs, most recently updated first.
+/// Outbox jobs, the latest first by the time that goes with their status: when due (pending),
+/// when the lease ends (in flight), when done or dead.
 #[derive(Serialize, ToSchema)]
 struct JobList {
     #[schema(value_type = Vec<Object>)]
