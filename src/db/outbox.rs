@@ -6,6 +6,8 @@
 //! every webhook appends to it. The queries by status name every service, so it serves them
 //! too (migration 5 dropped a second index by status for that reason).
 
+use std::collections::HashSet;
+
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use entity::outbox_job;
 use sea_orm::{
@@ -161,7 +163,7 @@ pub async fn settle_and_claim(
     // Chunks keep a statement's parameters within what SQLite binds (32,766) whatever the
     // lane's configured capacity.
     for done in done.chunks(COMPLETE_CHUNK) {
-        let completed = complete_all(&txn, done).await?;
+        let completed: HashSet<String> = complete_all(&txn, done).await?.into_iter().collect();
         lost.extend(
             done.iter()
                 .filter(|job| !completed.contains(&job.id))
