@@ -481,8 +481,7 @@ mod tests {
     /// loop ends only at a chunk that found fewer than a chunk's worth.
     #[tokio::test]
     async fn replaying_all_dead_jobs_goes_in_chunks_to_the_last() {
-        let dir = tempfile::tempdir().unwrap();
-        let (_, db) = crate::db::migrated_sqlite(dir.path()).await;
+        let (_dir, db) = migrated().await;
         let dead = 2 * crate::db::PRUNE_CHUNK + 500;
         db.execute_unprepared(&format!(
             "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {dead}) \
@@ -519,8 +518,7 @@ mod tests {
     /// service: there is no other index by status.
     #[tokio::test]
     async fn the_queries_by_status_search_the_claims_index() {
-        let dir = tempfile::tempdir().unwrap();
-        let (_, db) = crate::db::migrated_sqlite(dir.path()).await;
+        let (_dir, db) = migrated().await;
         let sqlite = DbBackend::Sqlite;
         for statement in [
             replaying(None).build(sqlite),
@@ -548,8 +546,7 @@ mod tests {
     /// and stops at its limit: it sorts only what those reads return, never a whole status.
     #[tokio::test]
     async fn a_listing_reads_the_claims_index_backwards_and_stops() {
-        let dir = tempfile::tempdir().unwrap();
-        let (_, db) = crate::db::migrated_sqlite(dir.path()).await;
+        let (_dir, db) = migrated().await;
         let sqlite = DbBackend::Sqlite;
         let search = "SEARCH outbox_jobs USING INDEX idx_outbox_jobs_due (service=? AND status=?)";
         let arm = plan(
@@ -584,8 +581,7 @@ mod tests {
     /// A listing holds the latest jobs of what it asks for, across services and statuses.
     #[tokio::test]
     async fn a_listing_holds_the_latest_jobs_asked_for() {
-        let dir = tempfile::tempdir().unwrap();
-        let (_, db) = crate::db::migrated_sqlite(dir.path()).await;
+        let (_dir, db) = migrated().await;
         // Job `n` at minute `n`: services and statuses in turn.
         let mut jobs = Vec::new();
         for n in 0..40 {
@@ -634,8 +630,7 @@ mod tests {
     /// statements that stay within SQLite's parameters, however many.
     #[tokio::test]
     async fn a_lane_settles_more_jobs_than_one_statement_binds() {
-        let dir = tempfile::tempdir().unwrap();
-        let (_, db) = crate::db::migrated_sqlite(dir.path()).await;
+        let (_dir, db) = migrated().await;
         let jobs = 20_000;
         db.execute_unprepared(&format!(
             "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {jobs}) \
@@ -677,8 +672,7 @@ mod tests {
     /// queued: a job waiting out a retry's backoff is not late.
     #[tokio::test]
     async fn the_queue_delay_counts_from_when_a_job_came_due() {
-        let dir = tempfile::tempdir().unwrap();
-        let (_, db) = crate::db::migrated_sqlite(dir.path()).await;
+        let (_dir, db) = migrated().await;
         let insert = |id: &str, service: &str, due: DateTime<Utc>| {
             let sql = format!(
                 "INSERT INTO outbox_jobs (id, kind, service, payload, status, attempts, \
@@ -712,8 +706,7 @@ mod tests {
     /// nothing, however many jobs wait.
     #[tokio::test]
     async fn the_gauges_read_the_claims_index_alone() {
-        let dir = tempfile::tempdir().unwrap();
-        let (_, db) = crate::db::migrated_sqlite(dir.path()).await;
+        let (_dir, db) = migrated().await;
         let sqlite = DbBackend::Sqlite;
         for statement in [
             not_done_counts().build(sqlite),
@@ -727,6 +720,13 @@ mod tests {
                 "{steps:?}"
             );
         }
+    }
+
+    /// A migrated SQLite database in a directory of its own, removed when dropped.
+    async fn migrated() -> (tempfile::TempDir, DatabaseConnection) {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, db) = crate::db::migrated_sqlite(dir.path()).await;
+        (dir, db)
     }
 
     /// The steps of `statement`'s plan that read a table or an index, or sort.
