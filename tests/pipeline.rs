@@ -397,12 +397,9 @@ async fn a_claim_reads_only_the_jobs_it_takes() {
     )
     .await
     .unwrap();
-    let explain = Statement::from_sql_and_values(
+    let claim = Statement::from_sql_and_values(
         DbBackend::Postgres,
-        format!(
-            "EXPLAIN (ANALYZE, FORMAT JSON) {}",
-            scenehook::db::outbox::CLAIM_POSTGRES
-        ),
+        scenehook::db::outbox::CLAIM_POSTGRES,
         [
             (chrono::Utc::now() + chrono::Duration::seconds(30)).into(),
             chrono::Utc::now().into(),
@@ -410,25 +407,9 @@ async fn a_claim_reads_only_the_jobs_it_takes() {
             8i64.into(),
         ],
     );
-    let plan: serde_json::Value = db
-        .query_one_raw(explain)
-        .await
-        .unwrap()
-        .unwrap()
-        .try_get_by_index(0)
-        .unwrap();
-    fn scans(node: &serde_json::Value, found: &mut Vec<(String, u64)>) {
-        if node["Index Name"] == "idx_outbox_jobs_due" {
-            let kind = node["Node Type"].as_str().unwrap_or_default().to_owned();
-            found.push((kind, node["Actual Rows"].as_u64().unwrap_or(u64::MAX)));
-        }
-        for child in node["Plans"].as_array().into_iter().flatten() {
-            scans(child, found);
-        }
-    }
+    let plan = explain_analyze(&db, claim).await;
     let root = &plan[0]["Plan"];
-    let mut found = Vec::new();
-    scans(root, &mut found);
+    let found = scans_of_the_claims_index(root);
     assert!(
         !found.is_empty(),
         "the claim uses the claims' index: {plan}"
@@ -438,6 +419,80 @@ async fn a_claim_reads_only_the_jobs_it_takes() {
         "a scan read more due jobs than it claims: {found:?}"
     );
     assert_eq!(root["Actual Rows"], 8, "{plan}");
+}
+
+/// An operator's listing on Postgres reads, for each service and status, the jobs it may
+/// return and no more, however many are stored: each pair's scan backwards along the claims'
+/// index stops at the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listing_reads_only_the_jobs_it_may_return() {
+    use scenehook::outbox::{JobStatus, Service};
+    use sea_orm::{ConnectionTrait, DbBackend};
+    let Some(url) = fresh_postgres("listing_reads_what_it_returns").await else {
+        return;
+    };
+    let db = sea_orm::Database::connect(&url).await.unwrap();
+    scenehook::db::migrate(&db).await.unwrap();
+    // 16,000 jobs, a thousand for each service and status.
+    db.execute_unprepared(
+        "INSERT INTO outbox_jobs (id, kind, service, payload, status, attempts, \
+           next_attempt_at, created_at, updated_at) \
+         SELECT 'job_' || lpad(i::text, 8, '0'), 'k', \
+           (ARRAY['video', 'last_frame', 'stitch', 'notification'])[1 + i % 4], '{}', \
+           (ARRAY['pending', 'in_flight', 'done', 'dead'])[1 + (i / 4) % 4], 1, \
+           now() - i * interval '1 ms', now(), now() \
+         FROM generate_series(1, 16000) i; ANALYZE outbox_jobs",
+    )
+    .await
+    .unwrap();
+    for (status, service, pairs) in [
+        (None, None, 16),
+        (Some(JobStatus::Dead), None, 4),
+        (None, Some(Service::Stitch), 4),
+        (Some(JobStatus::Done), Some(Service::Video), 1),
+    ] {
+        let listing = scenehook::db::outbox::listing(status, service, 10);
+        let plan = explain_analyze(&db, DbBackend::Postgres.build(&listing)).await;
+        let root = &plan[0]["Plan"];
+        let found = scans_of_the_claims_index(root);
+        assert_eq!(found.len(), pairs, "one scan a pair: {plan}");
+        assert!(
+            found.iter().all(|(_, rows)| *rows <= 10),
+            "a scan read more jobs than the listing returns: {found:?}"
+        );
+        assert_eq!(root["Actual Rows"], 10, "{plan}");
+    }
+}
+
+/// `statement`'s plan as Postgres ran it (`EXPLAIN (ANALYZE, FORMAT JSON)`).
+async fn explain_analyze(
+    db: &sea_orm::DatabaseConnection,
+    statement: sea_orm::Statement,
+) -> serde_json::Value {
+    use sea_orm::ConnectionTrait;
+    let explain = sea_orm::Statement {
+        sql: format!("EXPLAIN (ANALYZE, FORMAT JSON) {}", statement.sql),
+        ..statement
+    };
+    db.query_one_raw(explain)
+        .await
+        .unwrap()
+        .unwrap()
+        .try_get_by_index(0)
+        .unwrap()
+}
+
+/// Each scan of the claims' index under `node`: its kind and the rows it read.
+fn scans_of_the_claims_index(node: &serde_json::Value) -> Vec<(String, u64)> {
+    let mut found = Vec::new();
+    if node["Index Name"] == "idx_outbox_jobs_due" {
+        let kind = node["Node Type"].as_str().unwrap_or_default().to_owned();
+        found.push((kind, node["Actual Rows"].as_u64().unwrap_or(u64::MAX)));
+    }
+    for child in node["Plans"].as_array().into_iter().flatten() {
+        found.extend(scans_of_the_claims_index(child));
+    }
+    found
 }
 
 /// A lane writes what became of its finished jobs and its next claim in one transaction.

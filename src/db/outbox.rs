@@ -281,8 +281,9 @@ pub async fn list(
 /// Each (service, status) pair's latest `limit` jobs, read backwards along the claims' index
 /// and stopping there, then the latest `limit` of those. Ordered by any other column, a listing
 /// would sort every job of its status first, and done jobs are kept for days: on SQLite that
-/// holds the pooled connection the lanes write through for as long.
-fn listing(status: Option<JobStatus>, service: Option<Service>, limit: u64) -> SelectStatement {
+/// holds the pooled connection the lanes write through for as long. Public for tests and
+/// diagnostics (its plans).
+pub fn listing(status: Option<JobStatus>, service: Option<Service>, limit: u64) -> SelectStatement {
     let services = service.map_or(Service::ALL.to_vec(), |s| vec![s]);
     let statuses = status.map_or(JobStatus::ALL.to_vec(), |s| vec![s]);
     let pairs = services
