@@ -381,11 +381,9 @@ async fn two_instances_send_every_job_exactly_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_reads_only_the_jobs_it_takes() {
     use sea_orm::{ConnectionTrait, DbBackend, Statement};
-    let Some(url) = fresh_postgres("claim_reads_what_it_takes").await else {
+    let Some(db) = migrated_postgres("claim_reads_what_it_takes").await else {
         return;
     };
-    let db = sea_orm::Database::connect(&url).await.unwrap();
-    scenehook::db::migrate(&db).await.unwrap();
     // 5,000 jobs due for the last-frame service, and as many done ones beside them.
     db.execute_unprepared(
         "INSERT INTO outbox_jobs (id, kind, service, payload, status, attempts, \
@@ -428,11 +426,9 @@ async fn a_claim_reads_only_the_jobs_it_takes() {
 async fn a_listing_reads_only_the_jobs_it_may_return() {
     use scenehook::outbox::{JobStatus, Service};
     use sea_orm::{ConnectionTrait, DbBackend};
-    let Some(url) = fresh_postgres("listing_reads_what_it_returns").await else {
+    let Some(db) = migrated_postgres("listing_reads_what_it_returns").await else {
         return;
     };
-    let db = sea_orm::Database::connect(&url).await.unwrap();
-    scenehook::db::migrate(&db).await.unwrap();
     // 16,000 jobs, a thousand for each service and status.
     db.execute_unprepared(
         "INSERT INTO outbox_jobs (id, kind, service, payload, status, attempts, \
@@ -462,6 +458,14 @@ async fn a_listing_reads_only_the_jobs_it_may_return() {
         );
         assert_eq!(root["Actual Rows"], 10, "{plan}");
     }
+}
+
+/// A scratch Postgres database of this test's own, migrated; none when Postgres is not set up.
+async fn migrated_postgres(test: &str) -> Option<sea_orm::DatabaseConnection> {
+    let url = fresh_postgres(test).await?;
+    let db = sea_orm::Database::connect(&url).await.unwrap();
+    scenehook::db::migrate(&db).await.unwrap();
+    Some(db)
 }
 
 /// `statement`'s plan as Postgres ran it (`EXPLAIN (ANALYZE, FORMAT JSON)`).
