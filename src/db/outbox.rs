@@ -289,7 +289,7 @@ pub fn listing(status: Option<JobStatus>, service: Option<Service>, limit: u64) 
     let pairs = services
         .iter()
         .flat_map(|&service| statuses.iter().map(move |&status| (service, status)));
-    let mut arms = pairs.enumerate().map(|(n, (service, status))| {
+    let arms = pairs.enumerate().map(|(n, (service, status))| {
         // Each arm a subquery: SQLite takes no ORDER BY or LIMIT on a compound's own arms.
         Query::select()
             .column(Asterisk)
@@ -299,13 +299,9 @@ pub fn listing(status: Option<JobStatus>, service: Option<Service>, limit: u64) 
             )
             .to_owned()
     });
-    let mut union = arms.next().expect("a service and a status at least");
-    for arm in arms {
-        union.union(UnionType::All, arm);
-    }
     Query::select()
         .column(Asterisk)
-        .from_subquery(union, Alias::new("latest"))
+        .from_subquery(union_all(arms), Alias::new("latest"))
         .order_by(outbox_job::Column::NextAttemptAt, Order::Desc)
         .limit(limit)
         .to_owned()
@@ -464,12 +460,18 @@ fn earliest_due_per_service() -> SelectStatement {
             .and_where(outbox_job::Column::Status.eq(JobStatus::Pending.as_str()))
             .to_owned()
     };
-    let [first, rest @ ..] = Service::ALL;
-    let mut query = of(first);
-    for service in rest {
-        query.union(UnionType::All, of(service));
+    union_all(Service::ALL.map(of))
+}
+
+/// `queries` joined by `UNION ALL`: every caller passes one at least (a query per service,
+/// or per service and status).
+fn union_all(queries: impl IntoIterator<Item = SelectStatement>) -> SelectStatement {
+    let mut queries = queries.into_iter();
+    let mut union = queries.next().expect("a union of one query at least");
+    for query in queries {
+        union.union(UnionType::All, query);
     }
-    query
+    union
 }
 
 #[cfg(test)]
