@@ -36,6 +36,7 @@ pub struct App {
     pub metrics: PrometheusHandle,
     pub webhook_metrics: crate::http::WebhookMetrics,
     pub flood_guard: crate::http::FloodGuard,
+    pub project_counts: db::project_counts::ProjectCounts,
     verifiers: [Verifier; 3],
 }
 
@@ -160,6 +161,7 @@ impl Gateway {
             metrics,
             webhook_metrics: crate::http::WebhookMetrics::register(),
             flood_guard: crate::http::FloodGuard::new(&config.rate_limit),
+            project_counts: Default::default(),
             verifiers,
         }));
         let (shutdown, stop) = watch::channel(false);

@@ -245,7 +245,10 @@ fn describe_metrics() {
         "scenehook_error_store_dropped_total",
         "Error entries dropped because the queue for the store was full."
     );
-    describe_gauge!("scenehook_projects", "Projects by status.");
+    describe_gauge!(
+        "scenehook_projects",
+        "Projects by status; a status slow to count is counted again less often."
+    );
     describe_counter!(
         "scenehook_pipeline_project_transitions_total",
         "Project state changes by new status."

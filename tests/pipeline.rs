@@ -241,6 +241,13 @@ async fn failed_videos_are_retried_then_fail_the_project(backend: Backend) {
     let project = wait_for_status(&app, "pf", "failed", Duration::from_secs(20)).await;
     assert_eq!(project["scenes"][0]["status"], "failed");
     assert_eq!(project["scenes"][0]["attempts"], 3);
+    // The projects gauge, a status at a time: (failed, completed).
+    let counted = || async {
+        let scrape = app.scrape().await;
+        let count = |status| sample(&scrape, "scenehook_projects", &[("status", status)]);
+        (count("failed"), count("completed"))
+    };
+    assert_eq!(counted().await, (Some(1.0), Some(0.0)));
     eventually(
         Duration::from_secs(5),
         "a project.failed notification",
@@ -256,6 +263,7 @@ async fn failed_videos_are_retried_then_fail_the_project(backend: Backend) {
     fakes.set_behaviour("video", Behaviour::default());
     assert_eq!(app.post("/projects/pf/generate", json!(null)).await.0, 202);
     wait_for_status(&app, "pf", "completed", Duration::from_secs(20)).await;
+    assert_eq!(counted().await, (Some(0.0), Some(1.0)));
 }
 
 async fn project_api_refuses_taken_ids_and_bad_input(backend: Backend) {

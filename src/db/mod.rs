@@ -5,6 +5,7 @@ mod checkpointer;
 pub mod ingest;
 pub mod outbox;
 pub mod pipeline;
+pub mod project_counts;
 mod wal_vfs;
 
 use std::time::Duration;
@@ -274,6 +275,29 @@ pub(crate) async fn migrated_sqlite(dir: &std::path::Path) -> (Config, DatabaseC
     let db = connect(&config).await.unwrap();
     migrate(&db).await.unwrap();
     (config, db)
+}
+
+/// The steps of `statement`'s SQLite plan that read a table or an index, or sort, each with
+/// the statement's SQL for failure messages. For unit tests.
+#[cfg(test)]
+pub(crate) async fn query_plan(db: &DatabaseConnection, statement: Statement) -> Vec<String> {
+    let explain = Statement::from_sql_and_values(
+        DbBackend::Sqlite,
+        format!("EXPLAIN QUERY PLAN {}", statement.sql),
+        statement.values.clone().map(|v| v.0).unwrap_or_default(),
+    );
+    db.query_all_raw(explain)
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.try_get_by_index::<String>(3).unwrap())
+        .filter(|step| {
+            ["SCAN", "SEARCH", "USE TEMP"]
+                .iter()
+                .any(|s| step.starts_with(s))
+        })
+        .map(|step| format!("{step} ({})", statement.sql))
+        .collect()
 }
 
 pub async fn ping(db: &DatabaseConnection) -> Result<(), DbErr> {

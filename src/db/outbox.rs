@@ -479,6 +479,7 @@ mod tests {
     use sea_orm::{DbBackend, QueryTrait};
 
     use super::*;
+    use crate::db::query_plan;
 
     /// Replaying every dead job goes a chunk at a time, and every chunk is replayed: the
     /// loop ends only at a chunk that found fewer than a chunk's worth.
@@ -529,7 +530,7 @@ mod tests {
             replaying_chunk(Some(Service::Stitch)).build(sqlite),
             done_before(Utc::now()).build(sqlite),
         ] {
-            let steps: Vec<String> = plan(&db, statement)
+            let steps: Vec<String> = query_plan(&db, statement)
                 .await
                 .into_iter()
                 .filter(|step| !step.starts_with("USE TEMP"))
@@ -552,7 +553,7 @@ mod tests {
         let (_dir, db) = migrated().await;
         let sqlite = DbBackend::Sqlite;
         let search = "SEARCH outbox_jobs USING INDEX idx_outbox_jobs_due (service=? AND status=?)";
-        let arm = plan(
+        let arm = query_plan(
             &db,
             sqlite.build(&latest_of(Service::Video, JobStatus::Done, 10)),
         )
@@ -564,7 +565,7 @@ mod tests {
             (None, Some(Service::Video), 4),
             (None, None, 16),
         ] {
-            let steps = plan(&db, sqlite.build(&listing(status, service, 10))).await;
+            let steps = query_plan(&db, sqlite.build(&listing(status, service, 10))).await;
             let searches = steps.iter().filter(|step| step.starts_with(search)).count();
             // Every sort is of an arm's results, read from the subquery.
             let sorts_of_arms = steps
@@ -715,7 +716,7 @@ mod tests {
             not_done_counts().build(sqlite),
             sqlite.build(&earliest_due_per_service()),
         ] {
-            let steps = plan(&db, statement).await;
+            let steps = query_plan(&db, statement).await;
             assert!(
                 steps.iter().all(|step| {
                     step.starts_with("SEARCH outbox_jobs USING COVERING INDEX idx_outbox_jobs_due")
@@ -730,26 +731,5 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (_, db) = crate::db::migrated_sqlite(dir.path()).await;
         (dir, db)
-    }
-
-    /// The steps of `statement`'s plan that read a table or an index, or sort.
-    async fn plan(db: &DatabaseConnection, statement: Statement) -> Vec<String> {
-        let explain = Statement::from_sql_and_values(
-            DbBackend::Sqlite,
-            format!("EXPLAIN QUERY PLAN {}", statement.sql),
-            statement.values.clone().map(|v| v.0).unwrap_or_default(),
-        );
-        db.query_all_raw(explain)
-            .await
-            .unwrap()
-            .iter()
-            .map(|row| row.try_get_by_index::<String>(3).unwrap())
-            .filter(|step| {
-                ["SCAN", "SEARCH", "USE TEMP"]
-                    .iter()
-                    .any(|s| step.starts_with(s))
-            })
-            .map(|step| format!("{step} ({})", statement.sql))
-            .collect()
     }
 }

@@ -518,20 +518,3 @@ pub async fn store_video_task(
     txn.commit().await?;
     Ok(stored)
 }
-
-/// Counts projects by status, for metrics.
-pub async fn project_counts(db: &DatabaseConnection) -> Result<Vec<(String, i64)>, DbErr> {
-    use sea_orm::FromQueryResult;
-    #[derive(FromQueryResult)]
-    struct Row {
-        status: String,
-        n: i64,
-    }
-    let rows = Row::find_by_statement(sea_orm::Statement::from_string(
-        db.get_database_backend(),
-        "SELECT status, COUNT(*) AS n FROM projects GROUP BY status",
-    ))
-    .all(db)
-    .await?;
-    Ok(rows.into_iter().map(|r| (r.status, r.n)).collect())
-}

@@ -106,15 +106,9 @@ async fn refresh_gauges(app: &AppState) {
         }
         metrics::gauge!("scenehook_outbox_oldest_pending_seconds").set(stats.oldest_pending_secs);
     }
-    if let Ok(Ok(counts)) =
-        tokio::time::timeout(READY_TIMEOUT, db::pipeline::project_counts(&app.db)).await
-    {
-        for status in crate::domain::ProjectStatus::ALL {
-            let n = counts
-                .iter()
-                .find(|(s, _)| s == status.as_str())
-                .map(|c| c.1)
-                .unwrap_or(0);
+    let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+    if let Ok(counts) = app.project_counts.refresh(&app.db, deadline).await {
+        for (status, n) in counts {
             metrics::gauge!("scenehook_projects", "status" => status.as_str()).set(n as f64);
         }
     }
