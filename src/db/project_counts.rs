@@ -33,7 +33,8 @@ pub struct ProjectCounts {
 
 #[derive(Clone, Copy, Debug)]
 struct Counted {
-    /// `None` when the count ran out of time: it took at least `took`, and nothing is known.
+    /// `None` until a count finishes in time; a count cut off keeps the last known number
+    /// (and took at least `took`).
     projects: Option<i64>,
     took: Duration,
     at: Instant,
@@ -48,8 +49,8 @@ impl Counted {
 impl ProjectCounts {
     /// Every status's latest known count, counting again the statuses that are due, until
     /// `deadline`. A count cut off by the deadline is remembered as having taken that long,
-    /// so it is not tried again on every scrape; a status never counted is left out, as is
-    /// every status once a count fails (the gauges keep their last values).
+    /// so it is not tried again on every scrape; a status never counted in time is left out.
+    /// A count that fails fails the whole refresh (the gauges keep their last values).
     pub async fn refresh(
         &self,
         db: &DatabaseConnection,
