@@ -415,7 +415,7 @@ async fn a_claim_reads_only_the_jobs_it_takes() {
     );
     let plan = explain_analyze(&db, claim).await;
     let root = &plan[0]["Plan"];
-    let found = scans_of_the_claims_index(root);
+    let found = scans_of(CLAIMS_INDEX, root);
     assert!(
         !found.is_empty(),
         "the claim uses the claims' index: {plan}"
@@ -458,7 +458,7 @@ async fn a_listing_reads_only_the_jobs_it_may_return() {
         let listing = scenehook::db::outbox::listing(status, service, 10);
         let plan = explain_analyze(&db, DbBackend::Postgres.build(&listing)).await;
         let root = &plan[0]["Plan"];
-        let found = scans_of_the_claims_index(root);
+        let found = scans_of(CLAIMS_INDEX, root);
         assert_eq!(found.len(), pairs, "one scan a pair: {plan}");
         assert!(
             found.iter().all(|(_, rows)| *rows <= 10),
@@ -467,6 +467,42 @@ async fn a_listing_reads_only_the_jobs_it_may_return() {
         assert_eq!(root["Actual Rows"], 10, "{plan}");
     }
 }
+
+/// An operator's listing of projects on Postgres reads, for each status, the projects it may
+/// return and no more: completed ones are kept by the million.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_projects_listing_reads_only_the_projects_it_may_return() {
+    use scenehook::domain::ProjectStatus;
+    use sea_orm::{ConnectionTrait, DbBackend};
+    let Some(db) = migrated_postgres("projects_listing_reads_what_it_returns").await else {
+        return;
+    };
+    // 10,000 projects, 2,000 of each status.
+    db.execute_unprepared(
+        "INSERT INTO projects (id, name, status, stitch_attempts, created_at, updated_at) \
+         SELECT 'p' || lpad(i::text, 8, '0'), 'p', \
+           (ARRAY['draft', 'generating', 'stitching', 'completed', 'failed'])[1 + i % 5], 0, \
+           now() - i * interval '1 ms', now() \
+         FROM generate_series(1, 10000) i; ANALYZE projects",
+    )
+    .await
+    .unwrap();
+    for (status, statuses) in [(None, 5), (Some(ProjectStatus::Completed), 1)] {
+        let listing = scenehook::db::pipeline::projects_listing(status, 10);
+        let plan = explain_analyze(&db, DbBackend::Postgres.build(&listing)).await;
+        let root = &plan[0]["Plan"];
+        let found = scans_of("idx_projects_status_created", root);
+        assert_eq!(found.len(), statuses, "one scan a status: {plan}");
+        assert!(
+            found.iter().all(|(_, rows)| *rows <= 10),
+            "a scan read more projects than the listing returns: {found:?}"
+        );
+        assert_eq!(root["Actual Rows"], 10, "{plan}");
+    }
+}
+
+/// The index a lane's claims and the operator's listings of jobs read.
+const CLAIMS_INDEX: &str = "idx_outbox_jobs_due";
 
 /// A scratch Postgres database of this test's own, migrated; none when Postgres is not set up.
 async fn migrated_postgres(test: &str) -> Option<sea_orm::DatabaseConnection> {
@@ -494,15 +530,15 @@ async fn explain_analyze(
         .unwrap()
 }
 
-/// Each scan of the claims' index under `node`: its kind and the rows it read.
-fn scans_of_the_claims_index(node: &serde_json::Value) -> Vec<(String, u64)> {
+/// Each scan of `index` under `node`: its kind and the rows it read.
+fn scans_of(index: &str, node: &serde_json::Value) -> Vec<(String, u64)> {
     let mut found = Vec::new();
-    if node["Index Name"] == "idx_outbox_jobs_due" {
+    if node["Index Name"] == index {
         let kind = node["Node Type"].as_str().unwrap_or_default().to_owned();
         found.push((kind, node["Actual Rows"].as_u64().unwrap_or(u64::MAX)));
     }
     for child in node["Plans"].as_array().into_iter().flatten() {
-        found.extend(scans_of_the_claims_index(child));
+        found.extend(scans_of(index, child));
     }
     found
 }
@@ -647,7 +683,7 @@ async fn migrations_round_trip() {
             Migrator::get_pending_migrations(&db).await.unwrap().len(),
             Migrator::migrations().len()
         );
-        assert_eq!(Migrator::migrations().len(), 5);
+        assert_eq!(Migrator::migrations().len(), 6);
         Migrator::up(&db, None).await.unwrap();
         assert!(
             Migrator::get_pending_migrations(&db)

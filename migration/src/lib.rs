@@ -9,6 +9,7 @@ mod m20261129_000002_deliveries_by_age;
 mod m20261129_000003_scenes_fillfactor;
 mod m20261130_000004_deliveries_without_autoincrement;
 mod m20261130_000005_fewer_appended_indexes;
+mod m20261202_000006_projects_by_status_and_age;
 
 pub struct Migrator;
 
@@ -21,6 +22,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261129_000003_scenes_fillfactor::Migration),
             Box::new(m20261130_000004_deliveries_without_autoincrement::Migration),
             Box::new(m20261130_000005_fewer_appended_indexes::Migration),
+            Box::new(m20261202_000006_projects_by_status_and_age::Migration),
         ]
     }
 }

@@ -14,6 +14,7 @@ use migration::{Migrator, MigratorTrait};
 use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
     DbErr, RuntimeErr, SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait,
+    sea_query::{Alias, Asterisk, IntoColumnRef, Order, Query, SelectStatement, UnionType},
 };
 
 use crate::config::Config;
@@ -298,6 +299,41 @@ pub(crate) async fn query_plan(db: &DatabaseConnection, statement: Statement) ->
         })
         .map(|step| format!("{step} ({})", statement.sql))
         .collect()
+}
+
+/// The latest `limit` rows of several index ranges (`arms`, each already ordered by `column`
+/// descending and limited): each read as a subquery of its own, as SQLite takes no ORDER BY
+/// or LIMIT on a compound's own arms, joined by `UNION ALL`, and those few rows ordered by
+/// `column` again and limited. Every arm reads its index backwards and stops at the limit,
+/// where one query ordered by `column` over all of them would sort every row they hold.
+pub(crate) fn latest_across(
+    arms: impl IntoIterator<Item = SelectStatement>,
+    column: impl IntoColumnRef,
+    limit: u64,
+) -> SelectStatement {
+    let arms = arms.into_iter().enumerate().map(|(n, arm)| {
+        Query::select()
+            .column(Asterisk)
+            .from_subquery(arm, Alias::new(format!("arm{n}")))
+            .to_owned()
+    });
+    Query::select()
+        .column(Asterisk)
+        .from_subquery(union_all(arms), Alias::new("latest"))
+        .order_by(column, Order::Desc)
+        .limit(limit)
+        .to_owned()
+}
+
+/// `queries` joined by `UNION ALL`: every caller passes one at least (a query per service,
+/// per service and status, or per project status).
+pub(crate) fn union_all(queries: impl IntoIterator<Item = SelectStatement>) -> SelectStatement {
+    let mut queries = queries.into_iter();
+    let mut union = queries.next().expect("a union of one query at least");
+    for query in queries {
+        union.union(UnionType::All, query);
+    }
+    union
 }
 
 pub async fn ping(db: &DatabaseConnection) -> Result<(), DbErr> {

@@ -13,9 +13,7 @@ use entity::outbox_job;
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, DeleteMany, EntityTrait,
     FromQueryResult, QueryFilter, QuerySelect, Select, Statement, UpdateMany,
-    sea_query::{
-        Alias, Asterisk, Expr, Func, Order, Query, SelectStatement, SimpleExpr, UnionType,
-    },
+    sea_query::{Asterisk, Expr, Func, Order, Query, SelectStatement, SimpleExpr},
 };
 
 use crate::outbox::{JobStatus, Service};
@@ -289,22 +287,8 @@ pub fn listing(status: Option<JobStatus>, service: Option<Service>, limit: u64) 
     let pairs = services
         .iter()
         .flat_map(|&service| statuses.iter().map(move |&status| (service, status)));
-    let arms = pairs.enumerate().map(|(n, (service, status))| {
-        // Each arm a subquery: SQLite takes no ORDER BY or LIMIT on a compound's own arms.
-        Query::select()
-            .column(Asterisk)
-            .from_subquery(
-                latest_of(service, status, limit),
-                Alias::new(format!("arm{n}")),
-            )
-            .to_owned()
-    });
-    Query::select()
-        .column(Asterisk)
-        .from_subquery(union_all(arms), Alias::new("latest"))
-        .order_by(outbox_job::Column::NextAttemptAt, Order::Desc)
-        .limit(limit)
-        .to_owned()
+    let arms = pairs.map(|(service, status)| latest_of(service, status, limit));
+    super::latest_across(arms, outbox_job::Column::NextAttemptAt, limit)
 }
 
 /// The latest `limit` jobs of `service` in `status`: the claims' index read backwards. Ordered
@@ -460,18 +444,7 @@ fn earliest_due_per_service() -> SelectStatement {
             .and_where(outbox_job::Column::Status.eq(JobStatus::Pending.as_str()))
             .to_owned()
     };
-    union_all(Service::ALL.map(of))
-}
-
-/// `queries` joined by `UNION ALL`: every caller passes one at least (a query per service,
-/// or per service and status).
-fn union_all(queries: impl IntoIterator<Item = SelectStatement>) -> SelectStatement {
-    let mut queries = queries.into_iter();
-    let mut union = queries.next().expect("a union of one query at least");
-    for query in queries {
-        union.union(UnionType::All, query);
-    }
-    union
+    super::union_all(Service::ALL.map(of))
 }
 
 #[cfg(test)]

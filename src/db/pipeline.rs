@@ -7,9 +7,11 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use entity::{outbox_job, project, scene};
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection,
-    DatabaseTransaction, DbErr, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder, QuerySelect,
-    SqlErr, sea_query::OnConflict,
+    ActiveModelTrait,
+    ActiveValue::Set,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait,
+    IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, SqlErr,
+    sea_query::{Asterisk, OnConflict, Order, Query, SelectStatement},
 };
 
 use crate::{
@@ -458,18 +460,35 @@ pub async fn find_project(
     Ok(Some((project, scenes)))
 }
 
+/// The operator's listing: the newest `limit` projects, of `status` or of any.
 pub async fn list_projects(
     db: &DatabaseConnection,
     status: Option<ProjectStatus>,
     limit: u64,
 ) -> Result<Vec<project::Model>, DbErr> {
-    let mut query = project::Entity::find()
-        .order_by_desc(project::Column::CreatedAt)
-        .limit(limit);
-    if let Some(status) = status {
-        query = query.filter(project::Column::Status.eq(status.as_str()));
-    }
-    query.all(db).await
+    let backend = db.get_database_backend();
+    project::Entity::find()
+        .from_raw_sql(backend.build(&projects_listing(status, limit)))
+        .all(db)
+        .await
+}
+
+/// Each status's newest `limit` projects, read backwards along the index on (status,
+/// creation) and stopping there, then the newest `limit` of those. Completed projects are
+/// kept, by the million: ordered over the table, a listing would sort every project of its
+/// status (or all of them) on each call. Public for tests and diagnostics (its plans).
+pub fn projects_listing(status: Option<ProjectStatus>, limit: u64) -> SelectStatement {
+    let statuses = status.map_or(ProjectStatus::ALL.to_vec(), |s| vec![s]);
+    let arms = statuses.into_iter().map(|status| {
+        Query::select()
+            .column(Asterisk)
+            .from(project::Entity)
+            .and_where(project::Column::Status.eq(status.as_str()))
+            .order_by(project::Column::CreatedAt, Order::Desc)
+            .limit(limit)
+            .to_owned()
+    });
+    super::latest_across(arms, project::Column::CreatedAt, limit)
 }
 
 /// The operator's `generate`: starts or resumes a project, in one transaction.
@@ -517,4 +536,69 @@ pub async fn store_video_task(
     }
     txn.commit().await?;
     Ok(stored)
+}
+
+#[cfg(test)]
+mod tests {
+    use sea_orm::{DbBackend, QueryTrait};
+
+    use super::*;
+    use crate::db::query_plan;
+
+    /// A listing reads each status's projects backwards along the index on (status,
+    /// creation) and stops at its limit: it sorts only what those reads return.
+    #[tokio::test]
+    async fn a_projects_listing_reads_the_status_index_backwards_and_stops() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, db) = crate::db::migrated_sqlite(dir.path()).await;
+        let search = "SEARCH projects USING INDEX idx_projects_status_created (status=?)";
+        for (status, arms) in [(Some(ProjectStatus::Completed), 1), (None, 5)] {
+            let steps =
+                query_plan(&db, DbBackend::Sqlite.build(&projects_listing(status, 10))).await;
+            let searches = steps.iter().filter(|step| step.starts_with(search)).count();
+            // Every sort is of an arm's results, read from the subquery.
+            let sorts_of_arms = steps
+                .windows(2)
+                .all(|pair| !pair[1].starts_with("USE TEMP") || pair[0].starts_with("SCAN arm"));
+            assert!(
+                searches == arms
+                    && sorts_of_arms
+                    && steps.iter().all(|step| !step.starts_with("SCAN projects")),
+                "{steps:#?}"
+            );
+        }
+    }
+
+    /// A listing holds the newest projects of the status asked for, or of all.
+    #[tokio::test]
+    async fn a_projects_listing_holds_the_newest_asked_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, db) = crate::db::migrated_sqlite(dir.path()).await;
+        // Project `n` created at minute `n`, the statuses in turn.
+        let rows: Vec<String> = (0..20)
+            .map(|n| {
+                let status = ProjectStatus::ALL[n % ProjectStatus::ALL.len()];
+                format!(
+                    "('p{n:02}', 'p', '{status}', 0, '2026-12-01T10:{n:02}:00+00:00', \
+                     '2026-12-01T10:{n:02}:00+00:00')"
+                )
+            })
+            .collect();
+        db.execute_unprepared(&format!(
+            "INSERT INTO projects (id, name, status, stitch_attempts, created_at, updated_at) \
+             VALUES {}",
+            rows.join(", ")
+        ))
+        .await
+        .unwrap();
+        let ids = async |status, limit| {
+            let projects = list_projects(&db, status, limit).await.unwrap();
+            projects.into_iter().map(|p| p.id).collect::<Vec<_>>()
+        };
+        assert_eq!(ids(None, 3).await, ["p19", "p18", "p17"]);
+        // Completed is the fourth status: 3, 8, 13, 18.
+        let completed = ids(Some(ProjectStatus::Completed), 10).await;
+        assert_eq!(completed, ["p18", "p13", "p08", "p03"]);
+        assert_eq!(ids(Some(ProjectStatus::Draft), 2).await, ["p15", "p10"]);
+    }
 }
