@@ -540,7 +540,7 @@ pub async fn store_video_task(
 
 #[cfg(test)]
 mod tests {
-    use sea_orm::{DbBackend, QueryTrait};
+    use sea_orm::DbBackend;
 
     use super::*;
     use crate::db::query_plan;
