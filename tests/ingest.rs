@@ -411,7 +411,8 @@ async fn a_video_callback_reads_only_its_scene(backend: Backend) {
 /// Nothing looks deliveries up by project, nor by age since migration 5 (retention reads them
 /// by id), nor jobs by status alone. On Postgres the scenes' pages keep room for their
 /// updates. On SQLite delivery ids do without `AUTOINCREMENT`, and the table's rebuilds, both
-/// ways, keep every delivery with its id.
+/// ways, keep every delivery with its id. Since migration 6 projects are indexed by status and
+/// creation, for the operator's listing, instead of by status alone.
 async fn the_later_migrations_apply_and_roll_back(backend: Backend) {
     use migration::{Migrator, MigratorTrait};
     let Some(app) = started(backend, "ingest_indexes", &[]).await else {
@@ -429,6 +430,8 @@ async fn the_later_migrations_apply_and_roll_back(backend: Backend) {
     let by_project = index("idx_webhook_deliveries_project");
     let by_key = index("uq_webhook_deliveries_kind_key");
     let jobs_by_status = index("idx_outbox_jobs_status_next");
+    let projects_by_status = index("idx_projects_status");
+    let projects_by_status_and_age = index("idx_projects_status_created");
     let fillfactor = "SELECT COUNT(*) FROM pg_class \
         WHERE relname = 'scenes' AND 'fillfactor=70' = ANY(reloptions)";
     let autoincrement = "SELECT COUNT(*) FROM sqlite_master \
@@ -438,45 +441,57 @@ async fn the_later_migrations_apply_and_roll_back(backend: Backend) {
         WHERE id = 7 AND delivery_key = 'k7' AND received_at = '2026-11-30T00:00:00+00:00'";
     insert_deliveries(&app, &[(7, "2026-11-30T00:00:00+00:00")]).await;
     // (age index, project index, key index, fillfactor, AUTOINCREMENT, the delivery kept, jobs'
-    // status index); SQLite has no fillfactor and Postgres no AUTOINCREMENT: their columns
-    // stay put there.
+    // status index), then the projects' indexes (by status and creation, by status alone);
+    // SQLite has no fillfactor and Postgres no AUTOINCREMENT: their columns stay put there.
     let schema = async || {
         (
-            count(&app, &by_age).await,
-            count(&app, &by_project).await,
-            count(&app, &by_key).await,
-            if postgres {
-                count(&app, fillfactor).await
-            } else {
-                1
-            },
-            if postgres {
-                0
-            } else {
-                count(&app, autoincrement).await
-            },
-            count(&app, kept).await,
-            count(&app, &jobs_by_status).await,
+            (
+                count(&app, &by_age).await,
+                count(&app, &by_project).await,
+                count(&app, &by_key).await,
+                if postgres {
+                    count(&app, fillfactor).await
+                } else {
+                    1
+                },
+                if postgres {
+                    0
+                } else {
+                    count(&app, autoincrement).await
+                },
+                count(&app, kept).await,
+                count(&app, &jobs_by_status).await,
+            ),
+            (
+                count(&app, &projects_by_status_and_age).await,
+                count(&app, &projects_by_status).await,
+            ),
         )
     };
     let (no_fillfactor, with_autoincrement) = if postgres { (0, 0) } else { (1, 1) };
-    assert_eq!(schema().await, (0, 0, 1, 1, 0, 1, 0));
+    let latest = (0, 0, 1, 1, 0, 1, 0);
+    assert_eq!(schema().await, (latest, (1, 0)));
     Migrator::down(db(&app), Some(1)).await.unwrap();
-    assert_eq!(schema().await, (1, 0, 1, 1, 0, 1, 1));
+    assert_eq!(schema().await, (latest, (0, 1)));
     Migrator::down(db(&app), Some(1)).await.unwrap();
-    assert_eq!(schema().await, (1, 0, 1, 1, with_autoincrement, 1, 1));
+    assert_eq!(schema().await, ((1, 0, 1, 1, 0, 1, 1), (0, 1)));
     Migrator::down(db(&app), Some(1)).await.unwrap();
     assert_eq!(
         schema().await,
-        (1, 0, 1, no_fillfactor, with_autoincrement, 1, 1)
+        ((1, 0, 1, 1, with_autoincrement, 1, 1), (0, 1))
     );
     Migrator::down(db(&app), Some(1)).await.unwrap();
     assert_eq!(
         schema().await,
-        (0, 1, 1, no_fillfactor, with_autoincrement, 1, 1)
+        ((1, 0, 1, no_fillfactor, with_autoincrement, 1, 1), (0, 1))
+    );
+    Migrator::down(db(&app), Some(1)).await.unwrap();
+    assert_eq!(
+        schema().await,
+        ((0, 1, 1, no_fillfactor, with_autoincrement, 1, 1), (0, 1))
     );
     Migrator::up(db(&app), None).await.unwrap();
-    assert_eq!(schema().await, (0, 0, 1, 1, 0, 1, 0));
+    assert_eq!(schema().await, (latest, (1, 0)));
 }
 
 /// Retention deletes what is past its age and nothing younger: deliveries by id, up to the
