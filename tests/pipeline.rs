@@ -456,15 +456,8 @@ async fn a_listing_reads_only_the_jobs_it_may_return() {
         (Some(JobStatus::Done), Some(Service::Video), 1),
     ] {
         let listing = scenehook::db::outbox::listing(status, service, 10);
-        let plan = explain_analyze(&db, DbBackend::Postgres.build(&listing)).await;
-        let root = &plan[0]["Plan"];
-        let found = scans_of(CLAIMS_INDEX, root);
-        assert_eq!(found.len(), pairs, "one scan a pair: {plan}");
-        assert!(
-            found.iter().all(|(_, rows)| *rows <= 10),
-            "a scan read more jobs than the listing returns: {found:?}"
-        );
-        assert_eq!(root["Actual Rows"], 10, "{plan}");
+        let listing = DbBackend::Postgres.build(&listing);
+        assert_each_scan_stops_at_the_limit(&db, listing, CLAIMS_INDEX, pairs, 10).await;
     }
 }
 
@@ -489,16 +482,30 @@ async fn a_projects_listing_reads_only_the_projects_it_may_return() {
     .unwrap();
     for (status, statuses) in [(None, 5), (Some(ProjectStatus::Completed), 1)] {
         let listing = scenehook::db::pipeline::projects_listing(status, 10);
-        let plan = explain_analyze(&db, DbBackend::Postgres.build(&listing)).await;
-        let root = &plan[0]["Plan"];
-        let found = scans_of("idx_projects_status_created", root);
-        assert_eq!(found.len(), statuses, "one scan a status: {plan}");
-        assert!(
-            found.iter().all(|(_, rows)| *rows <= 10),
-            "a scan read more projects than the listing returns: {found:?}"
-        );
-        assert_eq!(root["Actual Rows"], 10, "{plan}");
+        let listing = DbBackend::Postgres.build(&listing);
+        let index = "idx_projects_status_created";
+        assert_each_scan_stops_at_the_limit(&db, listing, index, statuses, 10).await;
     }
+}
+
+/// Runs `listing` on Postgres and checks how: `scans` scans of `index` (one an arm), none
+/// reading more rows than the `limit` it returns.
+async fn assert_each_scan_stops_at_the_limit(
+    db: &sea_orm::DatabaseConnection,
+    listing: sea_orm::Statement,
+    index: &str,
+    scans: usize,
+    limit: u64,
+) {
+    let plan = explain_analyze(db, listing).await;
+    let root = &plan[0]["Plan"];
+    let found = scans_of(index, root);
+    assert_eq!(found.len(), scans, "one scan an arm: {plan}");
+    assert!(
+        found.iter().all(|(_, rows)| *rows <= limit),
+        "a scan read more rows than the listing returns: {found:?}"
+    );
+    assert_eq!(root["Actual Rows"], limit, "{plan}");
 }
 
 /// The index a lane's claims and the operator's listings of jobs read.

@@ -278,6 +278,26 @@ pub(crate) async fn migrated_sqlite(dir: &std::path::Path) -> (Config, DatabaseC
     (config, db)
 }
 
+/// Inserts projects, each `(id, status, creation time as stored)`, straight into the table.
+/// For unit tests.
+#[cfg(test)]
+pub(crate) async fn insert_projects(
+    db: &DatabaseConnection,
+    projects: impl IntoIterator<Item = (String, crate::domain::ProjectStatus, String)>,
+) {
+    let rows: Vec<String> = projects
+        .into_iter()
+        .map(|(id, status, at)| format!("('{id}', '{id}', '{status}', 0, '{at}', '{at}')"))
+        .collect();
+    db.execute_unprepared(&format!(
+        "INSERT INTO projects (id, name, status, stitch_attempts, created_at, updated_at) \
+         VALUES {}",
+        rows.join(", ")
+    ))
+    .await
+    .unwrap();
+}
+
 /// The steps of `statement`'s SQLite plan that read a table or an index, or sort, each with
 /// the statement's SQL for failure messages. For unit tests.
 #[cfg(test)]
@@ -334,6 +354,24 @@ pub(crate) fn union_all(queries: impl IntoIterator<Item = SelectStatement>) -> S
         union.union(UnionType::All, query);
     }
     union
+}
+
+/// Whether `steps` (a [`query_plan`]) is a [`latest_across`] listing as it should run: `arms`
+/// searches along `search`, no scan of `table`, and no sort but of an arm's results, read from
+/// its subquery. For unit tests.
+#[cfg(test)]
+pub(crate) fn reads_each_arm_and_stops(
+    steps: &[String],
+    search: &str,
+    arms: usize,
+    table: &str,
+) -> bool {
+    let searches = steps.iter().filter(|step| step.starts_with(search)).count();
+    let sorts_of_arms = steps
+        .windows(2)
+        .all(|pair| !pair[1].starts_with("USE TEMP") || pair[0].starts_with("SCAN arm"));
+    let scan = format!("SCAN {table}");
+    searches == arms && sorts_of_arms && !steps.iter().any(|step| step.starts_with(&scan))
 }
 
 pub async fn ping(db: &DatabaseConnection) -> Result<(), DbErr> {

@@ -539,17 +539,8 @@ mod tests {
             (None, None, 16),
         ] {
             let steps = query_plan(&db, sqlite.build(&listing(status, service, 10))).await;
-            let searches = steps.iter().filter(|step| step.starts_with(search)).count();
-            // Every sort is of an arm's results, read from the subquery.
-            let sorts_of_arms = steps
-                .windows(2)
-                .all(|pair| !pair[1].starts_with("USE TEMP") || pair[0].starts_with("SCAN arm"));
             assert!(
-                searches == arms
-                    && sorts_of_arms
-                    && steps
-                        .iter()
-                        .all(|step| !step.starts_with("SCAN outbox_jobs")),
+                crate::db::reads_each_arm_and_stops(&steps, search, arms, "outbox_jobs"),
                 "{steps:#?}"
             );
         }

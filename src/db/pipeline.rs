@@ -555,15 +555,8 @@ mod tests {
         for (status, arms) in [(Some(ProjectStatus::Completed), 1), (None, 5)] {
             let steps =
                 query_plan(&db, DbBackend::Sqlite.build(&projects_listing(status, 10))).await;
-            let searches = steps.iter().filter(|step| step.starts_with(search)).count();
-            // Every sort is of an arm's results, read from the subquery.
-            let sorts_of_arms = steps
-                .windows(2)
-                .all(|pair| !pair[1].starts_with("USE TEMP") || pair[0].starts_with("SCAN arm"));
             assert!(
-                searches == arms
-                    && sorts_of_arms
-                    && steps.iter().all(|step| !step.starts_with("SCAN projects")),
+                crate::db::reads_each_arm_and_stops(&steps, search, arms, "projects"),
                 "{steps:#?}"
             );
         }
@@ -575,22 +568,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (_, db) = crate::db::migrated_sqlite(dir.path()).await;
         // Project `n` created at minute `n`, the statuses in turn.
-        let rows: Vec<String> = (0..20)
-            .map(|n| {
+        crate::db::insert_projects(
+            &db,
+            (0..20).map(|n| {
                 let status = ProjectStatus::ALL[n % ProjectStatus::ALL.len()];
-                format!(
-                    "('p{n:02}', 'p', '{status}', 0, '2026-12-01T10:{n:02}:00+00:00', \
-                     '2026-12-01T10:{n:02}:00+00:00')"
+                (
+                    format!("p{n:02}"),
+                    status,
+                    format!("2026-12-01T10:{n:02}:00+00:00"),
                 )
-            })
-            .collect();
-        db.execute_unprepared(&format!(
-            "INSERT INTO projects (id, name, status, stitch_attempts, created_at, updated_at) \
-             VALUES {}",
-            rows.join(", ")
-        ))
-        .await
-        .unwrap();
+            }),
+        )
+        .await;
         let ids = async |status, limit| {
             let projects = list_projects(&db, status, limit).await.unwrap();
             projects.into_iter().map(|p| p.id).collect::<Vec<_>>()

@@ -98,7 +98,7 @@ fn count_of(status: ProjectStatus) -> Select<project::Entity> {
 
 #[cfg(test)]
 mod tests {
-    use sea_orm::{ActiveModelTrait, ActiveValue::Set, DbBackend, QueryTrait};
+    use sea_orm::{DbBackend, QueryTrait};
 
     use super::*;
 
@@ -144,27 +144,13 @@ mod tests {
     async fn counts_come_back_for_every_status_and_a_dear_one_waits() {
         let dir = tempfile::tempdir().unwrap();
         let (_, db) = crate::db::migrated_sqlite(dir.path()).await;
-        let add = |id: &str, status: ProjectStatus| {
-            let now = chrono::Utc::now();
-            project::ActiveModel {
-                id: Set(id.into()),
-                name: Set(id.into()),
-                status: Set(status.as_str().into()),
-                final_video_url: Set(None),
-                stitch_attempts: Set(0),
-                last_error: Set(None),
-                created_at: Set(now),
-                updated_at: Set(now),
-                completed_at: Set(None),
-            }
+        let add = async |id: &str, status| {
+            let at = chrono::Utc::now().to_rfc3339();
+            crate::db::insert_projects(&db, [(id.to_owned(), status, at)]).await;
         };
-        for (id, status) in [
-            ("p1", ProjectStatus::Completed),
-            ("p2", ProjectStatus::Completed),
-            ("p3", ProjectStatus::Generating),
-        ] {
-            add(id, status).insert(&db).await.unwrap();
-        }
+        add("p1", ProjectStatus::Completed).await;
+        add("p2", ProjectStatus::Completed).await;
+        add("p3", ProjectStatus::Generating).await;
         let counts = ProjectCounts::default();
         let later = || tokio::time::Instant::now() + Duration::from_secs(5);
         let expected = |completed| {
@@ -180,10 +166,7 @@ mod tests {
         assert_eq!(counts.refresh(&db, later()).await.unwrap(), expected(2));
 
         // A cheap count follows every change.
-        add("p4", ProjectStatus::Completed)
-            .insert(&db)
-            .await
-            .unwrap();
+        add("p4", ProjectStatus::Completed).await;
         assert_eq!(counts.refresh(&db, later()).await.unwrap(), expected(3));
 
         // A count that took long is not taken again before its time.
@@ -193,10 +176,7 @@ mod tests {
             .get_mut(&ProjectStatus::Completed)
             .unwrap()
             .took = Duration::from_secs(1);
-        add("p5", ProjectStatus::Completed)
-            .insert(&db)
-            .await
-            .unwrap();
+        add("p5", ProjectStatus::Completed).await;
         assert_eq!(counts.refresh(&db, later()).await.unwrap(), expected(3));
     }
 
