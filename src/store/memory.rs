@@ -446,15 +446,14 @@ impl ErrorStore for MemoryErrorStore {
             (false, Some(severity)) => s.active_by_severity.get(&severity).unwrap_or(&empty),
             (false, None) => &s.active,
         };
-        let after = q.cursor.as_deref().and_then(decode_cursor);
+        // A page starts right after its cursor: a seek, not a walk past every newer entry.
+        let older = match q.cursor.as_deref().and_then(decode_cursor) {
+            Some((score, id)) => index.range(..(score, Id::from(id))),
+            None => index.range(..),
+        };
         let mut errors = Vec::new();
         let mut next_cursor = None;
-        for (score, id) in index.iter().rev() {
-            if let Some((cs, cid)) = &after
-                && (*score, &**id) >= (*cs, cid.as_str())
-            {
-                continue;
-            }
+        for (_, id) in older.rev() {
             let Some((entry, _)) = s.entries.get(id) else {
                 continue;
             };
