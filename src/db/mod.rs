@@ -278,6 +278,15 @@ pub(crate) async fn migrated_sqlite(dir: &std::path::Path) -> (Config, DatabaseC
     (config, db)
 }
 
+/// The gateway's connection to a migrated SQLite database in a directory of its own, removed
+/// when the directory is dropped. For unit tests.
+#[cfg(test)]
+pub(crate) async fn migrated() -> (tempfile::TempDir, DatabaseConnection) {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, db) = migrated_sqlite(dir.path()).await;
+    (dir, db)
+}
+
 /// Inserts projects, each `(id, status, creation time as stored)`, straight into the table.
 /// For unit tests.
 #[cfg(test)]

@@ -452,7 +452,7 @@ mod tests {
     use sea_orm::{DbBackend, QueryTrait};
 
     use super::*;
-    use crate::db::query_plan;
+    use crate::db::{migrated, query_plan};
 
     /// Replaying every dead job goes a chunk at a time, and every chunk is replayed: the
     /// loop ends only at a chunk that found fewer than a chunk's worth.
@@ -688,12 +688,5 @@ mod tests {
                 "{steps:?}"
             );
         }
-    }
-
-    /// A migrated SQLite database in a directory of its own, removed when dropped.
-    async fn migrated() -> (tempfile::TempDir, DatabaseConnection) {
-        let dir = tempfile::tempdir().unwrap();
-        let (_, db) = crate::db::migrated_sqlite(dir.path()).await;
-        (dir, db)
     }
 }

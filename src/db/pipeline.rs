@@ -549,8 +549,7 @@ mod tests {
     /// creation) and stops at its limit: it sorts only what those reads return.
     #[tokio::test]
     async fn a_projects_listing_reads_the_status_index_backwards_and_stops() {
-        let dir = tempfile::tempdir().unwrap();
-        let (_, db) = crate::db::migrated_sqlite(dir.path()).await;
+        let (_dir, db) = crate::db::migrated().await;
         let search = "SEARCH projects USING INDEX idx_projects_status_created (status=?)";
         for (status, arms) in [(Some(ProjectStatus::Completed), 1), (None, 5)] {
             let steps =
@@ -565,8 +564,7 @@ mod tests {
     /// A listing holds the newest projects of the status asked for, or of all.
     #[tokio::test]
     async fn a_projects_listing_holds_the_newest_asked_for() {
-        let dir = tempfile::tempdir().unwrap();
-        let (_, db) = crate::db::migrated_sqlite(dir.path()).await;
+        let (_dir, db) = crate::db::migrated().await;
         // Project `n` created at minute `n`, the statuses in turn.
         crate::db::insert_projects(
             &db,

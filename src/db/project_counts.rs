@@ -124,8 +124,7 @@ mod tests {
 
     #[tokio::test]
     async fn each_status_is_counted_from_the_status_index_alone() {
-        let dir = tempfile::tempdir().unwrap();
-        let (_, db) = crate::db::migrated_sqlite(dir.path()).await;
+        let (_dir, db) = crate::db::migrated().await;
         let steps = crate::db::query_plan(
             &db,
             count_of(ProjectStatus::Completed).build(DbBackend::Sqlite),
@@ -142,8 +141,7 @@ mod tests {
 
     #[tokio::test]
     async fn counts_come_back_for_every_status_and_a_dear_one_waits() {
-        let dir = tempfile::tempdir().unwrap();
-        let (_, db) = crate::db::migrated_sqlite(dir.path()).await;
+        let (_dir, db) = crate::db::migrated().await;
         let add = async |id: &str, status| {
             let at = chrono::Utc::now().to_rfc3339();
             crate::db::insert_projects(&db, [(id.to_owned(), status, at)]).await;
@@ -183,8 +181,7 @@ mod tests {
     #[tokio::test]
     async fn a_count_cut_off_by_the_deadline_keeps_the_last_one_and_counts_as_dear() {
         use sea_orm::TransactionTrait;
-        let dir = tempfile::tempdir().unwrap();
-        let (_, db) = crate::db::migrated_sqlite(dir.path()).await;
+        let (_dir, db) = crate::db::migrated().await;
         let counts = ProjectCounts::default();
         let in_50_ms = || tokio::time::Instant::now() + Duration::from_millis(50);
         // The pool's one SQLite connection held: no count finishes. The first waits out the
