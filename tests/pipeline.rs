@@ -519,6 +519,19 @@ async fn migrated_postgres(test: &str) -> Option<sea_orm::DatabaseConnection> {
     Some(db)
 }
 
+/// The first column of the first row `sql` returns, if any.
+async fn scalar<T: sea_orm::TryGetable>(db: &sea_orm::DatabaseConnection, sql: &str) -> Option<T> {
+    use sea_orm::ConnectionTrait;
+    let row = db
+        .query_one_raw(sea_orm::Statement::from_string(
+            db.get_database_backend(),
+            sql,
+        ))
+        .await
+        .unwrap()?;
+    Some(row.try_get_by_index(0).unwrap())
+}
+
 /// `statement`'s plan as Postgres ran it (`EXPLAIN (ANALYZE, FORMAT JSON)`).
 async fn explain_analyze(
     db: &sea_orm::DatabaseConnection,
@@ -699,6 +712,105 @@ async fn migrations_round_trip() {
                 .is_empty()
         );
     }
+}
+
+/// Instances started together on a new Postgres database (a fleet's first start, compose's
+/// replicas) migrate it once between them: each waits for the one migrating, then finds
+/// nothing pending, and none fails its start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_starting_together_migrate_once() {
+    let Some(url) = fresh_postgres("instances_starting_together_migrate_once").await else {
+        return;
+    };
+    let mut instances = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let url = url.clone();
+        instances.spawn(async move {
+            let db = sea_orm::Database::connect(&url).await.unwrap();
+            scenehook::db::migrate(&db).await
+        });
+    }
+    // A migration that waited on an instance waiting for the lock would never end.
+    let all_started = async {
+        while let Some(migrated) = instances.join_next().await {
+            migrated.unwrap().expect("every instance starts");
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), all_started)
+        .await
+        .expect("the instances migrate within a minute");
+    let db = sea_orm::Database::connect(&url).await.unwrap();
+    assert!(scenehook::db::migrations_applied(&db).await.unwrap());
+}
+
+/// On Postgres, migration 6 swaps the projects' index without holding project writes. While
+/// it waits for a transaction that changed a project, another project is written all the same
+/// (a plain `CREATE` or `DROP INDEX` would queue for its lock and every write behind it). And
+/// an index a build cut short left invalid under the new index's name is built again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_projects_index_is_replaced_without_holding_project_writes() {
+    use migration::{Migrator, MigratorTrait};
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+    let Some(url) = fresh_postgres("projects_index_concurrently").await else {
+        return;
+    };
+    let db = sea_orm::Database::connect(&url).await.unwrap();
+    Migrator::up(&db, Some(5)).await.unwrap();
+    db.execute_unprepared(
+        "INSERT INTO projects (id, name, status, stitch_attempts, created_at, updated_at) \
+         VALUES ('p1', 'p1', 'generating', 0, now(), now()), \
+                ('p2', 'p2', 'generating', 0, now(), now())",
+    )
+    .await
+    .unwrap();
+    let valid = || {
+        scalar::<bool>(
+            &db,
+            "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
+             WHERE c.relname = 'idx_projects_status_created'",
+        )
+    };
+    // Two projects of one status: a unique build fails and leaves its index invalid.
+    db.execute_unprepared(
+        "CREATE UNIQUE INDEX CONCURRENTLY idx_projects_status_created ON projects (status)",
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(valid().await, Some(false));
+
+    let writer = db.begin().await.unwrap();
+    writer
+        .execute_unprepared("UPDATE projects SET name = 'changed' WHERE id = 'p1'")
+        .await
+        .unwrap();
+    let migrating = tokio::spawn({
+        let db = db.clone();
+        async move { Migrator::up(&db, None).await }
+    });
+    let waiting = "SELECT COUNT(*) FROM pg_stat_activity \
+        WHERE query LIKE '% INDEX CONCURRENTLY %' AND wait_event_type = 'Lock'";
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while scalar::<i64>(&db, waiting).await != Some(1) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the migration never waited for the open write"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let other = db.begin().await.unwrap();
+    other
+        .execute_unprepared("SET LOCAL lock_timeout = '2s'")
+        .await
+        .unwrap();
+    other
+        .execute_unprepared("UPDATE projects SET name = 'changed' WHERE id = 'p2'")
+        .await
+        .expect("another project is written while the index waits");
+    other.commit().await.unwrap();
+    assert!(!migrating.is_finished());
+    writer.commit().await.unwrap();
+    migrating.await.unwrap().unwrap();
+    assert_eq!(valid().await, Some(true));
 }
 
 /// Production refuses placeholder or short secrets, with one line naming the variable.

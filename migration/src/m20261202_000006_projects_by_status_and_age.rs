@@ -4,62 +4,59 @@
 //! project of the status (or scanned the table) on each call. Counting a status still reads
 //! only that status's entries. A project's status changes were already written to an index
 //! on status, so its writes cost what they did.
+//!
+//! On Postgres the indexes are built and dropped `CONCURRENTLY`, outside a transaction: a
+//! table of millions of projects takes seconds to index, and a plain `CREATE INDEX` would hold
+//! every project write (each webhook's transaction that changes a project) for as long. A
+//! build cut short (the process killed) leaves an invalid index behind, so each build first
+//! drops whatever index has its name.
 
 use sea_orm_migration::prelude::*;
 
 #[derive(DeriveMigrationName)]
 pub struct Migration;
 
-const BY_STATUS: &str = "idx_projects_status";
-const BY_STATUS_AND_AGE: &str = "idx_projects_status_created";
+/// An index on projects: its name and its columns.
+struct ProjectsIndex(&'static str, &'static str);
+
+const BY_STATUS: ProjectsIndex = ProjectsIndex("idx_projects_status", "status");
+const BY_STATUS_AND_AGE: ProjectsIndex =
+    ProjectsIndex("idx_projects_status_created", "status, created_at");
 
 #[sea_orm_migration::async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager
-            .create_index(
-                Index::create()
-                    .name(BY_STATUS_AND_AGE)
-                    .table(Projects::Table)
-                    .col(Projects::Status)
-                    .col(Projects::CreatedAt)
-                    .to_owned(),
-            )
-            .await?;
-        manager
-            .drop_index(
-                Index::drop()
-                    .name(BY_STATUS)
-                    .table(Projects::Table)
-                    .to_owned(),
-            )
-            .await
+        replace_index(manager, BY_STATUS, BY_STATUS_AND_AGE).await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager
-            .create_index(
-                Index::create()
-                    .name(BY_STATUS)
-                    .table(Projects::Table)
-                    .col(Projects::Status)
-                    .to_owned(),
-            )
-            .await?;
-        manager
-            .drop_index(
-                Index::drop()
-                    .name(BY_STATUS_AND_AGE)
-                    .table(Projects::Table)
-                    .to_owned(),
-            )
-            .await
+        replace_index(manager, BY_STATUS_AND_AGE, BY_STATUS).await
+    }
+
+    /// `CREATE INDEX CONCURRENTLY` cannot run inside a transaction. SQLite runs migrations
+    /// outside one anyway; every step below can be run again after a failure.
+    fn use_transaction(&self) -> Option<bool> {
+        Some(false)
     }
 }
 
-#[derive(DeriveIden)]
-enum Projects {
-    Table,
-    Status,
-    CreatedAt,
+/// Builds `new`, then drops `old`.
+async fn replace_index(
+    manager: &SchemaManager<'_>,
+    ProjectsIndex(old, _): ProjectsIndex,
+    ProjectsIndex(new, columns): ProjectsIndex,
+) -> Result<(), DbErr> {
+    let concurrently = match manager.get_database_backend() {
+        sea_orm::DbBackend::Postgres => "CONCURRENTLY ",
+        _ => "",
+    };
+    let db = manager.get_connection();
+    for sql in [
+        format!("DROP INDEX {concurrently}IF EXISTS {new}"),
+        format!("CREATE INDEX {concurrently}{new} ON projects ({columns})"),
+        format!("DROP INDEX {concurrently}IF EXISTS {old}"),
+    ] {
+        db.execute_unprepared(&sql).await?;
+    }
+    Ok(())
 }
