@@ -479,6 +479,41 @@ impl Config {
             problems.push("SCENEHOOK_OUTBOX__MAX_ATTEMPTS must be at least 1".to_owned());
         }
         let d = &self.database;
+        if !(1..=1000).contains(&d.max_connections) {
+            problems
+                .push("SCENEHOOK_DATABASE__MAX_CONNECTIONS must be between 1 and 1000".to_owned());
+        }
+        for (var, millis) in [
+            (
+                "SCENEHOOK_DATABASE__ACQUIRE_TIMEOUT_MS",
+                d.acquire_timeout_ms,
+            ),
+            (
+                "SCENEHOOK_OUTBOX__REQUEST_TIMEOUT_MS",
+                self.outbox.request_timeout_ms,
+            ),
+            (
+                "SCENEHOOK_RATE_LIMIT__REDIS_TIMEOUT_MS",
+                self.rate_limit.redis_timeout_ms,
+            ),
+        ] {
+            // Zero would time every call out at once.
+            if millis == 0 {
+                problems.push(format!("{var} must be at least 1"));
+            }
+        }
+        // A job whose lease ends while its call is still out is claimed again by another lane
+        // (or instance) and sent twice.
+        let longest_attempt = crate::outbox::client::longest_attempt(&self.outbox);
+        if Duration::from_secs(self.outbox.lease_secs) <= longest_attempt {
+            problems.push(format!(
+                "SCENEHOOK_OUTBOX__LEASE_SECS ({} s) must exceed a job's longest attempt, \
+                 {:.1} s: request_timeout_ms for each of inline_retries + 1 tries, and up to \
+                 2 s before each retry",
+                self.outbox.lease_secs,
+                longest_attempt.as_secs_f64()
+            ));
+        }
         // Each writer holds a connection of its own (a pool beside the main one).
         if !(1..=64).contains(&d.ingest_writers) {
             problems.push("SCENEHOOK_DATABASE__INGEST_WRITERS must be between 1 and 64".to_owned());
@@ -738,6 +773,41 @@ mod tests {
             with_env(&[
                 ("SCENEHOOK_DATABASE__INGEST_WRITERS", "12"),
                 ("SCENEHOOK_DATABASE__MAX_CONNECTIONS", "4"),
+            ])
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn the_pool_and_the_timeouts_of_calls_are_bounded() {
+        refused("SCENEHOOK_DATABASE__MAX_CONNECTIONS", &["0", "1001"]);
+        refused("SCENEHOOK_DATABASE__ACQUIRE_TIMEOUT_MS", &["0"]);
+        refused("SCENEHOOK_OUTBOX__REQUEST_TIMEOUT_MS", &["0"]);
+        refused("SCENEHOOK_RATE_LIMIT__REDIS_TIMEOUT_MS", &["0"]);
+    }
+
+    #[test]
+    fn a_job_lease_outlasts_its_longest_attempt() {
+        // The defaults: two tries of 10 s and up to 2 s between them, against 30 s.
+        let defaults = Config::defaults();
+        assert_eq!(
+            crate::outbox::client::longest_attempt(&defaults.outbox),
+            Duration::from_secs(22)
+        );
+        refused("SCENEHOOK_OUTBOX__LEASE_SECS", &["0", "22"]);
+        assert!(with_env(&[("SCENEHOOK_OUTBOX__LEASE_SECS", "23")]).is_ok());
+        // Longer calls need a longer lease.
+        let err = with_env(&[("SCENEHOOK_OUTBOX__REQUEST_TIMEOUT_MS", "20000")]).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("SCENEHOOK_OUTBOX__LEASE_SECS (30 s)")
+                && err.to_string().contains("42.0 s"),
+            "{err}"
+        );
+        assert!(
+            with_env(&[
+                ("SCENEHOOK_OUTBOX__REQUEST_TIMEOUT_MS", "20000"),
+                ("SCENEHOOK_OUTBOX__INLINE_RETRIES", "0"),
             ])
             .is_ok()
         );

@@ -40,6 +40,17 @@ impl CallResult {
     }
 }
 
+/// The longest wait between two tries of one attempt (reqwest-retry's bound).
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(2);
+
+/// The longest one attempt of a job can take: every try timed out, with the longest wait
+/// before each retry. A job's lease must outlast it.
+pub fn longest_attempt(config: &OutboxConfig) -> Duration {
+    let timeout = Duration::from_millis(config.request_timeout_ms);
+    timeout.saturating_mul(config.inline_retries.saturating_add(1))
+        + MAX_RETRY_DELAY.saturating_mul(config.inline_retries)
+}
+
 #[derive(Clone)]
 pub struct OutboundClient {
     http: ClientWithMiddleware,
@@ -56,7 +67,7 @@ impl OutboundClient {
             .build()
             .expect("the TLS backend initialises");
         let policy = ExponentialBackoff::builder()
-            .retry_bounds(Duration::from_millis(100), Duration::from_secs(2))
+            .retry_bounds(Duration::from_millis(100), MAX_RETRY_DELAY)
             .build_with_max_retries(config.inline_retries);
         Self {
             http: ClientBuilder::new(http)
