@@ -788,7 +788,8 @@ async fn the_projects_index_is_replaced_without_holding_project_writes() {
         async move { Migrator::up(&db, None).await }
     });
     let waiting = "SELECT COUNT(*) FROM pg_stat_activity \
-        WHERE query LIKE '% INDEX CONCURRENTLY %' AND wait_event_type = 'Lock'";
+        WHERE datname = current_database() AND query LIKE '% INDEX CONCURRENTLY %' \
+        AND wait_event_type = 'Lock'";
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while scalar::<i64>(&db, waiting).await != Some(1) {
         assert!(
