@@ -509,9 +509,10 @@ impl Config {
             problems.push(format!(
                 "SCENEHOOK_OUTBOX__LEASE_SECS ({} s) must exceed a job's longest attempt, \
                  {:.1} s: request_timeout_ms for each of inline_retries + 1 tries, and up to \
-                 2 s before each retry",
+                 {} s before each retry",
                 self.outbox.lease_secs,
-                longest_attempt.as_secs_f64()
+                longest_attempt.as_secs_f64(),
+                crate::outbox::client::MAX_RETRY_DELAY.as_secs()
             ));
         }
         // Each writer holds a connection of its own (a pool beside the main one).

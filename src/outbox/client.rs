@@ -41,7 +41,7 @@ impl CallResult {
 }
 
 /// The longest wait between two tries of one attempt (reqwest-retry's bound).
-const MAX_RETRY_DELAY: Duration = Duration::from_secs(2);
+pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(2);
 
 /// The longest one attempt of a job can take: every try timed out, with the longest wait
 /// before each retry. A job's lease must outlast it.
