@@ -143,15 +143,8 @@ fn outcome_names(outcomes: &[Result<IngestOutcome, PipelineError>]) -> Vec<Strin
 }
 
 async fn count(app: &TestApp, sql: &str) -> i64 {
-    let row = db(app)
-        .query_one_raw(sea_orm::Statement::from_string(
-            db(app).get_database_backend(),
-            sql.to_owned(),
-        ))
-        .await
-        .unwrap()
-        .unwrap();
-    row.try_get_by_index::<i64>(0).unwrap()
+    let statement = sea_orm::Statement::from_string(db(app).get_database_backend(), sql);
+    first_value(db(app), statement).await.unwrap()
 }
 
 /// Inserts video-complete deliveries given as (id, time received), each keyed `k<id>`.
@@ -994,17 +987,9 @@ async fn sqlite_ingestion_stores_timestamps_as_the_other_connection_does(backend
 }
 
 async fn text(app: &TestApp, sql: &str, values: Vec<sea_orm::Value>) -> String {
-    db(app)
-        .query_one_raw(sea_orm::Statement::from_sql_and_values(
-            db(app).get_database_backend(),
-            sql,
-            values,
-        ))
-        .await
-        .unwrap()
-        .unwrap()
-        .try_get_by_index::<String>(0)
-        .unwrap()
+    let backend = db(app).get_database_backend();
+    let statement = sea_orm::Statement::from_sql_and_values(backend, sql, values);
+    first_value(db(app), statement).await.unwrap()
 }
 
 /// Checkpoints run beside ingestion (`db::checkpointer`): the WAL starts over once it reaches

@@ -519,35 +519,16 @@ async fn migrated_postgres(test: &str) -> Option<sea_orm::DatabaseConnection> {
     Some(db)
 }
 
-/// The first column of the first row `sql` returns, if any.
-async fn scalar<T: sea_orm::TryGetable>(db: &sea_orm::DatabaseConnection, sql: &str) -> Option<T> {
-    use sea_orm::ConnectionTrait;
-    let row = db
-        .query_one_raw(sea_orm::Statement::from_string(
-            db.get_database_backend(),
-            sql,
-        ))
-        .await
-        .unwrap()?;
-    Some(row.try_get_by_index(0).unwrap())
-}
-
 /// `statement`'s plan as Postgres ran it (`EXPLAIN (ANALYZE, FORMAT JSON)`).
 async fn explain_analyze(
     db: &sea_orm::DatabaseConnection,
     statement: sea_orm::Statement,
 ) -> serde_json::Value {
-    use sea_orm::ConnectionTrait;
     let explain = sea_orm::Statement {
         sql: format!("EXPLAIN (ANALYZE, FORMAT JSON) {}", statement.sql),
         ..statement
     };
-    db.query_one_raw(explain)
-        .await
-        .unwrap()
-        .unwrap()
-        .try_get_by_index(0)
-        .unwrap()
+    first_value(db, explain).await.unwrap()
 }
 
 /// Each scan of `index` under `node`: its kind and the rows it read.
@@ -763,11 +744,14 @@ async fn the_projects_index_is_replaced_without_holding_project_writes() {
     )
     .await
     .unwrap();
+    let postgres = |sql: &str| sea_orm::Statement::from_string(sea_orm::DbBackend::Postgres, sql);
     let valid = || {
-        scalar::<bool>(
+        first_value::<bool>(
             &db,
-            "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
-             WHERE c.relname = 'idx_projects_status_created'",
+            postgres(
+                "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
+                 WHERE c.relname = 'idx_projects_status_created'",
+            ),
         )
     };
     // Two projects of one status: a unique build fails and leaves its index invalid.
@@ -790,14 +774,12 @@ async fn the_projects_index_is_replaced_without_holding_project_writes() {
     let waiting = "SELECT COUNT(*) FROM pg_stat_activity \
         WHERE datname = current_database() AND query LIKE '% INDEX CONCURRENTLY %' \
         AND wait_event_type = 'Lock'";
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while scalar::<i64>(&db, waiting).await != Some(1) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the migration never waited for the open write"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(
+        Duration::from_secs(20),
+        "the migration waits for the open write",
+        || async { first_value::<i64>(&db, postgres(waiting)).await == Some(1) },
+    )
+    .await;
     let other = db.begin().await.unwrap();
     other
         .execute_unprepared("SET LOCAL lock_timeout = '2s'")

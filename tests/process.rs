@@ -71,10 +71,11 @@ async fn sigkill_mid_call_is_recovered_exactly_once() {
         ),
         ("OPERATOR_API_KEYS", format!("ops:{RW_KEY}:rw")),
         // A short lease, so that the restarted gateway sends the job again soon; the call it
-        // was killed in hangs far longer than the kill takes, and the lease outlasts it.
-        ("SCENEHOOK_OUTBOX__LEASE_SECS", "2".into()),
+        // is killed in hangs until its timeout, which leaves the kill seconds to land and
+        // which the lease outlasts.
+        ("SCENEHOOK_OUTBOX__LEASE_SECS", "4".into()),
         ("SCENEHOOK_OUTBOX__POLL_INTERVAL_MS", "50".into()),
-        ("SCENEHOOK_OUTBOX__REQUEST_TIMEOUT_MS", "1500".into()),
+        ("SCENEHOOK_OUTBOX__REQUEST_TIMEOUT_MS", "3500".into()),
         ("SCENEHOOK_OUTBOX__INLINE_RETRIES", "0".into()),
     ];
     for var in [

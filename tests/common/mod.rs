@@ -61,6 +61,15 @@ pub async fn fresh_postgres(test: &str) -> Option<String> {
     Some(format!("{base}/{name}"))
 }
 
+/// The first column of the first row `statement` returns, if any.
+pub async fn first_value<T: sea_orm::TryGetable>(
+    db: &sea_orm::DatabaseConnection,
+    statement: sea_orm::Statement,
+) -> Option<T> {
+    let row = db.query_one_raw(statement).await.unwrap()?;
+    Some(row.try_get_by_index(0).unwrap())
+}
+
 pub fn random_prefix() -> String {
     format!("t{}", scenehook::domain::ids::random_token(10))
 }
