@@ -395,6 +395,16 @@ pub(crate) fn latest_across(
         .to_owned()
 }
 
+/// The rows of `E` that `query` selects (a query built with sea-query, such as
+/// [`latest_across`]).
+pub(crate) async fn rows_of<E: sea_orm::EntityTrait>(
+    db: &DatabaseConnection,
+    query: &SelectStatement,
+) -> Result<Vec<E::Model>, DbErr> {
+    let statement = db.get_database_backend().build(query);
+    E::find().from_raw_sql(statement).all(db).await
+}
+
 /// `queries` joined by `UNION ALL`: every caller passes one at least (a query per service,
 /// per service and status, or per project status).
 pub(crate) fn union_all(queries: impl IntoIterator<Item = SelectStatement>) -> SelectStatement {

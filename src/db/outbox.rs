@@ -269,11 +269,7 @@ pub async fn list(
     service: Option<Service>,
     limit: u64,
 ) -> Result<Vec<outbox_job::Model>, DbErr> {
-    let backend = db.get_database_backend();
-    outbox_job::Entity::find()
-        .from_raw_sql(backend.build(&listing(status, service, limit)))
-        .all(db)
-        .await
+    super::rows_of::<outbox_job::Entity>(db, &listing(status, service, limit)).await
 }
 
 /// Each (service, status) pair's latest `limit` jobs, read backwards along the claims' index

@@ -466,11 +466,7 @@ pub async fn list_projects(
     status: Option<ProjectStatus>,
     limit: u64,
 ) -> Result<Vec<project::Model>, DbErr> {
-    let backend = db.get_database_backend();
-    project::Entity::find()
-        .from_raw_sql(backend.build(&projects_listing(status, limit)))
-        .all(db)
-        .await
+    super::rows_of::<project::Entity>(db, &projects_listing(status, limit)).await
 }
 
 /// Each status's newest `limit` projects, read backwards along the index on (status,
