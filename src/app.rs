@@ -113,9 +113,7 @@ impl Gateway {
 
     /// As [`Gateway::start`], with the outbox worker optional (tests of ingestion alone).
     pub async fn start_with(config: Config, run_outbox: bool) -> Result<Self, StartError> {
-        // reqwest (rustls) and sqlx's `verify-ca` need one process-wide crypto provider; a second
-        // install is a no-op.
-        drop(rustls::crypto::ring::default_provider().install_default());
+        crate::install_crypto_provider();
         let config = Arc::new(config);
         let metrics = telemetry::metrics_handle();
         let db = db::connect_gateway(&config).await?;

@@ -95,7 +95,7 @@ struct FakeState {
 impl FakeServices {
     /// Serves the fakes on `addr` (port 0 picks a free one) until the process ends.
     pub async fn start(config: FakeConfig, addr: SocketAddr) -> std::io::Result<Self> {
-        drop(rustls::crypto::ring::default_provider().install_default());
+        crate::install_crypto_provider();
         let state = Arc::new(FakeState {
             config,
             shared: Shared::default(),

@@ -19,3 +19,9 @@ pub mod telemetry;
 mod text_enum;
 
 pub use app::{Gateway, build_app};
+
+/// Installs rustls's process-wide crypto provider (ring), which reqwest and sqlx's TLS need
+/// when more than one could be chosen; a second install is a no-op.
+pub(crate) fn install_crypto_provider() {
+    drop(rustls::crypto::ring::default_provider().install_default());
+}

@@ -30,9 +30,10 @@ async fn main() -> ExitCode {
     let _log_writer = telemetry::init_tracing(config.log_format == "json");
     match args.first().map(String::as_str) {
         Some("demo") => demo::run(config).await,
+        Some("migrate") => migrate(config).await,
         Some("--no-migrate") | None => run(config).await,
         Some(other) => {
-            eprintln!("unknown command `{other}`; usage: scenehook [demo] [--no-migrate]");
+            eprintln!("unknown command `{other}`; usage: scenehook [demo|migrate] [--no-migrate]");
             ExitCode::from(2)
         }
     }
@@ -80,6 +81,26 @@ async fn run(config: Config) -> ExitCode {
     tracing::info!("stopped accepting; finishing background work");
     gateway.stop(grace).await;
     ExitCode::SUCCESS
+}
+
+/// `scenehook migrate`: applies the pending migrations, under the lock an instance's start
+/// takes, and exits. For a release step (a job, an init container) ahead of instances started
+/// with `--no-migrate`.
+async fn migrate(config: Config) -> ExitCode {
+    let migrated = match scenehook::db::connect(&config).await {
+        Ok(db) => scenehook::db::migrate(&db).await,
+        Err(e) => Err(e),
+    };
+    match migrated {
+        Ok(()) => {
+            tracing::info!("the database is migrated");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("migrating failed: {e}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 /// SIGTERM (orchestrators) or SIGINT (a terminal).

@@ -786,6 +786,129 @@ async fn the_projects_index_is_replaced_without_holding_project_writes() {
     assert_eq!(valid().await, Some(true));
 }
 
+/// The migrations' advisory lock ("scenehok" as a number, as the README gives it).
+const MIGRATIONS_LOCK: i64 = i64::from_be_bytes(*b"scenehok");
+
+/// On Postgres, the migrations run on the session that holds their lock. When that session is
+/// lost mid-migration (terminated here while migration 6 waits to build its index), the lock
+/// goes and the migration stops with it, instead of going on unlocked beside the instance that
+/// takes the lock next; the next start finishes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migration_stops_when_its_lock_is_lost() {
+    use migration::{Migrator, MigratorTrait};
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+    let Some(url) = fresh_postgres("a_migration_stops_when_its_lock_is_lost").await else {
+        return;
+    };
+    let db = sea_orm::Database::connect(&url).await.unwrap();
+    Migrator::up(&db, Some(5)).await.unwrap();
+    db.execute_unprepared(
+        "INSERT INTO projects (id, name, status, stitch_attempts, created_at, updated_at) \
+         VALUES ('p1', 'p1', 'generating', 0, now(), now())",
+    )
+    .await
+    .unwrap();
+    let writer = db.begin().await.unwrap();
+    writer
+        .execute_unprepared("UPDATE projects SET name = 'changed' WHERE id = 'p1'")
+        .await
+        .unwrap();
+    let migrating = tokio::spawn({
+        let db = db.clone();
+        async move { scenehook::db::migrate(&db).await }
+    });
+    let postgres = |sql: String| sea_orm::Statement::from_string(sea_orm::DbBackend::Postgres, sql);
+    let waiting = "SELECT COUNT(*) FROM pg_stat_activity \
+        WHERE datname = current_database() AND query LIKE '% INDEX CONCURRENTLY %' \
+        AND wait_event_type = 'Lock'";
+    eventually(
+        Duration::from_secs(20),
+        "the migration waits for the open write",
+        || async { first_value::<i64>(&db, postgres(waiting.into())).await == Some(1) },
+    )
+    .await;
+    let lock_holders = format!(
+        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted \
+         AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+         AND ((classid::int8 << 32) | objid::int8) = {MIGRATIONS_LOCK}"
+    );
+    let holder = first_value::<i32>(&db, postgres(lock_holders.clone()))
+        .await
+        .expect("the migrating instance holds the lock");
+    db.execute_unprepared(&format!("SELECT pg_terminate_backend({holder}, 5000)"))
+        .await
+        .unwrap();
+    writer.commit().await.unwrap();
+    migrating
+        .await
+        .unwrap()
+        .expect_err("the migration stops with its lock");
+    assert_eq!(first_value::<i32>(&db, postgres(lock_holders)).await, None);
+    assert!(!scenehook::db::migrations_applied(&db).await.unwrap());
+
+    scenehook::db::migrate(&db).await.unwrap();
+    assert!(scenehook::db::migrations_applied(&db).await.unwrap());
+}
+
+/// An instance waiting for another's migrations holds nothing yet, so a connection it loses
+/// while it waits is replaced and it goes on waiting, then migrates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_waiting_for_the_lock_survives_a_lost_connection() {
+    use sea_orm::ConnectionTrait;
+    let Some(url) = fresh_postgres("waiting_for_the_lock_survives").await else {
+        return;
+    };
+    let mut options = sea_orm::ConnectOptions::new(url.clone());
+    options.max_connections(1);
+    let other_instance = sea_orm::Database::connect(options).await.unwrap();
+    other_instance
+        .execute_unprepared(&format!("SELECT pg_advisory_lock({MIGRATIONS_LOCK})"))
+        .await
+        .unwrap();
+    let db = sea_orm::Database::connect(&url).await.unwrap();
+    let migrating = tokio::spawn({
+        let db = db.clone();
+        async move { scenehook::db::migrate(&db).await }
+    });
+    let postgres = |sql: &str| sea_orm::Statement::from_string(sea_orm::DbBackend::Postgres, sql);
+    let poller = "SELECT pid FROM pg_stat_activity WHERE datname = current_database() \
+        AND query LIKE 'SELECT pg_try_advisory_lock(%'";
+    let found = std::sync::Mutex::new(None);
+    let (db_ref, found_ref) = (&db, &found);
+    let poller_pid = || async move {
+        let pid = first_value::<i32>(db_ref, postgres(poller)).await;
+        *found_ref.lock().unwrap() = pid;
+        pid
+    };
+    eventually(
+        Duration::from_secs(20),
+        "the instance polls for the lock",
+        || async { poller_pid().await.is_some() },
+    )
+    .await;
+    let lost = found.lock().unwrap().expect("a poller");
+    db.execute_unprepared(&format!("SELECT pg_terminate_backend({lost}, 5000)"))
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(20),
+        "the instance polls again on a new connection",
+        || async { poller_pid().await.is_some_and(|pid| pid != lost) },
+    )
+    .await;
+    assert!(!migrating.is_finished());
+    other_instance
+        .execute_unprepared(&format!("SELECT pg_advisory_unlock({MIGRATIONS_LOCK})"))
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(60), migrating)
+        .await
+        .expect("the instance migrates once the lock is free")
+        .unwrap()
+        .unwrap();
+    assert!(scenehook::db::migrations_applied(&db).await.unwrap());
+}
+
 /// Production refuses placeholder or short secrets, with one line naming the variable.
 #[test]
 fn production_refuses_weak_secrets() {

@@ -1,4 +1,4 @@
-//! The real binary: crash recovery after SIGKILL, and the `demo` command.
+//! The real binary: crash recovery after SIGKILL, and the `demo` and `migrate` commands.
 
 mod common;
 // Shared with the benchmarks; this file seeds scenes that await their video only.
@@ -298,4 +298,43 @@ fn demo_runs_a_project_to_completion() {
     );
     assert!(stdout.contains("final video: https://"), "{stdout}");
     assert_eq!(stdout.matches("first frame").count(), 3);
+}
+
+/// `scenehook migrate` applies the migrations and exits, on SQLite and on Postgres, where two
+/// run at once (two release jobs, or a job beside an instance's start) both succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_applies_the_migrations_and_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut urls = vec![format!("sqlite://{}/m.db?mode=rwc", dir.path().display())];
+    urls.extend(fresh_postgres("migrate_applies_the_migrations_and_exits").await);
+    for url in urls {
+        let runs = if url.starts_with("postgres") { 2 } else { 1 };
+        let migrating: Vec<Child> = (0..runs)
+            .map(|_| {
+                Command::new(env!("CARGO_BIN_EXE_scenehook"))
+                    .arg("migrate")
+                    .current_dir(dir.path())
+                    .env("SCENEHOOK_CONFIG_DIR", dir.path())
+                    .env("DATABASE_URL", &url)
+                    .env_remove("REDIS_URL")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for run in migrating {
+            let out = run.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "{url}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let db = sea_orm::Database::connect(&url).await.unwrap();
+        assert!(
+            scenehook::db::migrations_applied(&db).await.unwrap(),
+            "{url}"
+        );
+    }
 }

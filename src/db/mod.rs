@@ -3,14 +3,16 @@
 
 mod checkpointer;
 pub mod ingest;
+mod migrate;
 pub mod outbox;
 pub mod pipeline;
 pub mod project_counts;
 mod wal_vfs;
 
+pub use migrate::{migrate, migrations_applied};
+
 use std::time::Duration;
 
-use migration::{Migrator, MigratorTrait};
 use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
     DbErr, RuntimeErr, SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait,
@@ -68,6 +70,7 @@ enum PoolRole {
 }
 
 async fn open_pool(config: &Config, role: PoolRole) -> Result<DatabaseConnection, DbErr> {
+    crate::install_crypto_provider();
     let url = &config.database_url;
     if url.starts_with("sqlite:") {
         configure_sqlite();
@@ -124,56 +127,6 @@ pub fn sqlite_file(url: &str) -> Option<String> {
     let path = rest.split('?').next()?;
     let in_memory = path.is_empty() || path == ":memory:" || url.contains("mode=memory");
     (!in_memory).then(|| path.to_owned())
-}
-
-/// Applies the pending migrations. On Postgres, instances that start together (a fleet's
-/// first start) take turns: each holds [`MIGRATIONS_LOCK`] while it migrates, so the next finds
-/// nothing pending instead of failing on tables the first has just created. The lock is a
-/// session's, on a connection of its own outside the pool (the pool may be one connection),
-/// and closing that connection releases it, whether the migrations succeeded or not.
-///
-/// The others poll for the lock rather than wait in `pg_advisory_lock`: a statement waiting
-/// holds a snapshot, and a `CREATE INDEX CONCURRENTLY` waits for every older snapshot to go,
-/// so the migrating instance would wait for the ones waiting for it.
-pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
-    if !is_postgres(db) {
-        // One process owns an SQLite file.
-        return Migrator::up(db, None).await;
-    }
-    let sqlx_err = |e| DbErr::Conn(RuntimeErr::SqlxError(std::sync::Arc::new(e)));
-    let options = db.get_postgres_connection_pool().connect_options();
-    let mut holder = sea_orm::sqlx::ConnectOptions::connect(options.as_ref())
-        .await
-        .map_err(sqlx_err)?;
-    let mut waited = false;
-    while !sea_orm::sqlx::query_scalar::<_, bool>("SELECT pg_try_advisory_lock($1)")
-        .bind(MIGRATIONS_LOCK)
-        .fetch_one(&mut holder)
-        .await
-        .map_err(sqlx_err)?
-    {
-        if !waited {
-            tracing::info!("another instance is migrating the database; waiting for it");
-            waited = true;
-        }
-        tokio::time::sleep(MIGRATIONS_LOCK_POLL).await;
-    }
-    let migrated = Migrator::up(db, None).await;
-    // A close that fails drops the socket, which ends the session and its lock all the same.
-    drop(sea_orm::sqlx::Connection::close(holder).await);
-    migrated
-}
-
-/// How often an instance asks again for the lock another is migrating under.
-const MIGRATIONS_LOCK_POLL: Duration = Duration::from_millis(100);
-
-/// The Postgres advisory lock an instance holds while it migrates: "scenehok" as a number, so
-/// that it does not meet another application's lock on a shared server by chance.
-const MIGRATIONS_LOCK: i64 = i64::from_be_bytes(*b"scenehok");
-
-/// Whether every migration has been applied, for readiness.
-pub async fn migrations_applied(db: &DatabaseConnection) -> Result<bool, DbErr> {
-    Ok(Migrator::get_pending_migrations(db).await?.is_empty())
 }
 
 /// Deletes delivery rows and done outbox jobs past their retention; returns how many of each.
