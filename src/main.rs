@@ -31,9 +31,10 @@ async fn main() -> ExitCode {
     match args.first().map(String::as_str) {
         Some("demo") => demo::run(config).await,
         Some("migrate") => migrate(config).await,
+        Some("backup") => backup(&config, args.get(1)).await,
         Some("--no-migrate") | None => run(config).await,
         Some(other) => {
-            eprintln!("unknown command `{other}`; usage: scenehook [demo|migrate] [--no-migrate]");
+            eprintln!("unknown command `{other}`; {USAGE}");
             ExitCode::from(2)
         }
     }
@@ -102,6 +103,41 @@ async fn migrate(config: Config) -> ExitCode {
         }
     }
 }
+
+/// `scenehook backup PATH`: a consistent copy of the embedded database, taken while the
+/// gateway runs ([`scenehook::db::backup_sqlite`]). Postgres has its own tools.
+async fn backup(config: &Config, target: Option<&String>) -> ExitCode {
+    let Some(target) = target.map(std::path::PathBuf::from) else {
+        eprintln!("backup needs the copy's path; {USAGE}");
+        return ExitCode::from(2);
+    };
+    let Some(database) = scenehook::db::sqlite_file(&config.database_url) else {
+        eprintln!(
+            "backup copies the embedded SQLite database; DATABASE_URL names another \
+             (on Postgres, use pg_dump or the server's own backups)"
+        );
+        return ExitCode::from(2);
+    };
+    let copied = tokio::task::spawn_blocking({
+        let target = target.clone();
+        move || scenehook::db::backup_sqlite(std::path::Path::new(&database), &target)
+    })
+    .await
+    .map_err(|e| e.to_string())
+    .and_then(|copied| copied.map_err(|e| e.to_string()));
+    match copied {
+        Ok(()) => {
+            tracing::info!(target = %target.display(), "backup written");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("backup failed: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+const USAGE: &str = "usage: scenehook [demo | migrate | backup PATH] [--no-migrate]";
 
 /// SIGTERM (orchestrators) or SIGINT (a terminal).
 async fn shutdown_signal() {

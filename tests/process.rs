@@ -1,4 +1,5 @@
-//! The real binary: crash recovery after SIGKILL, and the `demo` and `migrate` commands.
+//! The real binary: crash recovery after SIGKILL, and the `demo`, `migrate` and `backup`
+//! commands.
 
 mod common;
 // Shared with the benchmarks; this file seeds scenes that await their video only.
@@ -337,4 +338,87 @@ async fn migrate_applies_the_migrations_and_exits() {
             "{url}"
         );
     }
+}
+
+/// `scenehook backup PATH` copies the embedded database while the gateway runs: the copy is
+/// intact and holds what was committed; an existing file is never overwritten; a Postgres
+/// deployment is pointed to its own tools.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_copies_the_running_embedded_database() {
+    let live = config(Backend::Embedded, "backup").await.unwrap();
+    let database_url = live.database_url.clone();
+    let app = TestApp::start(live).await;
+    app.project_awaiting_video("p1", &[("s1", "a"), ("s2", "b")], "task-1")
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let backup = |target: &std::path::Path, url: &str| {
+        Command::new(env!("CARGO_BIN_EXE_scenehook"))
+            .arg("backup")
+            .arg(target)
+            .current_dir(dir.path())
+            .env("SCENEHOOK_CONFIG_DIR", dir.path())
+            .env("DATABASE_URL", url)
+            .env_remove("REDIS_URL")
+            .output()
+            .unwrap()
+    };
+    let target = dir.path().join("copy.db");
+    let out = backup(&target, &database_url);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!dir.path().join("copy.db.partial").exists());
+
+    let copy = sea_orm::Database::connect(format!("sqlite://{}?mode=rw", target.display()))
+        .await
+        .unwrap();
+    let sqlite = |sql: &str| sea_orm::Statement::from_string(sea_orm::DbBackend::Sqlite, sql);
+    assert_eq!(
+        first_value::<String>(&copy, sqlite("PRAGMA integrity_check")).await,
+        Some("ok".into())
+    );
+    assert_eq!(
+        first_value::<String>(
+            &copy,
+            sqlite("SELECT video_task_id FROM scenes WHERE id = 's1'")
+        )
+        .await,
+        Some("task-1".into())
+    );
+    assert_eq!(
+        first_value::<i64>(&copy, sqlite("SELECT COUNT(*) FROM scenes")).await,
+        Some(2)
+    );
+    copy.close().await.unwrap();
+
+    // Restored as the README says: a gateway started on the copy serves what it holds.
+    let restored_dir = tempfile::tempdir().unwrap();
+    let restored = restored_dir.path().join("scenehook.db");
+    std::fs::copy(&target, &restored).unwrap();
+    let mut restored_config = config(Backend::Embedded, "backup").await.unwrap();
+    restored_config.database_url = format!("sqlite://{}?mode=rwc", restored.display());
+    let restored_app = TestApp::start(restored_config).await;
+    let (status, project) = restored_app.get("/projects/p1").await;
+    assert_eq!(status, 200, "{project}");
+    assert_eq!(
+        project["scenes"].as_array().map(Vec::len),
+        Some(2),
+        "{project}"
+    );
+
+    let before = std::fs::read(&target).unwrap();
+    let out = backup(&target, &database_url);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("exists"));
+    assert_eq!(std::fs::read(&target).unwrap(), before);
+
+    let out = backup(
+        &dir.path().join("pg.db"),
+        "postgres://127.0.0.1:1/scenehook",
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("pg_dump"));
+    assert!(!dir.path().join("pg.db").exists());
 }

@@ -1,6 +1,7 @@
 //! Database access: connecting (SQLite or Postgres), migrating, and the transactions the
 //! pipeline and the outbox run. Each public function is one unit of work.
 
+mod backup;
 mod checkpointer;
 pub mod ingest;
 mod migrate;
@@ -9,6 +10,7 @@ pub mod pipeline;
 pub mod project_counts;
 mod wal_vfs;
 
+pub use backup::backup_sqlite;
 pub use migrate::{migrate, migrations_applied};
 
 use std::time::Duration;
