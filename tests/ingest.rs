@@ -1058,16 +1058,34 @@ async fn the_checkpointer_bounds_the_wal_and_a_long_reader_does_not_stall_ingest
     reader
         .busy_timeout(std::time::Duration::from_secs(5))
         .unwrap();
+    let busy_restarts = |scrape: &str| {
+        sample(scrape, "scenehook_sqlite_wal_restart_busy_total", &[]).unwrap_or(0.0)
+    };
+    let busy_before = busy_restarts(&app.scrape().await);
     reader.execute_batch("BEGIN").unwrap();
     let _: i64 = reader
         .query_row("SELECT count(*) FROM webhook_deliveries", [], |r| r.get(0))
         .unwrap();
-    write(300).await;
+    // For as long as a backup's read might last, with the WAL past its bound throughout.
+    let reading = std::time::Instant::now();
+    let mut written = 0;
+    while written < 300 || reading.elapsed() < std::time::Duration::from_millis(1500) {
+        write(10).await;
+        written += 10;
+    }
     let restart_frames = (1 << 20) / (4096 + 24);
     let held = frames().0;
     assert!(
         held > restart_frames,
         "the reader held the WAL back: {held} frames"
+    );
+    // Each restart the reader keeps waiting holds the writers for a moment; they back off
+    // (50 ms, doubling) instead of coming every pass (about 30 in this time).
+    let busy = busy_restarts(&app.scrape().await) - busy_before;
+    assert!(
+        (1.0..=10.0).contains(&busy),
+        "{busy} restarts kept waiting by the reader in {:?}",
+        reading.elapsed()
     );
     reader.execute_batch("COMMIT").unwrap();
     // Once the reader is gone, the next restart succeeds and the next commit starts over.

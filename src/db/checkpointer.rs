@@ -37,6 +37,13 @@ use sea_orm::DbErr;
 /// again after the next commit.
 const RESTART_PATIENCE: Duration = Duration::from_millis(20);
 
+/// After a RESTART that a reader kept waiting, the next waits at least this long, then twice
+/// as long after each that is kept waiting again, up to [`RESTART_BACKOFF_MAX`]: each attempt
+/// holds new write transactions for up to [`RESTART_PATIENCE`], and a long read (a backup)
+/// would otherwise have every pass do that, halving ingestion for as long as it reads.
+const RESTART_BACKOFF_MIN: Duration = Duration::from_millis(50);
+const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
 /// At most one pass per this long. Every pass that copies anything pays the same first (a
 /// sync of the WAL, a sort of its current segment's frame index), and it copies a page once
 /// however many of its frames it finds: under load, 30 ms passes copy 2.0 pages a webhook
@@ -183,6 +190,7 @@ fn run(
         restart_frames,
     };
     let mut synced_ahead = false;
+    let mut backoff = RestartBackoff::default();
     let mut failing = false;
     let mut last_pass = Instant::now();
     loop {
@@ -201,7 +209,14 @@ fn run(
             }
             state.committed = false;
         }
-        match run_pass(connection, database, &bounds, &mut synced_ahead, shared) {
+        match run_pass(
+            connection,
+            database,
+            &bounds,
+            &mut synced_ahead,
+            &mut backoff,
+            shared,
+        ) {
             Ok(pass) => {
                 // -1: another connection's checkpoint held the lock (none in the gateway).
                 if pass.wal_frames >= 0 {
@@ -230,13 +245,37 @@ struct Bounds {
     restart_frames: i64,
 }
 
+/// When the next RESTART may be tried ([`RESTART_BACKOFF_MIN`]).
+#[derive(Default)]
+struct RestartBackoff {
+    not_before: Option<Instant>,
+    delay: Duration,
+}
+
+impl RestartBackoff {
+    fn due(&self, now: Instant) -> bool {
+        self.not_before.is_none_or(|at| now >= at)
+    }
+
+    fn record(&mut self, busy: bool, now: Instant) {
+        if busy {
+            self.delay = (self.delay * 2).clamp(RESTART_BACKOFF_MIN, RESTART_BACKOFF_MAX);
+            self.not_before = Some(now + self.delay);
+        } else {
+            *self = Self::default();
+        }
+    }
+}
+
 /// One passive pass; from [`SYNC_AHEAD_FROM`] of the bound, a sync of the database file once
-/// per cycle; at the bound, the rounds that catch up and the RESTART.
+/// per cycle; at the bound, the rounds that catch up and the RESTART, unless one was kept
+/// waiting lately ([`RestartBackoff`]).
 fn run_pass(
     connection: &Connection,
     database: &std::fs::File,
     bounds: &Bounds,
     synced_ahead: &mut bool,
+    backoff: &mut RestartBackoff,
     shared: &Shared,
 ) -> Result<Pass, Failure> {
     let pass = checkpoint(connection, "PASSIVE")?;
@@ -247,7 +286,7 @@ fn run_pass(
         sync(database)?;
         *synced_ahead = true;
     }
-    if pass.wal_frames >= bounds.restart_frames {
+    if pass.wal_frames >= bounds.restart_frames && backoff.due(Instant::now()) {
         shared.catching_up.store(true, Ordering::Relaxed);
         let caught_up = catch_up(connection, database);
         shared.catching_up.store(false, Ordering::Relaxed);
@@ -259,6 +298,7 @@ fn run_pass(
         if restart.busy {
             metrics::counter!("scenehook_sqlite_wal_restart_busy_total").increment(1);
         }
+        backoff.record(restart.busy, Instant::now());
     }
     Ok(pass)
 }
@@ -360,6 +400,40 @@ mod tests {
     fn nice_of(stat: &str) -> i32 {
         let (_, fields) = stat.rsplit_once(')').unwrap();
         fields.split_whitespace().nth(16).unwrap().parse().unwrap()
+    }
+
+    #[test]
+    fn restarts_kept_waiting_back_off_until_one_succeeds() {
+        let start = Instant::now();
+        let mut backoff = RestartBackoff::default();
+        assert!(backoff.due(start));
+        let mut delays = Vec::new();
+        let mut now = start;
+        for _ in 0..7 {
+            backoff.record(true, now);
+            assert!(!backoff.due(now));
+            let at = backoff.not_before.unwrap();
+            assert!(backoff.due(at));
+            delays.push(at - now);
+            now = at;
+        }
+        let ms = |n| Duration::from_millis(n);
+        assert_eq!(
+            delays,
+            [
+                ms(50),
+                ms(100),
+                ms(200),
+                ms(400),
+                ms(800),
+                ms(1000),
+                ms(1000)
+            ]
+        );
+        backoff.record(false, now);
+        assert!(backoff.due(now));
+        backoff.record(true, now);
+        assert_eq!(backoff.not_before, Some(now + ms(50)));
     }
 
     #[test]
