@@ -714,18 +714,14 @@ async fn instances_starting_together_migrate_once() {
     assert!(scenehook::db::migrations_applied(&db).await.unwrap());
 }
 
-/// On Postgres, migration 6 swaps the projects' index without holding project writes. While
-/// it waits for a transaction that changed a project, another project is written all the same
-/// (a plain `CREATE` or `DROP INDEX` would queue for its lock and every write behind it). And
-/// an index a build cut short left invalid under the new index's name is built again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_projects_index_is_replaced_without_holding_project_writes() {
+/// A fresh Postgres database migrated up to migration 5, with projects p1 and p2; none without
+/// Postgres.
+async fn before_migration_6(test: &str) -> Option<sea_orm::DatabaseConnection> {
     use migration::{Migrator, MigratorTrait};
-    use sea_orm::{ConnectionTrait, TransactionTrait};
-    let Some(url) = fresh_postgres("projects_index_concurrently").await else {
-        return;
-    };
-    let db = sea_orm::Database::connect(&url).await.unwrap();
+    use sea_orm::ConnectionTrait;
+    let db = sea_orm::Database::connect(&fresh_postgres(test).await?)
+        .await
+        .unwrap();
     Migrator::up(&db, Some(5)).await.unwrap();
     db.execute_unprepared(
         "INSERT INTO projects (id, name, status, stitch_attempts, created_at, updated_at) \
@@ -734,6 +730,47 @@ async fn the_projects_index_is_replaced_without_holding_project_writes() {
     )
     .await
     .unwrap();
+    Some(db)
+}
+
+/// A transaction that changed project p1, left open: migration 6's index build waits for it.
+async fn write_held_open(db: &sea_orm::DatabaseConnection) -> sea_orm::DatabaseTransaction {
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+    let writer = db.begin().await.unwrap();
+    writer
+        .execute_unprepared("UPDATE projects SET name = 'changed' WHERE id = 'p1'")
+        .await
+        .unwrap();
+    writer
+}
+
+/// Waits until migration 6's index build, in this test's database, waits for a lock.
+async fn until_the_index_build_waits(db: &sea_orm::DatabaseConnection) {
+    let waiting = sea_orm::Statement::from_string(
+        sea_orm::DbBackend::Postgres,
+        "SELECT COUNT(*) FROM pg_stat_activity \
+         WHERE datname = current_database() AND query LIKE '% INDEX CONCURRENTLY %' \
+         AND wait_event_type = 'Lock'",
+    );
+    eventually(
+        Duration::from_secs(20),
+        "the migration waits for the open write",
+        || async { first_value::<i64>(db, waiting.clone()).await == Some(1) },
+    )
+    .await;
+}
+
+/// On Postgres, migration 6 swaps the projects' index without holding project writes. While
+/// it waits for a transaction that changed a project, another project is written all the same
+/// (a plain `CREATE` or `DROP INDEX` would queue for its lock and every write behind it). And
+/// an index a build cut short left invalid under the new index's name is built again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_projects_index_is_replaced_without_holding_project_writes() {
+    use migration::{Migrator, MigratorTrait};
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+    let Some(db) = before_migration_6("projects_index_concurrently").await else {
+        return;
+    };
     let postgres = |sql: &str| sea_orm::Statement::from_string(sea_orm::DbBackend::Postgres, sql);
     let valid = || {
         first_value::<bool>(
@@ -752,24 +789,12 @@ async fn the_projects_index_is_replaced_without_holding_project_writes() {
     .unwrap_err();
     assert_eq!(valid().await, Some(false));
 
-    let writer = db.begin().await.unwrap();
-    writer
-        .execute_unprepared("UPDATE projects SET name = 'changed' WHERE id = 'p1'")
-        .await
-        .unwrap();
+    let writer = write_held_open(&db).await;
     let migrating = tokio::spawn({
         let db = db.clone();
         async move { Migrator::up(&db, None).await }
     });
-    let waiting = "SELECT COUNT(*) FROM pg_stat_activity \
-        WHERE datname = current_database() AND query LIKE '% INDEX CONCURRENTLY %' \
-        AND wait_event_type = 'Lock'";
-    eventually(
-        Duration::from_secs(20),
-        "the migration waits for the open write",
-        || async { first_value::<i64>(&db, postgres(waiting)).await == Some(1) },
-    )
-    .await;
+    until_the_index_build_waits(&db).await;
     let other = db.begin().await.unwrap();
     other
         .execute_unprepared("SET LOCAL lock_timeout = '2s'")
@@ -795,38 +820,17 @@ const MIGRATIONS_LOCK: i64 = i64::from_be_bytes(*b"scenehok");
 /// takes the lock next; the next start finishes it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_migration_stops_when_its_lock_is_lost() {
-    use migration::{Migrator, MigratorTrait};
-    use sea_orm::{ConnectionTrait, TransactionTrait};
-    let Some(url) = fresh_postgres("a_migration_stops_when_its_lock_is_lost").await else {
+    use sea_orm::ConnectionTrait;
+    let Some(db) = before_migration_6("a_migration_stops_when_its_lock_is_lost").await else {
         return;
     };
-    let db = sea_orm::Database::connect(&url).await.unwrap();
-    Migrator::up(&db, Some(5)).await.unwrap();
-    db.execute_unprepared(
-        "INSERT INTO projects (id, name, status, stitch_attempts, created_at, updated_at) \
-         VALUES ('p1', 'p1', 'generating', 0, now(), now())",
-    )
-    .await
-    .unwrap();
-    let writer = db.begin().await.unwrap();
-    writer
-        .execute_unprepared("UPDATE projects SET name = 'changed' WHERE id = 'p1'")
-        .await
-        .unwrap();
+    let writer = write_held_open(&db).await;
     let migrating = tokio::spawn({
         let db = db.clone();
         async move { scenehook::db::migrate(&db).await }
     });
+    until_the_index_build_waits(&db).await;
     let postgres = |sql: String| sea_orm::Statement::from_string(sea_orm::DbBackend::Postgres, sql);
-    let waiting = "SELECT COUNT(*) FROM pg_stat_activity \
-        WHERE datname = current_database() AND query LIKE '% INDEX CONCURRENTLY %' \
-        AND wait_event_type = 'Lock'";
-    eventually(
-        Duration::from_secs(20),
-        "the migration waits for the open write",
-        || async { first_value::<i64>(&db, postgres(waiting.into())).await == Some(1) },
-    )
-    .await;
     let lock_holders = format!(
         "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted \
          AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
