@@ -107,7 +107,10 @@ async fn migrate(config: Config) -> ExitCode {
 /// `scenehook backup PATH`: a consistent copy of the embedded database, taken while the
 /// gateway runs ([`scenehook::db::backup_sqlite`]). Postgres has its own tools.
 async fn backup(config: &Config, target: Option<&String>) -> ExitCode {
-    let Some(target) = target.map(std::path::PathBuf::from) else {
+    let Some(target) = target
+        .filter(|t| !t.starts_with('-'))
+        .map(std::path::PathBuf::from)
+    else {
         eprintln!("backup needs the copy's path; {USAGE}");
         return ExitCode::from(2);
     };

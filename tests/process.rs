@@ -413,6 +413,12 @@ async fn backup_copies_the_running_embedded_database() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("exists"));
     assert_eq!(std::fs::read(&target).unwrap(), before);
+    assert_eq!(
+        backup(std::path::Path::new("--no-migrate"), &database_url)
+            .status
+            .code(),
+        Some(2)
+    );
 
     let out = backup(
         &dir.path().join("pg.db"),

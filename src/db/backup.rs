@@ -8,7 +8,8 @@ use sea_orm::DbErr;
 /// Writes a copy of the SQLite database at `database` to `target`, which must not exist yet.
 /// The gateway may be running: `VACUUM INTO` reads one snapshot (commits still in the WAL
 /// included) and writes it out compacted. It writes to `target` with `.partial` appended,
-/// syncs that file, then renames it, so `target` is either a whole copy or absent.
+/// syncs that file, then links it as `target`, which fails rather than replace a file that
+/// appeared meanwhile: `target` is either a whole copy or absent.
 ///
 /// Ingestion goes on meanwhile. The checkpointer cannot start the WAL over while the copy's
 /// read is open, so the WAL may grow past its bound until the copy ends.
@@ -52,8 +53,9 @@ pub fn backup_sqlite(database: &Path, target: &Path) -> Result<(), DbErr> {
     std::fs::File::open(partial)
         .and_then(|f| f.sync_all())
         .map_err(|e| io("cannot sync", partial, e))?;
-    std::fs::rename(partial, target).map_err(|e| io("cannot rename into", target, e))?;
-    // The rename is durable once the directory is synced.
+    std::fs::hard_link(partial, target).map_err(|e| io("cannot write", target, e))?;
+    std::fs::remove_file(partial).map_err(|e| io("cannot remove", partial, e))?;
+    // The link is durable once the directory is synced.
     let directory = match target.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
