@@ -28,6 +28,18 @@ fn gateway(env: &[(&str, String)], dir: &std::path::Path) -> Child {
         .expect("the gateway binary starts")
 }
 
+/// The binary run as a command (`demo`, `migrate`, `backup`) in `dir`, which is also its
+/// config directory, without the caller's Redis: what it uses comes from the test.
+fn command_in(dir: &std::path::Path, args: &[&std::ffi::OsStr]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_scenehook"));
+    command
+        .args(args)
+        .current_dir(dir)
+        .env("SCENEHOOK_CONFIG_DIR", dir)
+        .env_remove("REDIS_URL");
+    command
+}
+
 async fn healthy(http: &reqwest::Client, url: &str) {
     eventually(
         Duration::from_secs(20),
@@ -283,12 +295,8 @@ async fn sigkill_under_load_loses_no_acknowledged_webhook() {
 #[test]
 fn demo_runs_a_project_to_completion() {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_scenehook"))
-        .arg("demo")
-        .current_dir(dir.path())
-        .env("SCENEHOOK_CONFIG_DIR", dir.path())
+    let out = command_in(dir.path(), &["demo".as_ref()])
         .env_remove("DATABASE_URL")
-        .env_remove("REDIS_URL")
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -312,12 +320,8 @@ async fn migrate_applies_the_migrations_and_exits() {
         let runs = if url.starts_with("postgres") { 2 } else { 1 };
         let migrating: Vec<Child> = (0..runs)
             .map(|_| {
-                Command::new(env!("CARGO_BIN_EXE_scenehook"))
-                    .arg("migrate")
-                    .current_dir(dir.path())
-                    .env("SCENEHOOK_CONFIG_DIR", dir.path())
+                command_in(dir.path(), &["migrate".as_ref()])
                     .env("DATABASE_URL", &url)
-                    .env_remove("REDIS_URL")
                     .stdout(Stdio::null())
                     .stderr(Stdio::piped())
                     .spawn()
@@ -352,13 +356,8 @@ async fn backup_copies_the_running_embedded_database() {
         .await;
     let dir = tempfile::tempdir().unwrap();
     let backup = |target: &std::path::Path, url: &str| {
-        Command::new(env!("CARGO_BIN_EXE_scenehook"))
-            .arg("backup")
-            .arg(target)
-            .current_dir(dir.path())
-            .env("SCENEHOOK_CONFIG_DIR", dir.path())
+        command_in(dir.path(), &["backup".as_ref(), target.as_os_str()])
             .env("DATABASE_URL", url)
-            .env_remove("REDIS_URL")
             .output()
             .unwrap()
     };

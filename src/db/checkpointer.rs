@@ -33,8 +33,8 @@ use rusqlite::Connection;
 use sea_orm::DbErr;
 
 /// How long a RESTART checkpoint may wait for the writer's transaction and for readers to
-/// leave the WAL. New write transactions wait while it does, so it gives up early and tries
-/// again after the next commit.
+/// leave the WAL. New write transactions wait while it does, so it gives up early and is tried
+/// again after a backoff ([`RESTART_BACKOFF_MIN`]).
 const RESTART_PATIENCE: Duration = Duration::from_millis(20);
 
 /// After a RESTART that a reader kept waiting, the next waits at least this long, then twice
