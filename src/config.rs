@@ -23,6 +23,16 @@ const MIN_SECRET_BYTES: usize = 32;
 /// Minimum decoded length of a `whsec_` secret (the Standard Webhooks minimum).
 const MIN_WHSEC_BYTES: usize = 24;
 
+/// What a process loads the configuration for. Serving checks everything. The maintenance
+/// commands (`scenehook migrate`, `scenehook backup`) touch only the database, so production's
+/// webhook secrets and operator keys are not asked of them: a release job that migrates needs
+/// `DATABASE_URL` and nothing the instances keep secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    Serve,
+    Maintain,
+}
+
 /// The whole configuration of one gateway instance.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Config {
@@ -411,8 +421,9 @@ fn env_provider(names: &'static [(&'static str, &'static str)]) -> Env {
 }
 
 impl Config {
-    /// Loads from the process environment and the config directory, then validates.
-    pub fn load() -> Result<Self, ConfigError> {
+    /// Loads from the process environment and the config directory, then validates what
+    /// `purpose` needs.
+    pub fn load(purpose: Purpose) -> Result<Self, ConfigError> {
         let dir = std::env::var_os("SCENEHOOK_CONFIG_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("config"));
@@ -434,16 +445,19 @@ impl Config {
             figment = figment.merge(("bind_addr", format!("0.0.0.0:{port}")));
         }
         figment = figment.merge(Env::prefixed("SCENEHOOK_").split("__"));
-        Self::from_figment(figment)
+        Self::from_figment(figment, purpose)
     }
 
     /// The built-in defaults alone (development), for tests and tools.
     pub fn defaults() -> Self {
-        Self::from_figment(Figment::from(Toml::string(BUILT_IN_DEFAULTS)))
-            .expect("the built-in defaults are valid")
+        Self::from_figment(
+            Figment::from(Toml::string(BUILT_IN_DEFAULTS)),
+            Purpose::Serve,
+        )
+        .expect("the built-in defaults are valid")
     }
 
-    fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
+    fn from_figment(figment: Figment, purpose: Purpose) -> Result<Self, ConfigError> {
         let config: Config = figment.extract().map_err(|errors| {
             ConfigError(
                 errors
@@ -463,7 +477,7 @@ impl Config {
                     .collect(),
             )
         })?;
-        config.validate()?;
+        config.validate(purpose)?;
         Ok(config)
     }
 
@@ -471,9 +485,9 @@ impl Config {
         self.env.eq_ignore_ascii_case("production")
     }
 
-    /// Checks what serde cannot; in production, also that no secret is missing, weak or a
-    /// placeholder. Each problem names the environment variable that fixes it.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    /// Checks what serde cannot; in production, to serve, also that no secret is missing, weak
+    /// or a placeholder. Each problem names the environment variable that fixes it.
+    pub fn validate(&self, purpose: Purpose) -> Result<(), ConfigError> {
         let mut problems = Vec::new();
         if self.outbox.max_attempts < 1 {
             problems.push("SCENEHOOK_OUTBOX__MAX_ATTEMPTS must be at least 1".to_owned());
@@ -582,7 +596,7 @@ impl Config {
         {
             problems.push("SCENEHOOK_METRICS_BIND_ADDR is not a socket address".to_owned());
         }
-        if self.is_production() {
+        if self.is_production() && purpose == Purpose::Serve {
             problems.extend(self.secret_problems());
             if self.operator_api_keys.is_empty() {
                 problems.push(
@@ -683,12 +697,16 @@ mod tests {
     use super::*;
 
     fn with_env(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        loaded_for(Purpose::Serve, vars)
+    }
+
+    fn loaded_for(purpose: Purpose, vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
         let mut loaded = None;
         figment::Jail::expect_with(|jail| {
             for (k, v) in vars {
                 jail.set_env(k, v);
             }
-            loaded = Some(Config::load());
+            loaded = Some(Config::load(purpose));
             Ok(())
         });
         loaded.expect("the jail ran")
@@ -877,6 +895,23 @@ mod tests {
         assert!(!text.contains("STITCH_WEBHOOK_SECRET"), "{text}");
         assert!(text.contains("OPERATOR_API_KEYS"), "{text}");
         assert!(!text.contains("0123456789"), "secret leaked: {text}");
+    }
+
+    #[test]
+    fn maintenance_in_production_needs_no_secrets_but_valid_settings() {
+        let production = ("APP_ENV", "production");
+        let config = loaded_for(Purpose::Maintain, &[production]).unwrap();
+        assert!(config.is_production());
+        assert!(
+            with_env(&[production]).is_err(),
+            "serving needs the secrets"
+        );
+        let err = loaded_for(
+            Purpose::Maintain,
+            &[production, ("SCENEHOOK_DATABASE__MAX_CONNECTIONS", "0")],
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("MAX_CONNECTIONS"), "{err}");
     }
 
     #[test]

@@ -3,7 +3,11 @@
 
 use std::{process::ExitCode, time::Duration};
 
-use scenehook::{Gateway, config::Config, telemetry};
+use scenehook::{
+    Gateway,
+    config::{Config, Purpose},
+    telemetry,
+};
 
 mod demo;
 
@@ -16,7 +20,12 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut config = match Config::load() {
+    let command = args.first().map(String::as_str);
+    let purpose = match command {
+        Some("migrate" | "backup") => Purpose::Maintain,
+        _ => Purpose::Serve,
+    };
+    let mut config = match Config::load(purpose) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("{e}");
@@ -28,7 +37,7 @@ async fn main() -> ExitCode {
     }
     // Held to the end of `main`: its drop writes out the log lines still queued.
     let _log_writer = telemetry::init_tracing(config.log_format == "json");
-    match args.first().map(String::as_str) {
+    match command {
         Some("demo") => demo::run(config).await,
         Some("migrate") => migrate(config).await,
         Some("backup") => backup(&config, args.get(1)).await,

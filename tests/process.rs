@@ -1,5 +1,5 @@
 //! The real binary: crash recovery after SIGKILL, and the `demo`, `migrate` and `backup`
-//! commands.
+//! commands (which, in production, need no secrets).
 
 mod common;
 // Shared with the benchmarks; this file seeds scenes that await their video only.
@@ -342,6 +342,56 @@ async fn migrate_applies_the_migrations_and_exits() {
             "{url}"
         );
     }
+}
+
+/// In production, `migrate` and `backup` need the database and nothing the instances keep
+/// secret, so a release job can run them with `DATABASE_URL` alone; serving still refuses to
+/// start without the webhook secrets and an operator key.
+#[test]
+fn maintenance_commands_in_production_need_no_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = dir.path().join("prod.db");
+    let in_production = |args: &[&std::ffi::OsStr]| {
+        let mut command = command_in(dir.path(), args);
+        for var in [
+            "NODE_ENV",
+            "VIDEO_WEBHOOK_SECRET",
+            "LAST_FRAME_WEBHOOK_SECRET",
+            "STITCH_WEBHOOK_SECRET",
+            "OPERATOR_API_KEYS",
+        ] {
+            command.env_remove(var);
+        }
+        command
+            .env("APP_ENV", "production")
+            .env(
+                "DATABASE_URL",
+                format!("sqlite://{}?mode=rwc", database.display()),
+            )
+            .output()
+            .unwrap()
+    };
+    let stderr = |out: &std::process::Output| String::from_utf8_lossy(&out.stderr).into_owned();
+
+    let migrated = in_production(&["migrate".as_ref()]);
+    assert!(migrated.status.success(), "{}", stderr(&migrated));
+    let copy = dir.path().join("copy.db");
+    let backed_up = in_production(&["backup".as_ref(), copy.as_os_str()]);
+    assert!(backed_up.status.success(), "{}", stderr(&backed_up));
+    assert!(copy.exists());
+
+    let served = in_production(&[]);
+    assert_eq!(served.status.code(), Some(2), "{}", stderr(&served));
+    assert!(
+        stderr(&served).contains("VIDEO_WEBHOOK_SECRET"),
+        "{}",
+        stderr(&served)
+    );
+    assert!(
+        stderr(&served).contains("OPERATOR_API_KEYS"),
+        "{}",
+        stderr(&served)
+    );
 }
 
 /// `scenehook backup PATH` copies the embedded database while the gateway runs: the copy is

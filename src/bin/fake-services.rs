@@ -7,13 +7,13 @@
 use std::time::Duration;
 
 use scenehook::{
-    config::Config,
+    config::{Config, Purpose},
     fakes::{FakeConfig, FakeServices},
 };
 
 #[tokio::main]
 async fn main() {
-    let config = match Config::load() {
+    let config = match Config::load(Purpose::Serve) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{e}");
