@@ -87,9 +87,10 @@ async fn main() {
         flag("--secret").unwrap_or_else(|| "bench-video-secret-0123456789abcdef0123".into());
     let limiter = match flag("--redis") {
         Some(url) => {
-            let client = scenehook::store::redis::connect(&url, Duration::from_secs(1))
-                .await
-                .expect("Redis answers");
+            let client =
+                scenehook::store::redis::connect(&url, Duration::from_secs(1), &Default::default())
+                    .await
+                    .expect("Redis answers");
             Some(RedisRateLimiter::new(client, "ceiling"))
         }
         None => None,

@@ -71,7 +71,7 @@ async fn main() {
         );
         return;
     };
-    let client = connect(&url, Duration::from_secs(5))
+    let client = connect(&url, Duration::from_secs(5), &Default::default())
         .await
         .expect("Redis answers");
     let run = scenehook::domain::ids::random_token(6);

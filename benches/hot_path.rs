@@ -130,7 +130,11 @@ fn stores(c: &mut Criterion) {
     match std::env::var(REDIS_URL_VAR) {
         Ok(url) => {
             let client = rt
-                .block_on(redis::connect(&url, Duration::from_secs(5)))
+                .block_on(redis::connect(
+                    &url,
+                    Duration::from_secs(5),
+                    &Default::default(),
+                ))
                 .expect("Redis answers");
             // A prefix of this run's own, so that earlier runs' keys do not count.
             let prefix = format!("bench{}", random_token(6));

@@ -131,7 +131,8 @@ impl Gateway {
                 )
             } else {
                 let timeout = Duration::from_millis(config.rate_limit.redis_timeout_ms);
-                let client = redis_store::connect(&config.redis_url, timeout).await?;
+                let client =
+                    redis_store::connect(&config.redis_url, timeout, &config.redis_tls).await?;
                 (
                     Some(client.clone()),
                     Arc::new(RedisRateLimiter::new(client.clone(), &prefix)),

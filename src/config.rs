@@ -46,6 +46,9 @@ pub struct Config {
     pub redis_url: String,
     /// Prefix of every Redis key (inside the `{…}` hash tag), so deployments can share a Redis.
     pub redis_key_prefix: String,
+    /// Certificates for a `rediss://` (TLS) Redis.
+    #[serde(default)]
+    pub redis_tls: RedisTlsConfig,
     pub run_migrations: bool,
     /// `text` or `json` (`LOG_FORMAT`).
     pub log_format: String,
@@ -115,6 +118,35 @@ impl fmt::Debug for WebhookConfig {
             .field("stitch_secrets", &self.stitch_secrets.len())
             .field("timestamp_tolerance_secs", &self.timestamp_tolerance_secs)
             .finish()
+    }
+}
+
+/// TLS to Redis (`rediss://…`, `rediss-cluster://…`): the server's certificate must chain to
+/// webpki's roots or to `ca_file`, and be issued for the host the URL (or, on a cluster, each
+/// node's announced address) names; `cert_file` and `key_file`, given together, are the
+/// gateway's client certificate for a Redis that asks for one. PEM files.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct RedisTlsConfig {
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
+
+impl RedisTlsConfig {
+    fn is_empty(&self) -> bool {
+        self.ca_file.is_none() && self.cert_file.is_none() && self.key_file.is_none()
+    }
+
+    /// What [`crate::tls::client_config`] builds the connections' TLS from.
+    pub fn settings(&self) -> crate::tls::TlsSettings {
+        use crate::tls::Pem;
+        crate::tls::TlsSettings {
+            verify: crate::tls::Verify::ChainAndName,
+            root_cert: self.ca_file.clone().map(Pem::File),
+            client_cert: self.cert_file.clone().map(Pem::File),
+            client_key: self.key_file.clone().map(Pem::File),
+        }
     }
 }
 
@@ -591,6 +623,21 @@ impl Config {
         if !self.redis_url.is_empty() && Url::parse(&self.redis_url).is_err() {
             problems.push("REDIS_URL is not a valid URL".to_owned());
         }
+        let tls = &self.redis_tls;
+        if tls.cert_file.is_some() != tls.key_file.is_some() {
+            problems.push(
+                "SCENEHOOK_REDIS_TLS__CERT_FILE and SCENEHOOK_REDIS_TLS__KEY_FILE must be set \
+                 together"
+                    .to_owned(),
+            );
+        }
+        if !tls.is_empty() && crate::store::redis::without_tls(&self.redis_url).is_none() {
+            problems.push(
+                "SCENEHOOK_REDIS_TLS__* is set but REDIS_URL does not use TLS: use rediss:// \
+                 or rediss-cluster://"
+                    .to_owned(),
+            );
+        }
         if !self.metrics_bind_addr.is_empty()
             && self.metrics_bind_addr.parse::<SocketAddr>().is_err()
         {
@@ -912,6 +959,30 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("MAX_CONNECTIONS"), "{err}");
+    }
+
+    #[test]
+    fn redis_certificates_need_a_tls_url_and_come_in_pairs() {
+        let ca = ("SCENEHOOK_REDIS_TLS__CA_FILE", "/etc/ca.pem");
+        let err = with_env(&[("REDIS_URL", "redis://cache:6379"), ca]).unwrap_err();
+        assert!(err.to_string().contains("does not use TLS"), "{err}");
+        assert!(with_env(&[("REDIS_URL", "rediss://cache:6380"), ca]).is_ok());
+        let err = with_env(&[
+            ("REDIS_URL", "rediss://cache:6380"),
+            ("SCENEHOOK_REDIS_TLS__CERT_FILE", "/etc/client.pem"),
+        ])
+        .unwrap_err();
+        assert!(err.to_string().contains("set together"), "{err}");
+        let config = with_env(&[
+            ("REDIS_URL", "rediss-cluster://cache:7000"),
+            ("SCENEHOOK_REDIS_TLS__CERT_FILE", "/etc/client.pem"),
+            ("SCENEHOOK_REDIS_TLS__KEY_FILE", "/etc/client.key"),
+        ])
+        .unwrap();
+        assert_eq!(
+            config.redis_tls.key_file.as_deref(),
+            Some(std::path::Path::new("/etc/client.key"))
+        );
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub mod signature;
 pub mod store;
 pub mod telemetry;
 mod text_enum;
+pub mod tls;
 
 pub use app::{Gateway, build_app};
 

@@ -227,9 +227,10 @@ async fn reports_reach_redis_in_batches() {
     cfg.redis_url = redis.url();
     let app = TestApp::start_with(cfg, false).await;
     let reporter = &app.gateway.state.reporter;
-    let client = scenehook::store::redis::connect(&redis.url(), Duration::from_secs(2))
-        .await
-        .unwrap();
+    let client =
+        scenehook::store::redis::connect(&redis.url(), Duration::from_secs(2), &Default::default())
+            .await
+            .unwrap();
     let evalsha_calls = || async {
         scenehook::store::redis::command_calls(&client)
             .await

@@ -2,50 +2,15 @@
 //! connection goes through sqlx. One `DATABASE_URL` must mean the same to both: TLS and its
 //! `sslmode`s, root and client certificates, passwords from the URL or the password file.
 //! Checked against a Postgres of the test's own that takes TCP connections over TLS only,
-//! with certificates made here by `openssl`.
+//! with certificates made by `openssl` (`common::make_certificates`).
 
 mod common;
 
-use std::{path::Path, process::Command, time::Duration};
+use std::time::Duration;
 
 use common::*;
 use scenehook::db::ingest::PgWriter;
 use sea_orm::{ConnectionTrait, Database};
-
-/// A CA, a server certificate for `localhost` only (not for 127.0.0.1), a client
-/// certificate for the role `certuser`, and a CA that signed none of them.
-fn make_certificates(dir: &Path) {
-    let script = r#"
-set -e
-key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null; }
-key ca.key
-openssl req -x509 -new -key ca.key -days 2 -subj /CN=scenehook-test-ca -out ca.pem \
-  -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign
-key stranger.key
-openssl req -x509 -new -key stranger.key -days 2 -subj /CN=stranger-ca -out stranger.pem \
-  -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign
-leaf() { # name, subject, extensions
-  key "$1.key"
-  openssl req -new -key "$1.key" -subj "$2" -out "$1.csr"
-  printf '%b' "$3" > "$1.ext"
-  openssl x509 -req -in "$1.csr" -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
-    -extfile "$1.ext" -out "$1.pem" 2>/dev/null
-}
-leaf server /CN=localhost 'subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n'
-leaf client /CN=certuser 'basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n'
-"#;
-    let out = Command::new("bash")
-        .arg("-c")
-        .arg(script)
-        .current_dir(dir)
-        .output()
-        .expect("openssl runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 fn percent_encode(text: &str) -> String {
     percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string()
@@ -65,7 +30,8 @@ async fn the_writers_read_tls_certificates_and_passwords_as_sqlx_does() {
     // As the gateway does before it connects: sqlx's verify-ca takes the process's provider.
     drop(rustls::crypto::ring::default_provider().install_default());
     let certs = tempfile::tempdir().unwrap();
-    make_certificates(certs.path());
+    // The server certificate is for `localhost` only, not for 127.0.0.1.
+    make_certificates(certs.path(), "DNS:localhost");
     let read = |name: &str| std::fs::read(certs.path().join(name)).unwrap();
     let file = |name: &str| certs.path().join(name).to_string_lossy().into_owned();
     let admin = Database::connect(pg.url()).await.unwrap();

@@ -36,7 +36,7 @@ async fn stores(
                 Backend::Cluster => cluster_url(test)?,
                 _ => redis_url(test)?,
             };
-            let client = redis_store::connect(&url, Duration::from_secs(2))
+            let client = redis_store::connect(&url, Duration::from_secs(2), &Default::default())
                 .await
                 .unwrap();
             let prefix = random_prefix();
@@ -581,7 +581,7 @@ async fn ten_thousand_failures_one_entry_and_stats_without_scanning() {
         return;
     };
     let url = redis.url();
-    let client = redis_store::connect(&url, Duration::from_secs(2))
+    let client = redis_store::connect(&url, Duration::from_secs(2), &Default::default())
         .await
         .unwrap();
     let store = RedisErrorStore::new(client.clone(), &random_prefix(), POLICY);
@@ -633,7 +633,7 @@ async fn a_batch_dismisses_a_bounded_number_of_due_entries() {
     let Some(url) = redis_url("redis_expire_budget") else {
         return;
     };
-    let client = redis_store::connect(&url, Duration::from_secs(2))
+    let client = redis_store::connect(&url, Duration::from_secs(2), &Default::default())
         .await
         .unwrap();
     let prefix = random_prefix();

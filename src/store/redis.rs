@@ -19,8 +19,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use fred::{
     prelude::*,
-    types::{ClusterHash, CustomCommand, scripts::Script},
+    types::{ClusterHash, CustomCommand, config::TlsConnector, scripts::Script},
 };
+
+use crate::config::RedisTlsConfig;
 
 use super::{
     DismissOutcome, ErrorEntry, ErrorPage, ErrorPolicy, ErrorStats, ErrorStore, ListQuery,
@@ -34,9 +36,24 @@ impl From<fred::error::Error> for StoreError {
 }
 
 /// Connects one client (fred pipelines concurrent commands on it) with bounded timeouts, so a
-/// dead Redis answers with an error instead of a hang.
-pub async fn connect(url: &str, command_timeout: Duration) -> Result<Client, StoreError> {
-    let config = Config::from_url(url)?;
+/// dead Redis answers with an error instead of a hang. A TLS URL (`rediss://…`) connects with
+/// `tls`'s certificates over webpki's roots, as the Postgres connections do, rather than
+/// fred's default of the system's store, which a slim container may not have.
+pub async fn connect(
+    url: &str,
+    command_timeout: Duration,
+    tls: &RedisTlsConfig,
+) -> Result<Client, StoreError> {
+    let config = match without_tls(url) {
+        Some(plain) => {
+            let mut config = Config::from_url(&plain)?;
+            let client = crate::tls::client_config(&tls.settings())
+                .map_err(|e| StoreError(format!("TLS: {e}")))?;
+            config.tls = Some(TlsConnector::from(client).into());
+            config
+        }
+        None => Config::from_url(url)?,
+    };
     let client = Builder::from_config(config)
         .with_connection_config(|c| {
             c.connection_timeout = Duration::from_secs(2);
@@ -50,6 +67,24 @@ pub async fn connect(url: &str, command_timeout: Duration) -> Result<Client, Sto
         .build()?;
     client.init().await?;
     Ok(client)
+}
+
+/// The same URL without TLS in its scheme (`rediss://` → `redis://`, `rediss-cluster://` →
+/// `redis-cluster://`, and Valkey's), if its scheme asks for TLS.
+pub fn without_tls(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    let (base, mode) = scheme
+        .split_once('-')
+        .map_or((scheme, None), |(b, m)| (b, Some(m)));
+    let plain = match base.to_ascii_lowercase().as_str() {
+        "rediss" => "redis",
+        "valkeys" => "valkey",
+        _ => return None,
+    };
+    Some(match mode {
+        Some(mode) => format!("{plain}-{mode}://{rest}"),
+        None => format!("{plain}://{rest}"),
+    })
 }
 
 /// Sends `PING`, for readiness.
@@ -708,4 +743,30 @@ pub async fn command_calls(client: &Client) -> Result<Vec<(String, u64)>, StoreE
             Some((name.to_owned(), calls))
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_tls;
+
+    #[test]
+    fn tls_schemes_are_told_apart_and_stripped() {
+        for (url, plain) in [
+            (
+                "rediss://:pw@cache:6380/1",
+                Some("redis://:pw@cache:6380/1"),
+            ),
+            (
+                "rediss-cluster://a:7000?node=b:7001",
+                Some("redis-cluster://a:7000?node=b:7001"),
+            ),
+            ("REDISS://cache:6380", Some("redis://cache:6380")),
+            ("valkeys://cache:6380", Some("valkey://cache:6380")),
+            ("redis://cache:6379", None),
+            ("redis-cluster://a:7000", None),
+            ("", None),
+        ] {
+            assert_eq!(without_tls(url).as_deref(), plain, "{url}");
+        }
+    }
 }

@@ -258,9 +258,49 @@ macro_rules! on_databases {
     };
 }
 
+/// In `dir`, by `openssl`: a CA (`ca.pem`), a server certificate for `server_names` alone (a
+/// `subjectAltName` list, e.g. `DNS:localhost` or `IP:127.0.0.1`; `server.pem`, `server.key`),
+/// a client certificate for `certuser` (`client.pem`, `client.key`), and a CA that signed none
+/// of them (`stranger.pem`).
+pub fn make_certificates(dir: &std::path::Path, server_names: &str) {
+    let script = r#"
+set -e
+key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null; }
+key ca.key
+openssl req -x509 -new -key ca.key -days 2 -subj /CN=scenehook-test-ca -out ca.pem \
+  -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign
+key stranger.key
+openssl req -x509 -new -key stranger.key -days 2 -subj /CN=stranger-ca -out stranger.pem \
+  -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign
+leaf() { # name, subject, extensions
+  key "$1.key"
+  openssl req -new -key "$1.key" -subj "$2" -out "$1.csr"
+  printf '%b' "$3" > "$1.ext"
+  openssl x509 -req -in "$1.csr" -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
+    -extfile "$1.ext" -out "$1.pem" 2>/dev/null
+}
+leaf server /CN=scenehook-test-server "subjectAltName=$SERVER_NAMES\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"
+leaf client /CN=certuser 'basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n'
+"#;
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(script)
+        .env("SERVER_NAMES", server_names)
+        .current_dir(dir)
+        .output()
+        .expect("openssl runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A Redis server of one test's own, to stop and restart (outage tests).
 pub struct OwnRedis {
     pub port: u16,
+    /// The certificates' directory, when it takes TLS connections only.
+    tls: Option<std::path::PathBuf>,
     child: Option<std::process::Child>,
 }
 
@@ -275,6 +315,16 @@ pub fn free_port() -> u16 {
 impl OwnRedis {
     /// `None` (skip) when `redis-server` is not installed and services are not required.
     pub fn start(test: &str) -> Option<Self> {
+        Self::start_with(test, None)
+    }
+
+    /// A Redis that takes TLS connections only, with `make_certificates`'s server certificate
+    /// from `certs`, and asks clients for a certificate signed by its CA.
+    pub fn start_tls(test: &str, certs: &std::path::Path) -> Option<Self> {
+        Self::start_with(test, Some(certs.to_owned()))
+    }
+
+    fn start_with(test: &str, tls: Option<std::path::PathBuf>) -> Option<Self> {
         if std::process::Command::new("redis-server")
             .arg("--version")
             .output()
@@ -286,6 +336,7 @@ impl OwnRedis {
         }
         let mut redis = Self {
             port: free_port(),
+            tls,
             child: None,
         };
         redis.restart();
@@ -293,21 +344,37 @@ impl OwnRedis {
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     pub fn restart(&mut self) {
+        let port = self.port.to_string();
+        let listen: Vec<String> = match &self.tls {
+            None => vec!["--port".into(), port],
+            Some(certs) => {
+                let file = |name: &str| certs.join(name).to_string_lossy().into_owned();
+                vec![
+                    "--port".into(),
+                    "0".into(),
+                    "--tls-port".into(),
+                    port,
+                    "--tls-cert-file".into(),
+                    file("server.pem"),
+                    "--tls-key-file".into(),
+                    file("server.key"),
+                    "--tls-ca-cert-file".into(),
+                    file("ca.pem"),
+                ]
+            }
+        };
         let child = std::process::Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+            .args(&listen)
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("redis-server starts");

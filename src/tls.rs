@@ -1,0 +1,190 @@
+//! TLS for the gateway's own connections to its servers (the Postgres ingestion writers and
+//! Redis): rustls with ring, webpki's root certificates plus a CA of the deployment's, and an
+//! optional client certificate. The drivers' glue lives with each driver.
+
+use std::sync::Arc;
+
+use rustls::{
+    ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+    client::{
+        WebPkiServerVerifier,
+        danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+    },
+    crypto::{WebPkiSupportedAlgorithms, verify_tls12_signature, verify_tls13_signature},
+    pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime, pem::PemObject},
+};
+
+/// How the server's certificate is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verify {
+    /// Any certificate (`prefer`, `require`): encryption without authentication.
+    Nothing,
+    /// The chain up to a trusted root, whatever name it is for (`verify-ca`).
+    Chain,
+    /// The chain and the host's name (`verify-full`).
+    ChainAndName,
+}
+
+/// A certificate or key: a file, or PEM text given inline (as sqlx accepts both).
+#[derive(Clone, PartialEq, Eq)]
+pub enum Pem {
+    File(std::path::PathBuf),
+    Inline(String),
+}
+
+/// Inline PEM may be a private key: its text never reaches a log line.
+impl std::fmt::Debug for Pem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Pem::File(path) => f.debug_tuple("File").field(path).finish(),
+            Pem::Inline(text) => write!(f, "Inline({} bytes)", text.len()),
+        }
+    }
+}
+
+impl Pem {
+    fn read(&self) -> Result<Vec<u8>, String> {
+        match self {
+            Pem::File(path) => {
+                std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+            }
+            Pem::Inline(text) => Ok(text.clone().into_bytes()),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Pem::File(path) => path.display().to_string(),
+            Pem::Inline(_) => "the inline PEM".into(),
+        }
+    }
+}
+
+/// What the connector is built from (the `ssl*` settings of the URL or the environment).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    pub verify: Verify,
+    pub root_cert: Option<Pem>,
+    pub client_cert: Option<Pem>,
+    pub client_key: Option<Pem>,
+}
+
+/// A rustls client configuration for `settings`.
+pub fn client_config(settings: &TlsSettings) -> Result<ClientConfig, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?;
+    let client_auth = match (&settings.client_cert, &settings.client_key) {
+        (Some(cert), Some(key)) => Some((certificates(cert)?, private_key(key)?)),
+        (None, None) => None,
+        _ => return Err("a client certificate and its key must be given together".into()),
+    };
+    let algorithms = provider.signature_verification_algorithms;
+    let verifier: Arc<dyn ServerCertVerifier> = match settings.verify {
+        Verify::Nothing => Arc::new(Lenient {
+            chain: None,
+            algorithms,
+        }),
+        Verify::Chain | Verify::ChainAndName => {
+            let mut roots =
+                RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+            if let Some(root) = &settings.root_cert {
+                for cert in certificates(root)? {
+                    roots
+                        .add(cert)
+                        .map_err(|e| format!("invalid certificate in {}: {e}", root.describe()))?;
+                }
+            }
+            let chain = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|e| e.to_string())?;
+            if settings.verify == Verify::Chain {
+                Arc::new(Lenient {
+                    chain: Some(chain),
+                    algorithms,
+                })
+            } else {
+                chain
+            }
+        }
+    };
+    let builder = builder
+        .dangerous()
+        .with_custom_certificate_verifier(verifier);
+    match client_auth {
+        Some((chain, key)) => builder
+            .with_client_auth_cert(chain, key)
+            .map_err(|e| e.to_string()),
+        None => Ok(builder.with_no_client_auth()),
+    }
+}
+
+fn certificates(pem: &Pem) -> Result<Vec<CertificateDer<'static>>, String> {
+    let data = pem.read()?;
+    let certs = CertificateDer::pem_slice_iter(&data)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("invalid certificate in {}: {e}", pem.describe()))?;
+    if certs.is_empty() {
+        return Err(format!("no certificate in {}", pem.describe()));
+    }
+    Ok(certs)
+}
+
+fn private_key(pem: &Pem) -> Result<PrivateKeyDer<'static>, String> {
+    PrivateKeyDer::from_pem_slice(&pem.read()?)
+        .map_err(|e| format!("no usable private key in {}: {e}", pem.describe()))
+}
+
+/// What `prefer` and `require` accept (any certificate: `chain` is `None`) and what `verify-ca`
+/// accepts (a chain to a trusted root, issued for any name). The handshake's signatures are
+/// checked either way.
+#[derive(Debug)]
+struct Lenient {
+    chain: Option<Arc<WebPkiServerVerifier>>,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for Lenient {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        use rustls::{CertificateError, Error};
+        let Some(chain) = &self.chain else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
+            Err(Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}

@@ -1,0 +1,122 @@
+//! TLS to Redis (`rediss://`): against a Redis of the test's own that takes TLS connections
+//! only and asks every client for a certificate, the gateway decides its limits and keeps its
+//! errors there with the CA and the client certificate its configuration names; a server it
+//! cannot trust, or no client certificate, stops the start with an error naming Redis.
+
+mod common;
+
+use std::{path::Path, time::Duration};
+
+use common::*;
+use scenehook::{Gateway, config::RedisTlsConfig};
+
+const BODY: &str = r#"{"task_id":"t1","status":"completed","scene_id":"s1","project_id":"nope","video_url":"https://e.com/v.mp4"}"#;
+
+fn certificates(certs: &Path, ca: &str, client: bool) -> RedisTlsConfig {
+    RedisTlsConfig {
+        ca_file: Some(certs.join(ca)),
+        cert_file: client.then(|| certs.join("client.pem")),
+        key_file: client.then(|| certs.join("client.key")),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_and_errors_are_shared_over_tls() {
+    let certs = tempfile::tempdir().unwrap();
+    make_certificates(certs.path(), "IP:127.0.0.1");
+    let Some(redis) = OwnRedis::start_tls("redis_tls", certs.path()) else {
+        return;
+    };
+    let mut cfg = config(Backend::Embedded, "redis_tls").await.unwrap();
+    cfg.redis_url = redis.url();
+    cfg.redis_tls = certificates(certs.path(), "ca.pem", true);
+    // An unreachable Redis would answer 503, not fall back to this instance's own limiter.
+    cfg.rate_limit.fail_open = false;
+    cfg.rate_limit.video_complete = 2;
+    let app = TestApp::start_with(cfg.clone(), false).await;
+
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        let r = app.webhook("video-complete", VIDEO_SECRET, BODY).await;
+        statuses.push(r.status().as_u16());
+    }
+    assert_eq!(statuses, [404, 404, 429], "the limit is Redis's");
+    let ready = app
+        .http
+        .get(format!("{}/readyz", app.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+
+    // The 404s were reported to the error store, in that Redis.
+    eventually(
+        Duration::from_secs(5),
+        "the webhook errors reach the store",
+        || async {
+            let (status, body) = app.get("/errors?type=webhook").await;
+            status == 200 && body["errors"].as_array().is_some_and(|e| !e.is_empty())
+        },
+    )
+    .await;
+    let direct =
+        scenehook::store::redis::connect(&redis.url(), Duration::from_secs(2), &cfg.redis_tls)
+            .await
+            .unwrap();
+    let keys: Vec<String> = fred::interfaces::KeysInterface::scan_page(
+        &direct,
+        "0",
+        format!("*{}*", cfg.redis_key_prefix),
+        Some(1000),
+        None,
+    )
+    .await
+    .map(|(_, keys): (String, Vec<String>)| keys)
+    .unwrap();
+    assert!(keys.iter().any(|k| k.contains("errors")), "{keys:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_server_or_no_client_certificate_stops_the_start() {
+    let certs = tempfile::tempdir().unwrap();
+    make_certificates(certs.path(), "IP:127.0.0.1");
+    let Some(redis) = OwnRedis::start_tls("redis_tls_refused", certs.path()) else {
+        return;
+    };
+    let cases = [
+        (
+            "webpki's roots alone",
+            RedisTlsConfig::default(),
+            "UnknownIssuer",
+        ),
+        (
+            "a CA that signed nothing of the server's",
+            certificates(certs.path(), "stranger.pem", true),
+            "UnknownIssuer",
+        ),
+        (
+            "no client certificate",
+            certificates(certs.path(), "ca.pem", false),
+            "CertificateRequired",
+        ),
+    ];
+    for (case, tls, why) in cases {
+        let mut cfg = config(Backend::Embedded, "redis_tls_refused")
+            .await
+            .unwrap();
+        cfg.redis_url = redis.url();
+        cfg.redis_tls = tls;
+        let started =
+            tokio::time::timeout(Duration::from_secs(20), Gateway::start_with(cfg, false))
+                .await
+                .unwrap_or_else(|_| panic!("{case}: the start neither failed nor succeeded"));
+        let error = started
+            .err()
+            .unwrap_or_else(|| panic!("{case}: started"))
+            .to_string();
+        assert!(
+            error.starts_with("redis:") && error.contains(why),
+            "{case}: {error}"
+        );
+    }
+}
