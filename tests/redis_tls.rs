@@ -1,7 +1,8 @@
 //! TLS to Redis (`rediss://`): against a Redis of the test's own that takes TLS connections
 //! only and asks every client for a certificate, the gateway decides its limits and keeps its
 //! errors there with the CA and the client certificate its configuration names; a server it
-//! cannot trust, or no client certificate, stops the start with an error naming Redis.
+//! cannot trust, or no client certificate, stops the start with an error naming Redis. A
+//! cluster whose nodes (and bus) take TLS only is reached the same way.
 
 mod common;
 
@@ -74,6 +75,72 @@ async fn limits_and_errors_are_shared_over_tls() {
     .map(|(_, keys): (String, Vec<String>)| keys)
     .unwrap();
     assert!(keys.iter().any(|k| k.contains("errors")), "{keys:?}");
+}
+
+/// A cluster over TLS (`rediss-cluster://`): the client connects to every node the seed
+/// announces with the same certificates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_is_reached_over_tls() {
+    let certs = tempfile::tempdir().unwrap();
+    make_certificates(certs.path(), "IP:127.0.0.1");
+    let Some(nodes) = (0..3)
+        .map(|_| OwnRedis::start_tls_cluster_node("redis_tls_cluster", certs.path()))
+        .collect::<Option<Vec<_>>>()
+    else {
+        return;
+    };
+    let file = |name: &str| certs.path().join(name);
+    let redis_cli = || {
+        let mut command = std::process::Command::new("redis-cli");
+        command
+            .args(["--tls", "--cacert"])
+            .arg(file("ca.pem"))
+            .arg("--cert")
+            .arg(file("client.pem"))
+            .arg("--key")
+            .arg(file("client.key"));
+        command
+    };
+    let addresses: Vec<String> = nodes
+        .iter()
+        .map(|n| format!("127.0.0.1:{}", n.port))
+        .collect();
+    let created = redis_cli()
+        .args(["--cluster", "create"])
+        .args(&addresses)
+        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .output()
+        .unwrap();
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    eventually(Duration::from_secs(10), "the cluster is ok", || async {
+        redis_cli()
+            .args(["-p", &nodes[0].port.to_string(), "cluster", "info"])
+            .output()
+            .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains("cluster_state:ok"))
+    })
+    .await;
+
+    let mut cfg = config(Backend::Embedded, "redis_tls_cluster")
+        .await
+        .unwrap();
+    cfg.redis_url = format!(
+        "rediss-cluster://{}?node={}&node={}",
+        addresses[0], addresses[1], addresses[2]
+    );
+    cfg.redis_tls = certificates(certs.path(), "ca.pem", true);
+    cfg.rate_limit.fail_open = false;
+    cfg.rate_limit.video_complete = 2;
+    let app = TestApp::start_with(cfg, false).await;
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        let r = app.webhook("video-complete", VIDEO_SECRET, BODY).await;
+        statuses.push(r.status().as_u16());
+    }
+    assert_eq!(statuses, [404, 404, 429], "the limit is the cluster's");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -301,6 +301,8 @@ pub struct OwnRedis {
     pub port: u16,
     /// The certificates' directory, when it takes TLS connections only.
     tls: Option<std::path::PathBuf>,
+    /// More `redis-server` arguments (a cluster node's).
+    extra: Vec<String>,
     child: Option<std::process::Child>,
 }
 
@@ -315,16 +317,22 @@ pub fn free_port() -> u16 {
 impl OwnRedis {
     /// `None` (skip) when `redis-server` is not installed and services are not required.
     pub fn start(test: &str) -> Option<Self> {
-        Self::start_with(test, None)
+        Self::start_with(test, None, false)
     }
 
     /// A Redis that takes TLS connections only, with `make_certificates`'s server certificate
     /// from `certs`, and asks clients for a certificate signed by its CA.
     pub fn start_tls(test: &str, certs: &std::path::Path) -> Option<Self> {
-        Self::start_with(test, Some(certs.to_owned()))
+        Self::start_with(test, Some(certs.to_owned()), false)
     }
 
-    fn start_with(test: &str, tls: Option<std::path::PathBuf>) -> Option<Self> {
+    /// As [`OwnRedis::start_tls`], a node of a cluster yet to be created, whose bus is TLS too
+    /// (the nodes use the client certificate with each other).
+    pub fn start_tls_cluster_node(test: &str, certs: &std::path::Path) -> Option<Self> {
+        Self::start_with(test, Some(certs.to_owned()), true)
+    }
+
+    fn start_with(test: &str, tls: Option<std::path::PathBuf>, cluster: bool) -> Option<Self> {
         if std::process::Command::new("redis-server")
             .arg("--version")
             .output()
@@ -334,9 +342,36 @@ impl OwnRedis {
             println!("SKIPPED {test}: redis-server is not installed");
             return None;
         }
+        // A cluster node's bus listens on its port + 10000.
+        let port = std::iter::repeat_with(free_port)
+            .find(|&p| {
+                !cluster
+                    || p.checked_add(10_000)
+                        .is_some_and(|bus| std::net::TcpListener::bind(("127.0.0.1", bus)).is_ok())
+            })
+            .expect("a free port");
+        let extra = match (&tls, cluster) {
+            (Some(certs), true) => {
+                let file = |name: &str| certs.join(name).to_string_lossy().into_owned();
+                vec![
+                    "--cluster-enabled".into(),
+                    "yes".into(),
+                    "--cluster-config-file".into(),
+                    file(&format!("nodes-{port}.conf")),
+                    "--tls-cluster".into(),
+                    "yes".into(),
+                    "--tls-client-cert-file".into(),
+                    file("client.pem"),
+                    "--tls-client-key-file".into(),
+                    file("client.key"),
+                ]
+            }
+            _ => Vec::new(),
+        };
         let mut redis = Self {
-            port: free_port(),
+            port,
             tls,
+            extra,
             child: None,
         };
         redis.restart();
@@ -374,6 +409,7 @@ impl OwnRedis {
         };
         let child = std::process::Command::new("redis-server")
             .args(&listen)
+            .args(&self.extra)
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .stdout(std::process::Stdio::null())
             .spawn()
