@@ -452,6 +452,59 @@ fn env_provider(names: &'static [(&'static str, &'static str)]) -> Env {
     })
 }
 
+/// The variables whose value may come from a file instead, named by `<NAME>_FILE` (Docker and
+/// Kubernetes mount secrets as files): the secrets, and the URLs that may hold a password.
+const FILE_VARIABLES: &[&str] = &[
+    "VIDEO_WEBHOOK_SECRET",
+    "LAST_FRAME_WEBHOOK_SECRET",
+    "STITCH_WEBHOOK_SECRET",
+    "VIDEO_API_KEY",
+    "LAST_FRAME_API_KEY",
+    "STITCH_API_KEY",
+    "NOTIFICATION_API_KEY",
+    "OPERATOR_API_KEYS",
+    "DATABASE_URL",
+    "REDIS_URL",
+];
+
+/// For each `<NAME>_FILE` set, the file's text (less its final line break) as `NAME`'s value.
+/// A file that cannot be read, or a variable set both ways, is a problem naming the variable;
+/// the file's text never appears in one.
+fn merge_secret_files(mut figment: Figment) -> Result<Figment, ConfigError> {
+    let mut problems = Vec::new();
+    for name in FILE_VARIABLES {
+        let file_variable = format!("{name}_FILE");
+        let Some(path) = std::env::var_os(&file_variable).map(PathBuf::from) else {
+            continue;
+        };
+        if std::env::var_os(name).is_some() {
+            problems.push(format!("{name} and {file_variable} are both set: set one"));
+            continue;
+        }
+        let key = ENV_NAMES
+            .iter()
+            .find(|(env_name, _)| env_name == name)
+            .map(|(_, key)| *key)
+            .expect("every file variable has a key");
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                let value = text.strip_suffix('\n').unwrap_or(&text);
+                let value = value.strip_suffix('\r').unwrap_or(value);
+                figment = figment.merge((key, value.to_owned()));
+            }
+            Err(e) => problems.push(format!(
+                "{file_variable}: cannot read {}: {e}",
+                path.display()
+            )),
+        }
+    }
+    if problems.is_empty() {
+        Ok(figment)
+    } else {
+        Err(ConfigError(problems))
+    }
+}
+
 impl Config {
     /// Loads from the process environment and the config directory, then validates what
     /// `purpose` needs.
@@ -470,6 +523,7 @@ impl Config {
         figment = figment
             .merge(env_provider(ENV_ALIASES))
             .merge(env_provider(ENV_NAMES));
+        figment = merge_secret_files(figment)?;
         // `PORT` alone sets the port of the default bind address.
         if std::env::var_os("BIND_ADDR").is_none()
             && let Ok(port) = std::env::var("PORT")
@@ -983,6 +1037,39 @@ mod tests {
             config.redis_tls.key_file.as_deref(),
             Some(std::path::Path::new("/etc/client.key"))
         );
+    }
+
+    #[test]
+    fn secrets_may_come_from_files() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("video.secret", "from-a-file-0123456789\n")?;
+            jail.create_file("keys", "ops:file-key:rw,viewer:other:ro\r\n")?;
+            jail.set_env("VIDEO_WEBHOOK_SECRET_FILE", "video.secret");
+            jail.set_env("OPERATOR_API_KEYS_FILE", "keys");
+            let config = Config::load(Purpose::Serve).unwrap();
+            let video: Vec<_> = config
+                .webhooks
+                .video_secrets
+                .iter()
+                .map(|s| s.expose().to_owned())
+                .collect();
+            assert_eq!(video, ["from-a-file-0123456789"]);
+            assert_eq!(config.operator_api_keys.len(), 2);
+
+            jail.set_env("VIDEO_WEBHOOK_SECRET", "also-set-directly");
+            jail.set_env("STITCH_API_KEY_FILE", "no-such-file");
+            let text = Config::load(Purpose::Serve).unwrap_err().to_string();
+            assert!(
+                text.contains("VIDEO_WEBHOOK_SECRET and VIDEO_WEBHOOK_SECRET_FILE are both set"),
+                "{text}"
+            );
+            assert!(
+                text.contains("STITCH_API_KEY_FILE: cannot read no-such-file"),
+                "{text}"
+            );
+            assert!(!text.contains("from-a-file"), "a secret leaked: {text}");
+            Ok(())
+        });
     }
 
     #[test]
