@@ -42,7 +42,8 @@ pub struct Config {
     /// Public base URL of this gateway, used for callback URLs (`APP_URL`).
     pub app_url: Url,
     pub database_url: String,
-    /// Empty: the in-process store. `redis://…` or `redis-cluster://…`: shared by the fleet.
+    /// Empty: the in-process store. `redis://…`, `redis-cluster://…` or `redis-sentinel://…`
+    /// (`rediss…` with TLS): shared by the fleet.
     pub redis_url: String,
     /// Prefix of every Redis key (inside the `{…}` hash tag), so deployments can share a Redis.
     pub redis_key_prefix: String,

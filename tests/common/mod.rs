@@ -301,7 +301,8 @@ pub struct OwnRedis {
     pub port: u16,
     /// The certificates' directory, when it takes TLS connections only.
     tls: Option<std::path::PathBuf>,
-    /// More `redis-server` arguments (a cluster node's).
+    /// `redis-server`'s first arguments: a cluster node's, a replica's, or a Sentinel's
+    /// configuration file and mode.
     extra: Vec<String>,
     child: Option<std::process::Child>,
 }
@@ -317,22 +318,82 @@ pub fn free_port() -> u16 {
 impl OwnRedis {
     /// `None` (skip) when `redis-server` is not installed and services are not required.
     pub fn start(test: &str) -> Option<Self> {
-        Self::start_with(test, None, false)
+        Self::launch(test, free_port(), None, Vec::new())
     }
 
     /// A Redis that takes TLS connections only, with `make_certificates`'s server certificate
     /// from `certs`, and asks clients for a certificate signed by its CA.
     pub fn start_tls(test: &str, certs: &std::path::Path) -> Option<Self> {
-        Self::start_with(test, Some(certs.to_owned()), false)
+        Self::launch(test, free_port(), Some(certs.to_owned()), Vec::new())
     }
 
     /// As [`OwnRedis::start_tls`], a node of a cluster yet to be created, whose bus is TLS too
     /// (the nodes use the client certificate with each other).
     pub fn start_tls_cluster_node(test: &str, certs: &std::path::Path) -> Option<Self> {
-        Self::start_with(test, Some(certs.to_owned()), true)
+        // The node's bus listens on its port + 10000.
+        let port = std::iter::repeat_with(free_port)
+            .find(|&p| {
+                p.checked_add(10_000)
+                    .is_some_and(|bus| std::net::TcpListener::bind(("127.0.0.1", bus)).is_ok())
+            })
+            .expect("a free port");
+        let file = |name: &str| certs.join(name).to_string_lossy().into_owned();
+        let cluster = vec![
+            "--cluster-enabled".into(),
+            "yes".into(),
+            "--cluster-config-file".into(),
+            file(&format!("nodes-{port}.conf")),
+            "--tls-cluster".into(),
+            "yes".into(),
+            "--tls-client-cert-file".into(),
+            file("client.pem"),
+            "--tls-client-key-file".into(),
+            file("client.key"),
+        ];
+        Self::launch(test, port, Some(certs.to_owned()), cluster)
     }
 
-    fn start_with(test: &str, tls: Option<std::path::PathBuf>, cluster: bool) -> Option<Self> {
+    /// A replica of `primary`.
+    pub fn start_replica_of(test: &str, primary: &OwnRedis) -> Option<Self> {
+        let replica_of = vec![
+            "--replicaof".into(),
+            "127.0.0.1".into(),
+            primary.port.to_string(),
+        ];
+        Self::launch(test, free_port(), None, replica_of)
+    }
+
+    /// A Sentinel watching `primary` as `name`, alone (quorum 1) and quick to fail over: the
+    /// primary counts as down after 500 ms. Its configuration file, which it rewrites, is in
+    /// `dir`.
+    pub fn start_sentinel(
+        test: &str,
+        primary: &OwnRedis,
+        name: &str,
+        dir: &std::path::Path,
+    ) -> Option<Self> {
+        let file = dir.join(format!("sentinel-{name}.conf"));
+        std::fs::write(
+            &file,
+            format!(
+                "sentinel monitor {name} 127.0.0.1 {} 1\n\
+                 sentinel down-after-milliseconds {name} 500\n\
+                 sentinel failover-timeout {name} 2000\n",
+                primary.port
+            ),
+        )
+        .unwrap();
+        // The configuration file comes first, as redis-server wants it.
+        let sentinel = vec![file.to_string_lossy().into_owned(), "--sentinel".into()];
+        Self::launch(test, free_port(), None, sentinel)
+    }
+
+    fn launch(
+        test: &str,
+        port: u16,
+        tls: Option<std::path::PathBuf>,
+        extra: Vec<String>,
+    ) -> Option<Self> {
         if std::process::Command::new("redis-server")
             .arg("--version")
             .output()
@@ -342,32 +403,6 @@ impl OwnRedis {
             println!("SKIPPED {test}: redis-server is not installed");
             return None;
         }
-        // A cluster node's bus listens on its port + 10000.
-        let port = std::iter::repeat_with(free_port)
-            .find(|&p| {
-                !cluster
-                    || p.checked_add(10_000)
-                        .is_some_and(|bus| std::net::TcpListener::bind(("127.0.0.1", bus)).is_ok())
-            })
-            .expect("a free port");
-        let extra = match (&tls, cluster) {
-            (Some(certs), true) => {
-                let file = |name: &str| certs.join(name).to_string_lossy().into_owned();
-                vec![
-                    "--cluster-enabled".into(),
-                    "yes".into(),
-                    "--cluster-config-file".into(),
-                    file(&format!("nodes-{port}.conf")),
-                    "--tls-cluster".into(),
-                    "yes".into(),
-                    "--tls-client-cert-file".into(),
-                    file("client.pem"),
-                    "--tls-client-key-file".into(),
-                    file("client.key"),
-                ]
-            }
-            _ => Vec::new(),
-        };
         let mut redis = Self {
             port,
             tls,
@@ -408,8 +443,8 @@ impl OwnRedis {
             }
         };
         let child = std::process::Command::new("redis-server")
-            .args(&listen)
             .args(&self.extra)
+            .args(&listen)
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .stdout(std::process::Stdio::null())
             .spawn()
