@@ -8,22 +8,10 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::json;
 
-const BODY: &str = r#"{"task_id":"t1","status":"completed","scene_id":"s1","project_id":"nope","video_url":"https://e.com/v.mp4"}"#;
-
-async fn ready(app: &TestApp) -> (u16, serde_json::Value) {
-    let r = app
-        .http
-        .get(format!("{}/readyz", app.url))
-        .send()
-        .await
-        .unwrap();
-    (r.status().as_u16(), r.json().await.unwrap())
-}
-
 async fn readiness_turns(app: &TestApp, status: u16, within: Duration) -> serde_json::Value {
     let started = Instant::now();
     loop {
-        let (s, body) = ready(app).await;
+        let (s, body) = app.readiness().await;
         if s == status {
             return body;
         }
@@ -46,7 +34,7 @@ async fn redis_outage_fails_open_reports_once_and_recovers() {
     cfg.redis_url = redis.url();
     let app = TestApp::start_with(cfg, false).await;
     assert_eq!(
-        app.webhook("video-complete", VIDEO_SECRET, BODY)
+        app.webhook("video-complete", VIDEO_SECRET, UNKNOWN_PROJECT_VIDEO)
             .await
             .status(),
         404
@@ -59,7 +47,9 @@ async fn redis_outage_fails_open_reports_once_and_recovers() {
     // Webhooks are still answered, limited by this instance alone, without hanging.
     for _ in 0..5 {
         let started = Instant::now();
-        let r = app.webhook("video-complete", VIDEO_SECRET, BODY).await;
+        let r = app
+            .webhook("video-complete", VIDEO_SECRET, UNKNOWN_PROJECT_VIDEO)
+            .await;
         assert_eq!(r.status(), 404, "fail open: the request goes through");
         assert!(started.elapsed() < Duration::from_secs(2));
     }
@@ -117,7 +107,7 @@ async fn redis_outage_fails_closed_when_configured() {
     redis.stop();
     // A delivery that would be applied, submitted while the limiter's call was on its way:
     // the limiter's failure refuses it, and nothing of it is kept.
-    let applicable = BODY.replace("nope", "p");
+    let applicable = UNKNOWN_PROJECT_VIDEO.replace("nope", "p");
     let r = app
         .webhook("video-complete", VIDEO_SECRET, &applicable)
         .await;
@@ -152,7 +142,7 @@ async fn database_outage_answers_503_then_recovers() {
 
     pg.stop();
     readiness_turns(&app, 503, Duration::from_secs(2)).await;
-    let good = BODY.replace("nope", "p");
+    let good = UNKNOWN_PROJECT_VIDEO.replace("nope", "p");
     let r = app.webhook("video-complete", VIDEO_SECRET, &good).await;
     assert_eq!(r.status(), 503, "2xx only when committed");
     assert!(r.headers().contains_key("retry-after"));

@@ -13,6 +13,16 @@ pub const STITCH_SECRET: &str = "test-stitch-secret-0123456789abcdef012";
 pub const RW_KEY: &str = "ops-key-read-write-0001";
 pub const RO_KEY: &str = "ops-key-read-only-0002";
 
+/// A signed video callback for a project that does not exist: answered 404 once let through.
+pub const UNKNOWN_PROJECT_VIDEO: &str = r#"{"task_id":"t1","status":"completed","scene_id":"s1","project_id":"nope","video_url":"https://e.com/v.mp4"}"#;
+
+/// Two video callbacks a window per client, and a Redis that does not answer answered 503
+/// rather than left to this instance's own limiter: every decision is then Redis's.
+pub fn limit_by_redis_alone(config: &mut Config) {
+    config.rate_limit.fail_open = false;
+    config.rate_limit.video_complete = 2;
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     /// SQLite and the in-process stores: the embedded default.
@@ -141,6 +151,31 @@ impl TestApp {
                 .unwrap(),
             gateway,
         }
+    }
+
+    /// `/readyz`'s status and body.
+    pub async fn readiness(&self) -> (u16, serde_json::Value) {
+        let r = self
+            .http
+            .get(format!("{}/readyz", self.url))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json().await.unwrap())
+    }
+
+    /// Sends three video callbacks for a project that does not exist, from this one client,
+    /// under [`limit_by_redis_alone`]'s limit: Redis lets two through (404) and refuses the
+    /// third (429).
+    pub async fn assert_redis_decides(&self) {
+        let mut statuses = Vec::new();
+        for _ in 0..3 {
+            let r = self
+                .webhook("video-complete", VIDEO_SECRET, UNKNOWN_PROJECT_VIDEO)
+                .await;
+            statuses.push(r.status().as_u16());
+        }
+        assert_eq!(statuses, [404, 404, 429], "the limit is Redis's");
     }
 
     /// POSTs a body signed with the hex scheme.
