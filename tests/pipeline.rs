@@ -406,15 +406,55 @@ async fn a_claim_reads_only_the_jobs_it_takes() {
     let claim = Statement::from_sql_and_values(
         DbBackend::Postgres,
         scenehook::db::outbox::CLAIM_POSTGRES,
-        [
-            (chrono::Utc::now() + chrono::Duration::seconds(30)).into(),
-            chrono::Utc::now().into(),
-            "last_frame".into(),
-            8i64.into(),
-        ],
+        [30_000i64.into(), "last_frame".into(), 8i64.into()],
     );
     // One scan for the pending jobs, one for the expired leases.
     assert_each_scan_stops_at_the_limit(&db, claim, CLAIMS_INDEX, 2, 8).await;
+}
+
+/// On Postgres a lease ends by the server's clock, which every instance shares: an instance
+/// whose own clock runs two minutes ahead neither takes a lease another instance holds for a
+/// minute more, nor stamps the lease it takes with its own clock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_ends_by_the_servers_clock() {
+    use scenehook::db::outbox::{Claim, settle_and_claim};
+    use sea_orm::{ConnectionTrait, DbBackend, Statement};
+    let Some(db) = migrated_postgres("lease_by_servers_clock").await else {
+        return;
+    };
+    db.execute_unprepared(
+        "INSERT INTO outbox_jobs (id, kind, service, payload, status, attempts, \
+           next_attempt_at, created_at, updated_at) VALUES \
+         ('job_held', 'extract_last_frame', 'last_frame', '{}', 'in_flight', 1, \
+           now() + interval '60 s', now(), now()), \
+         ('job_due', 'extract_last_frame', 'last_frame', '{}', 'pending', 0, \
+           now() - interval '1 s', now(), now())",
+    )
+    .await
+    .unwrap();
+    let ahead = Claim {
+        service: "last_frame",
+        limit: 10,
+        lease: Duration::from_secs(30),
+        now: chrono::Utc::now() + chrono::Duration::minutes(2),
+    };
+    let claimed = settle_and_claim(&db, &[], Some(ahead))
+        .await
+        .unwrap()
+        .claimed;
+    let ids: Vec<&str> = claimed.iter().map(|job| job.id.as_str()).collect();
+    assert_eq!(ids, ["job_due"], "job_held's lease has a minute left");
+    let lease_left: f64 = first_value(
+        &db,
+        Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT EXTRACT(EPOCH FROM next_attempt_at - now())::float8 FROM outbox_jobs \
+             WHERE id = 'job_due'",
+        ),
+    )
+    .await
+    .unwrap();
+    assert!((25.0..=30.0).contains(&lease_left), "{lease_left} s left");
 }
 
 /// An operator's listing on Postgres reads, for each service and status, the jobs it may
@@ -569,6 +609,7 @@ async fn a_lane_settles_its_jobs_and_claims_the_next_together(backend: Backend) 
         service: "last_frame",
         limit,
         lease: Duration::from_secs(30),
+        now: chrono::Utc::now(),
     };
     let first = settle_and_claim(&db, &[], Some(claim(5))).await.unwrap();
     let ids: Vec<&str> = first.claimed.iter().map(|job| job.id.as_str()).collect();

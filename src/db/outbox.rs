@@ -32,22 +32,28 @@ fn of_service(service: Option<Service>) -> SimpleExpr {
     }
 }
 
-/// The claim on Postgres: `$1` the lease's end, `$2` now, `$3` the service, `$4` the limit.
+/// The claim on Postgres: `$1` the lease in milliseconds, `$2` the service, `$3` the limit.
+/// Due times and leases are judged by the server's clock (`now()`), which every instance
+/// shares: an instance whose own clock runs ahead cannot take a lease before it ends.
 /// One index scan per status, each in the index's order and stopping at the limit: with both
 /// statuses in one scan, Postgres sorts every due job before it locks the first (22-26 ms a
 /// claim with 50,000 waiting, against 0.2-1.1 ms so), and a lane claims as each call is
 /// settled. SQLite stops early by itself (0.05 ms with 50,000 waiting).
 pub const CLAIM_POSTGRES: &str = "WITH pending AS (SELECT id, next_attempt_at FROM outbox_jobs \
-       WHERE service = $3 AND status = 'pending' AND next_attempt_at <= $2 \
-       ORDER BY next_attempt_at LIMIT $4 FOR UPDATE SKIP LOCKED), \
+       WHERE service = $2 AND status = 'pending' AND next_attempt_at <= now() \
+       ORDER BY next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED), \
      expired AS (SELECT id, next_attempt_at FROM outbox_jobs \
-       WHERE service = $3 AND status = 'in_flight' AND next_attempt_at <= $2 \
-       ORDER BY next_attempt_at LIMIT $4 FOR UPDATE SKIP LOCKED) \
+       WHERE service = $2 AND status = 'in_flight' AND next_attempt_at <= now() \
+       ORDER BY next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED) \
      UPDATE outbox_jobs SET status = 'in_flight', attempts = attempts + 1, \
-     next_attempt_at = $1, updated_at = $2 \
+     next_attempt_at = now() + $1 * interval '1 millisecond', updated_at = now() \
      WHERE id = ANY(ARRAY(SELECT id FROM (SELECT * FROM pending UNION ALL \
-       SELECT * FROM expired) due ORDER BY next_attempt_at LIMIT $4)) \
+       SELECT * FROM expired) due ORDER BY next_attempt_at LIMIT $3)) \
      RETURNING *";
+
+/// The longest lease the Postgres claim is given, in milliseconds (ten years): a configured
+/// lease beyond it would only overflow the server's timestamps and fail every claim.
+const LONGEST_LEASE_MS: i64 = 10 * 366 * 24 * 3600 * 1000;
 
 /// `delay` after `at`, or the latest time there is for a delay beyond it: a retry's, a
 /// release's or a lease's end, so that a configuration's nonsense cannot panic a lane.
@@ -63,6 +69,9 @@ pub struct Claim<'a> {
     pub service: &'a str,
     pub limit: u64,
     pub lease: std::time::Duration,
+    /// The claiming instance's clock, by which SQLite's claim judges due jobs and leases (one
+    /// host's processes share the file). Postgres's claim uses the server's clock instead.
+    pub now: DateTime<Utc>,
 }
 
 /// Claims up to `limit` due jobs of `service`, if a claim is wanted: pending ones whose time
@@ -76,30 +85,39 @@ async fn claim(
     let Some(claim) = claim else {
         return Ok(Vec::new());
     };
-    let now = Utc::now();
-    let lease_until = after(now, claim.lease);
     let backend = db.get_database_backend();
-    let sql = if super::is_postgres(db) {
-        CLAIM_POSTGRES
-    } else {
-        "UPDATE outbox_jobs SET status = 'in_flight', attempts = attempts + 1, \
-         next_attempt_at = $1, updated_at = $2 \
-         WHERE id IN (SELECT id FROM outbox_jobs WHERE service = $3 \
-           AND status IN ('pending', 'in_flight') AND next_attempt_at <= $2 \
-           ORDER BY next_attempt_at LIMIT $4) \
-         RETURNING *"
-    };
-    outbox_job::Entity::find()
-        .from_raw_sql(Statement::from_sql_and_values(
+    let statement = if super::is_postgres(db) {
+        let lease_ms = i64::try_from(claim.lease.as_millis())
+            .unwrap_or(i64::MAX)
+            .min(LONGEST_LEASE_MS);
+        Statement::from_sql_and_values(
             backend,
-            sql,
+            CLAIM_POSTGRES,
             [
-                lease_until.into(),
-                now.into(),
+                lease_ms.into(),
                 claim.service.into(),
                 (claim.limit as i64).into(),
             ],
-        ))
+        )
+    } else {
+        Statement::from_sql_and_values(
+            backend,
+            "UPDATE outbox_jobs SET status = 'in_flight', attempts = attempts + 1, \
+             next_attempt_at = $1, updated_at = $2 \
+             WHERE id IN (SELECT id FROM outbox_jobs WHERE service = $3 \
+               AND status IN ('pending', 'in_flight') AND next_attempt_at <= $2 \
+               ORDER BY next_attempt_at LIMIT $4) \
+             RETURNING *",
+            [
+                after(claim.now, claim.lease).into(),
+                claim.now.into(),
+                claim.service.into(),
+                (claim.limit as i64).into(),
+            ],
+        )
+    };
+    outbox_job::Entity::find()
+        .from_raw_sql(statement)
         .all(db)
         .await
 }
@@ -610,6 +628,7 @@ mod tests {
             service: "last_frame",
             limit: jobs,
             lease: std::time::Duration::from_secs(30),
+            now: Utc::now(),
         };
         let claimed = settle_and_claim(&db, &[], Some(claim))
             .await

@@ -139,6 +139,7 @@ impl Outbox {
                     service: service.as_str(),
                     limit: slots as u64,
                     lease,
+                    now: Utc::now(),
                 });
                 match db::outbox::settle_and_claim(&self.db, &finished, next).await {
                     Ok(settled) => {
