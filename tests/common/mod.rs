@@ -331,6 +331,35 @@ leaf client /CN=certuser 'basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth
     );
 }
 
+/// `redis-cli args…` against the server on `port` (0: none, for `--cluster create`), over TLS
+/// with `make_certificates`'s client certificate when `certs` is given; its output, or its
+/// error output if it failed.
+pub fn redis_cli(
+    certs: Option<&std::path::Path>,
+    port: u16,
+    args: &[&str],
+) -> Result<String, String> {
+    let mut command = std::process::Command::new("redis-cli");
+    if let Some(certs) = certs {
+        command
+            .args(["--tls", "--cacert"])
+            .arg(certs.join("ca.pem"))
+            .arg("--cert")
+            .arg(certs.join("client.pem"))
+            .arg("--key")
+            .arg(certs.join("client.key"));
+    }
+    if port != 0 {
+        command.args(["-p", &port.to_string()]);
+    }
+    let out = command.args(args).output().expect("redis-cli runs");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
 /// A Redis server of one test's own, to stop and restart (outage tests).
 pub struct OwnRedis {
     pub port: u16,

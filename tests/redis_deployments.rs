@@ -1,8 +1,13 @@
-//! TLS to Redis (`rediss://`): against a Redis of the test's own that takes TLS connections
-//! only and asks every client for a certificate, the gateway decides its limits and keeps its
-//! errors there with the CA and the client certificate its configuration names; a server it
-//! cannot trust, or no client certificate, stops the start with an error naming Redis. A
-//! cluster whose nodes (and bus) take TLS only is reached the same way.
+//! Redis as deployments run it, each against servers of the test's own.
+//!
+//! TLS (`rediss://`): against a Redis that takes TLS connections only and asks every client
+//! for a certificate, the gateway decides its limits and keeps its errors there with the CA and
+//! the client certificate its configuration names; a server it cannot trust, or no client
+//! certificate, stops the start with an error naming Redis. A cluster whose nodes (and bus)
+//! take TLS only is reached the same way.
+//!
+//! Sentinel (`redis-sentinel://…?sentinelServiceName=…`): the gateway asks the sentinel for the
+//! primary, and after a failover finds the promoted replica by itself.
 
 mod common;
 
@@ -74,38 +79,22 @@ async fn a_cluster_is_reached_over_tls() {
     else {
         return;
     };
-    let file = |name: &str| certs.path().join(name);
-    let redis_cli = || {
-        let mut command = std::process::Command::new("redis-cli");
-        command
-            .args(["--tls", "--cacert"])
-            .arg(file("ca.pem"))
-            .arg("--cert")
-            .arg(file("client.pem"))
-            .arg("--key")
-            .arg(file("client.key"));
-        command
-    };
     let addresses: Vec<String> = nodes
         .iter()
         .map(|n| format!("127.0.0.1:{}", n.port))
         .collect();
-    let created = redis_cli()
-        .args(["--cluster", "create"])
-        .args(&addresses)
-        .args(["--cluster-replicas", "0", "--cluster-yes"])
-        .output()
-        .unwrap();
-    assert!(
-        created.status.success(),
-        "{}",
-        String::from_utf8_lossy(&created.stderr)
-    );
+    let mut create = vec!["--cluster", "create"];
+    create.extend(addresses.iter().map(String::as_str));
+    create.extend(["--cluster-replicas", "0", "--cluster-yes"]);
+    if let Err(e) = redis_cli(Some(certs.path()), 0, &create) {
+        panic!("the cluster was not created: {e}");
+    }
+    // Every node, not only the first: a client asks any of them for the slots.
     eventually(Duration::from_secs(10), "the cluster is ok", || async {
-        redis_cli()
-            .args(["-p", &nodes[0].port.to_string(), "cluster", "info"])
-            .output()
-            .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains("cluster_state:ok"))
+        nodes.iter().all(|node| {
+            redis_cli(Some(certs.path()), node.port, &["cluster", "info"])
+                .is_ok_and(|info| info.contains("cluster_state:ok"))
+        })
     })
     .await;
 
@@ -165,4 +154,63 @@ async fn an_untrusted_server_or_no_client_certificate_stops_the_start() {
             "{case}: {error}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_follow_the_primary_through_a_failover() {
+    let test = "redis_sentinel";
+    let Some(mut primary) = OwnRedis::start(test) else {
+        return;
+    };
+    let replica = OwnRedis::start_replica_of(test, &primary).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sentinel = OwnRedis::start_sentinel(test, &primary, "scenehook", dir.path()).unwrap();
+    // The replica in sync and known to the sentinel: a failover can then promote it.
+    eventually(
+        Duration::from_secs(15),
+        "the replica is in sync",
+        || async {
+            redis_cli(None, replica.port, &["info", "replication"])
+                .is_ok_and(|info| info.contains("master_link_status:up"))
+        },
+    )
+    .await;
+    eventually(
+        Duration::from_secs(15),
+        "the sentinel knows the replica",
+        || async {
+            redis_cli(None, sentinel.port, &["sentinel", "replicas", "scenehook"])
+                .is_ok_and(|replicas| replicas.contains(&replica.port.to_string()))
+        },
+    )
+    .await;
+
+    let mut cfg = config(Backend::Embedded, test).await.unwrap();
+    cfg.redis_url = format!(
+        "redis-sentinel://127.0.0.1:{}/0?sentinelServiceName=scenehook",
+        sentinel.port
+    );
+    limit_by_redis_alone(&mut cfg);
+    let app = TestApp::start_with(cfg, false).await;
+    app.assert_redis_decides().await;
+    let keys_on_primary = redis_cli(None, primary.port, &["dbsize"]).unwrap();
+    assert_ne!(keys_on_primary.trim(), "0");
+
+    primary.stop();
+    eventually(
+        Duration::from_secs(30),
+        "the gateway decides on the promoted replica",
+        || async {
+            app.webhook("video-complete", VIDEO_SECRET, UNKNOWN_PROJECT_VIDEO)
+                .await
+                .status()
+                != 503
+        },
+    )
+    .await;
+    assert!(
+        redis_cli(None, replica.port, &["role"]).is_ok_and(|role| role.starts_with("master")),
+        "the replica was promoted"
+    );
+    assert_eq!(app.readiness().await.0, 200);
 }
