@@ -21,6 +21,18 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let command = args.first().map(String::as_str);
+    // Answered before the configuration is read: they need none.
+    match command {
+        Some("--help" | "-h" | "help") => {
+            println!("{HELP}");
+            return ExitCode::SUCCESS;
+        }
+        Some("--version" | "-V") => {
+            println!("scenehook {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        _ => {}
+    }
     let purpose = match command {
         Some("migrate" | "backup") => Purpose::Maintain,
         _ => Purpose::Serve,
@@ -150,6 +162,22 @@ async fn backup(config: &Config, target: Option<&String>) -> ExitCode {
 }
 
 const USAGE: &str = "usage: scenehook [demo | migrate | backup PATH] [--no-migrate]";
+
+const HELP: &str = "\
+scenehook: the webhook gateway of the scene-by-scene video pipeline
+
+usage: scenehook [demo | migrate | backup PATH] [--no-migrate]
+
+  (no command)   serve: migrate the database (unless --no-migrate), then listen on BIND_ADDR
+  demo           the gateway and the fake services in one process, driving a 3-scene project
+  migrate        apply the database migrations and exit (a release step)
+  backup PATH    copy the embedded SQLite database to PATH while the gateway runs
+  --help, -h     this text
+  --version, -V  the version
+
+Configuration: config/*.toml (or $SCENEHOOK_CONFIG_DIR), then environment variables
+(DATABASE_URL, REDIS_URL, VIDEO_WEBHOOK_SECRET, ..., SCENEHOOK_<SECTION>__<KEY>); every key
+is in config/default.toml and README's Configuration section.";
 
 /// SIGTERM (orchestrators) or SIGINT (a terminal).
 async fn shutdown_signal() {

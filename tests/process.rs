@@ -344,6 +344,42 @@ async fn migrate_applies_the_migrations_and_exits() {
     }
 }
 
+/// `--help` and `--version` answer on stdout and exit 0, without reading a configuration (a
+/// broken one does not stop them); an unknown command is refused with the usage.
+#[test]
+fn help_and_version_need_no_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |arg: &str| {
+        command_in(dir.path(), &[arg.as_ref()])
+            .env("DATABASE_URL", "not a database")
+            .output()
+            .unwrap()
+    };
+    for arg in ["--help", "-h", "help"] {
+        let out = run(arg);
+        assert!(out.status.success(), "{arg}: {out:?}");
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            help.contains("backup PATH") && help.contains("migrate"),
+            "{help}"
+        );
+    }
+    let version = run("--version");
+    assert!(version.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&version.stdout).trim(),
+        format!("scenehook {}", env!("CARGO_PKG_VERSION"))
+    );
+    let unknown = command_in(dir.path(), &["serve-please".as_ref()])
+        .output()
+        .unwrap();
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr).contains("unknown command `serve-please`; usage"),
+        "{unknown:?}"
+    );
+}
+
 /// In production, `migrate` and `backup` need the database and nothing the instances keep
 /// secret, so a release job can run them with `DATABASE_URL` alone; serving still refuses to
 /// start without the webhook secrets and an operator key.
