@@ -158,8 +158,27 @@ async fn an_untrusted_server_or_no_client_certificate_stops_the_start() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_follow_the_primary_through_a_failover() {
-    let test = "redis_sentinel";
-    let Some(mut primary) = OwnRedis::start(test) else {
+    failover("redis_sentinel", None).await;
+}
+
+/// The same over TLS (`rediss-sentinel://`): the sentinel, the primary and the replica take
+/// TLS only, and the gateway reaches the sentinel and each primary in turn with its
+/// certificates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_follow_the_primary_through_a_failover_over_tls() {
+    let certs = tempfile::tempdir().unwrap();
+    make_certificates(certs.path(), "IP:127.0.0.1");
+    failover("redis_sentinel_tls", Some(certs.path())).await;
+}
+
+/// A primary, its replica and a Sentinel, over TLS with `certs`' certificates if given; the
+/// primary is killed under a running gateway that fails closed.
+async fn failover(test: &str, certs: Option<&Path>) {
+    let start = || match certs {
+        Some(certs) => OwnRedis::start_tls(test, certs),
+        None => OwnRedis::start(test),
+    };
+    let Some(mut primary) = start() else {
         return;
     };
     let replica = OwnRedis::start_replica_of(test, &primary).unwrap();
@@ -170,7 +189,7 @@ async fn limits_follow_the_primary_through_a_failover() {
         Duration::from_secs(15),
         "the replica is in sync",
         || async {
-            redis_cli(None, replica.port, &["info", "replication"])
+            redis_cli(certs, replica.port, &["info", "replication"])
                 .is_ok_and(|info| info.contains("master_link_status:up"))
         },
     )
@@ -179,21 +198,25 @@ async fn limits_follow_the_primary_through_a_failover() {
         Duration::from_secs(15),
         "the sentinel knows the replica",
         || async {
-            redis_cli(None, sentinel.port, &["sentinel", "replicas", "scenehook"])
+            redis_cli(certs, sentinel.port, &["sentinel", "replicas", "scenehook"])
                 .is_ok_and(|replicas| replicas.contains(&replica.port.to_string()))
         },
     )
     .await;
 
     let mut cfg = config(Backend::Embedded, test).await.unwrap();
+    let scheme = if certs.is_some() { "rediss" } else { "redis" };
     cfg.redis_url = format!(
-        "redis-sentinel://127.0.0.1:{}/0?sentinelServiceName=scenehook",
+        "{scheme}-sentinel://127.0.0.1:{}/0?sentinelServiceName=scenehook",
         sentinel.port
     );
+    if let Some(certs) = certs {
+        cfg.redis_tls = certificates(certs, "ca.pem", true);
+    }
     limit_by_redis_alone(&mut cfg);
     let app = TestApp::start_with(cfg, false).await;
     app.assert_redis_decides().await;
-    let keys_on_primary = redis_cli(None, primary.port, &["dbsize"]).unwrap();
+    let keys_on_primary = redis_cli(certs, primary.port, &["dbsize"]).unwrap();
     assert_ne!(keys_on_primary.trim(), "0");
 
     primary.stop();
@@ -209,7 +232,7 @@ async fn limits_follow_the_primary_through_a_failover() {
     )
     .await;
     assert!(
-        redis_cli(None, replica.port, &["role"]).is_ok_and(|role| role.starts_with("master")),
+        redis_cli(certs, replica.port, &["role"]).is_ok_and(|role| role.starts_with("master")),
         "the replica was promoted"
     );
     assert_eq!(app.readiness().await.0, 200);

@@ -360,6 +360,24 @@ pub fn redis_cli(
     }
 }
 
+/// What a server needs to reach another as a client (a replica its primary, a Sentinel its
+/// servers, a cluster node the others): nothing over plain TCP; with `certs`, TLS for those
+/// links and `make_certificates`'s client certificate.
+fn tls_client_args(certs: Option<&std::path::Path>) -> Vec<String> {
+    let Some(certs) = certs else {
+        return Vec::new();
+    };
+    let file = |name: &str| certs.join(name).to_string_lossy().into_owned();
+    vec![
+        "--tls-replication".into(),
+        "yes".into(),
+        "--tls-client-cert-file".into(),
+        file("client.pem"),
+        "--tls-client-key-file".into(),
+        file("client.key"),
+    ]
+}
+
 /// A Redis server of one test's own, to stop and restart (outage tests).
 pub struct OwnRedis {
     pub port: u16,
@@ -401,35 +419,37 @@ impl OwnRedis {
                     .is_some_and(|bus| std::net::TcpListener::bind(("127.0.0.1", bus)).is_ok())
             })
             .expect("a free port");
-        let file = |name: &str| certs.join(name).to_string_lossy().into_owned();
-        let cluster = vec![
+        let mut cluster = vec![
             "--cluster-enabled".into(),
             "yes".into(),
             "--cluster-config-file".into(),
-            file(&format!("nodes-{port}.conf")),
+            certs
+                .join(format!("nodes-{port}.conf"))
+                .to_string_lossy()
+                .into_owned(),
             "--tls-cluster".into(),
             "yes".into(),
-            "--tls-client-cert-file".into(),
-            file("client.pem"),
-            "--tls-client-key-file".into(),
-            file("client.key"),
         ];
+        cluster.extend(tls_client_args(Some(certs)));
         Self::launch(test, port, Some(certs.to_owned()), cluster)
     }
 
-    /// A replica of `primary`.
+    /// A replica of `primary`, over TLS (as a client with the client certificate) when
+    /// `primary` takes TLS only, as it then does too.
     pub fn start_replica_of(test: &str, primary: &OwnRedis) -> Option<Self> {
-        let replica_of = vec![
+        let mut replica_of = vec![
             "--replicaof".into(),
             "127.0.0.1".into(),
             primary.port.to_string(),
         ];
-        Self::launch(test, free_port(), None, replica_of)
+        replica_of.extend(tls_client_args(primary.tls.as_deref()));
+        Self::launch(test, free_port(), primary.tls.clone(), replica_of)
     }
 
     /// A Sentinel watching `primary` as `name`, alone (quorum 1) and quick to fail over: the
     /// primary counts as down after 500 ms. Its configuration file, which it rewrites, is in
-    /// `dir`.
+    /// `dir`. Over TLS, with the client certificate, when `primary` takes TLS only, as it then
+    /// does too.
     pub fn start_sentinel(
         test: &str,
         primary: &OwnRedis,
@@ -448,8 +468,9 @@ impl OwnRedis {
         )
         .unwrap();
         // The configuration file comes first, as redis-server wants it.
-        let sentinel = vec![file.to_string_lossy().into_owned(), "--sentinel".into()];
-        Self::launch(test, free_port(), None, sentinel)
+        let mut sentinel = vec![file.to_string_lossy().into_owned(), "--sentinel".into()];
+        sentinel.extend(tls_client_args(primary.tls.as_deref()));
+        Self::launch(test, free_port(), primary.tls.clone(), sentinel)
     }
 
     fn launch(
