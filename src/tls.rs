@@ -17,7 +17,7 @@ use rustls::{
 /// How the server's certificate is checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verify {
-    /// Any certificate (`prefer`, `require`): encryption without authentication.
+    /// Any certificate (Postgres's `prefer`, `require`): encryption without authentication.
     Nothing,
     /// The chain up to a trusted root, whatever name it is for (`verify-ca`).
     Chain,
@@ -60,7 +60,8 @@ impl Pem {
     }
 }
 
-/// What the connector is built from (the `ssl*` settings of the URL or the environment).
+/// What a connection's TLS is built from: for Postgres, the `ssl*` settings of the URL or the
+/// environment; for Redis, `redis_tls` (always the chain and the name).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsSettings {
     pub verify: Verify,
