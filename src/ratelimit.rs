@@ -26,6 +26,9 @@ pub struct RateLimiter {
     reporter: Reporter,
     /// Registered once, rather than looked up by its label on every webhook.
     store_duration: metrics::Histogram,
+    /// `scenehook_rate_limit_store_errors_total`, registered once and so exported from zero,
+    /// for the alert on it (`ScenehookRedisUnreachable`).
+    store_errors: metrics::Counter,
     /// `scenehook_rate_limit_decisions_total`, registered once (every series is exported from
     /// zero): per endpoint, per [`Backend`], allowed then rejected.
     decisions: [[[metrics::Counter; 2]; Backend::ALL.len()]; WebhookKind::ALL.len()],
@@ -63,6 +66,9 @@ impl RateLimiter {
         let store_duration = metrics::histogram!(
             "scenehook_rate_limit_store_duration_seconds", "backend" => store.backend()
         );
+        let store_errors = metrics::counter!(
+            "scenehook_rate_limit_store_errors_total", "backend" => store.backend()
+        );
         let decisions = WebhookKind::ALL.map(|kind| {
             Backend::ALL.map(|backend| {
                 let backend = backend.label(store.as_ref());
@@ -74,6 +80,7 @@ impl RateLimiter {
         });
         Self {
             store_duration,
+            store_errors,
             decisions,
             store,
             fallback: MemoryRateLimiter::new(),
@@ -113,8 +120,7 @@ impl RateLimiter {
                 (decision, Backend::Store)
             }
             Err(e) => {
-                metrics::counter!("scenehook_rate_limit_store_errors_total", "backend" => self.store.backend())
-                    .increment(1);
+                self.store_errors.increment(1);
                 if !self.degraded.swap(true, Ordering::Relaxed) {
                     let mode = if self.config.fail_open {
                         "failing open to the in-process limiter"

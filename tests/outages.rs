@@ -90,6 +90,15 @@ async fn redis_outage_fails_open_reports_once_and_recovers() {
     assert_eq!(decisions("redis", "allowed"), Some(1.0));
     assert_eq!(decisions("memory_fallback", "allowed"), Some(5.0));
     assert_eq!(decisions("memory_fallback", "rejected"), Some(0.0));
+    // What the ScenehookRedisUnreachable alert watches: one error per call that failed.
+    assert_eq!(
+        sample(
+            &metrics,
+            "scenehook_rate_limit_store_errors_total",
+            &[("backend", "redis")]
+        ),
+        Some(5.0)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
