@@ -24,7 +24,7 @@ async fn main() -> ExitCode {
     // Answered before the configuration is read: they need none.
     match command {
         Some("--help" | "-h" | "help") => {
-            println!("{HELP}");
+            println!("{HELP_TITLE}\n\n{USAGE}\n\n{HELP}");
             return ExitCode::SUCCESS;
         }
         Some("--version" | "-V") => {
@@ -163,11 +163,10 @@ async fn backup(config: &Config, target: Option<&String>) -> ExitCode {
 
 const USAGE: &str = "usage: scenehook [demo | migrate | backup PATH] [--no-migrate]";
 
+const HELP_TITLE: &str = "scenehook: the webhook gateway of the scene-by-scene video pipeline";
+
+/// What `--help` prints below the title and the usage.
 const HELP: &str = "\
-scenehook: the webhook gateway of the scene-by-scene video pipeline
-
-usage: scenehook [demo | migrate | backup PATH] [--no-migrate]
-
   (no command)   serve: migrate the database (unless --no-migrate), then listen on BIND_ADDR
   demo           the gateway and the fake services in one process, driving a 3-scene project
   migrate        apply the database migrations and exit (a release step)

@@ -16,6 +16,14 @@ use std::{path::Path, time::Duration};
 use common::*;
 use scenehook::{Gateway, config::RedisTlsConfig};
 
+/// `make_certificates`'s set in a directory of its own, the server's for 127.0.0.1 (what the
+/// test servers listen on and a cluster's nodes and a Sentinel announce).
+fn loopback_certificates() -> tempfile::TempDir {
+    let certs = tempfile::tempdir().unwrap();
+    make_certificates(certs.path(), "IP:127.0.0.1");
+    certs
+}
+
 fn certificates(certs: &Path, ca: &str, client: bool) -> RedisTlsConfig {
     RedisTlsConfig {
         ca_file: Some(certs.join(ca)),
@@ -26,8 +34,7 @@ fn certificates(certs: &Path, ca: &str, client: bool) -> RedisTlsConfig {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_and_errors_are_shared_over_tls() {
-    let certs = tempfile::tempdir().unwrap();
-    make_certificates(certs.path(), "IP:127.0.0.1");
+    let certs = loopback_certificates();
     let Some(redis) = OwnRedis::start_tls("redis_tls", certs.path()) else {
         return;
     };
@@ -71,8 +78,7 @@ async fn limits_and_errors_are_shared_over_tls() {
 /// announces with the same certificates.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_is_reached_over_tls() {
-    let certs = tempfile::tempdir().unwrap();
-    make_certificates(certs.path(), "IP:127.0.0.1");
+    let certs = loopback_certificates();
     let Some(nodes) = (0..3)
         .map(|_| OwnRedis::start_tls_cluster_node("redis_tls_cluster", certs.path()))
         .collect::<Option<Vec<_>>>()
@@ -113,8 +119,7 @@ async fn a_cluster_is_reached_over_tls() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_untrusted_server_or_no_client_certificate_stops_the_start() {
-    let certs = tempfile::tempdir().unwrap();
-    make_certificates(certs.path(), "IP:127.0.0.1");
+    let certs = loopback_certificates();
     let Some(redis) = OwnRedis::start_tls("redis_tls_refused", certs.path()) else {
         return;
     };
@@ -166,8 +171,7 @@ async fn limits_follow_the_primary_through_a_failover() {
 /// certificates.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_follow_the_primary_through_a_failover_over_tls() {
-    let certs = tempfile::tempdir().unwrap();
-    make_certificates(certs.path(), "IP:127.0.0.1");
+    let certs = loopback_certificates();
     failover("redis_sentinel_tls", Some(certs.path())).await;
 }
 
