@@ -12,15 +12,6 @@ use scenehook::store::{
     redis::{self as redis_store, RedisErrorStore, RedisRateLimiter},
 };
 
-const POLICY: ErrorPolicy = ErrorPolicy {
-    success_ttl_ms: 5_000,
-    info_ttl_ms: 60_000,
-    warning_ttl_ms: 600_000,
-    retention_ms: 86_400_000,
-    max_entries: 500,
-    max_successes: 100,
-};
-
 async fn stores(
     backend: Backend,
     test: &str,
@@ -47,8 +38,6 @@ async fn stores(
         }
     }
 }
-
-const T0: i64 = 1_764_400_000_000;
 
 async fn sliding_window_allows_exactly_the_limit(backend: Backend) {
     let Some((_, limiter)) = stores(backend, "sliding_window", POLICY).await else {
@@ -664,103 +653,4 @@ async fn a_batch_dismisses_a_bounded_number_of_due_entries() {
         .await
         .unwrap();
     assert_eq!(dismissed, 500);
-}
-
-/// The Redis ACL README documents is enough: a user with exactly those rights connects, and
-/// runs the limiter and every error-store operation; a command or a key beyond them is refused,
-/// so the rights do restrict.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_documented_acl_is_enough() {
-    let Some(redis) = OwnRedis::start("redis_acl") else {
-        return;
-    };
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let acl = readme
-        .lines()
-        .find(|line| line.starts_with("ACL SETUSER scenehook "))
-        .expect("README documents the ACL")
-        .replace(">PASSWORD", ">acl-test-password");
-    let args: Vec<&str> = acl.split_whitespace().collect();
-    assert_eq!(redis_cli(None, redis.port, &args).unwrap().trim(), "OK");
-
-    let url = format!(
-        "redis://scenehook:acl-test-password@127.0.0.1:{}",
-        redis.port
-    );
-    let client = redis_store::connect(&url, Duration::from_secs(2), &Default::default())
-        .await
-        .unwrap();
-    redis_store::ping(&client).await.unwrap();
-    let limiter = RedisRateLimiter::new(client.clone(), "scenehook");
-    let window = Duration::from_secs(60);
-    assert!(
-        limiter
-            .hit("video:127.0.0.1", 1, window)
-            .await
-            .unwrap()
-            .allowed
-    );
-    assert!(
-        !limiter
-            .hit("video:127.0.0.1", 1, window)
-            .await
-            .unwrap()
-            .allowed
-    );
-
-    let store = RedisErrorStore::new(client.clone(), "scenehook", POLICY);
-    let failure = store
-        .record(
-            NewError::new(Severity::Error, ErrorType::Webhook, "bad"),
-            T0,
-        )
-        .await
-        .unwrap();
-    store
-        .record_many(&[
-            (
-                NewError::new(Severity::Info, ErrorType::Success, "verified"),
-                T0 + 1,
-            ),
-            (
-                NewError::new(Severity::Warning, ErrorType::Processing, "slow"),
-                T0 + 2,
-            ),
-        ])
-        .await
-        .unwrap();
-    assert!(store.get(&failure.id, T0 + 3).await.unwrap().is_some());
-    let all = ListQuery {
-        limit: 10,
-        include_dismissed: true,
-        ..Default::default()
-    };
-    assert_eq!(store.list(&all, T0 + 3).await.unwrap().errors.len(), 3);
-    store
-        .dismiss(&failure.id, "ops", Some("seen"), T0 + 4)
-        .await
-        .unwrap();
-    store.dismiss_all("ops", None, T0 + 5).await.unwrap();
-    assert_eq!(store.stats(T0 + 6).await.unwrap().active, 0);
-    // Past the retention, the dismissed entries are cleaned up.
-    assert!(store.cleanup(T0 + POLICY.retention_ms + 10).await.unwrap() >= 2);
-
-    let elsewhere = RedisRateLimiter::new(client.clone(), "other");
-    assert!(
-        elsewhere.hit("video:127.0.0.1", 1, window).await.is_err(),
-        "a key beyond the prefix"
-    );
-    use fred::interfaces::ClientLike as _;
-    let flushed: Result<String, _> = client
-        .custom(
-            fred::types::CustomCommand::new_static(
-                "FLUSHALL",
-                fred::types::ClusterHash::FirstKey,
-                false,
-            ),
-            Vec::<String>::new(),
-        )
-        .await;
-    assert!(flushed.is_err(), "a command beyond the list");
 }

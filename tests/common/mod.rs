@@ -13,6 +13,19 @@ pub const STITCH_SECRET: &str = "test-stitch-secret-0123456789abcdef012";
 pub const RW_KEY: &str = "ops-key-read-write-0001";
 pub const RO_KEY: &str = "ops-key-read-only-0002";
 
+/// The error store's time rules for store tests: short lives and small caps.
+pub const POLICY: scenehook::store::ErrorPolicy = scenehook::store::ErrorPolicy {
+    success_ttl_ms: 5_000,
+    info_ttl_ms: 60_000,
+    warning_ttl_ms: 600_000,
+    retention_ms: 86_400_000,
+    max_entries: 500,
+    max_successes: 100,
+};
+
+/// A fixed time (ms since the epoch) for store tests.
+pub const T0: i64 = 1_764_400_000_000;
+
 /// A signed video callback for a project that does not exist: answered 404 once let through.
 pub const UNKNOWN_PROJECT_VIDEO: &str = r#"{"task_id":"t1","status":"completed","scene_id":"s1","project_id":"nope","video_url":"https://e.com/v.mp4"}"#;
 
@@ -409,9 +422,14 @@ impl OwnRedis {
         Self::launch(test, free_port(), Some(certs.to_owned()), Vec::new())
     }
 
-    /// As [`OwnRedis::start_tls`], a node of a cluster yet to be created, whose bus is TLS too
-    /// (the nodes use the client certificate with each other).
-    pub fn start_tls_cluster_node(test: &str, certs: &std::path::Path) -> Option<Self> {
+    /// A node of a cluster yet to be created, its cluster file in `dir`. With `certs`, as
+    /// [`OwnRedis::start_tls`], and its bus is TLS too (the nodes use the client certificate
+    /// with each other).
+    pub fn start_cluster_node(
+        test: &str,
+        dir: &std::path::Path,
+        certs: Option<&std::path::Path>,
+    ) -> Option<Self> {
         // The node's bus listens on its port + 10000.
         let port = std::iter::repeat_with(free_port)
             .find(|&p| {
@@ -423,15 +441,15 @@ impl OwnRedis {
             "--cluster-enabled".into(),
             "yes".into(),
             "--cluster-config-file".into(),
-            certs
-                .join(format!("nodes-{port}.conf"))
+            dir.join(format!("nodes-{port}.conf"))
                 .to_string_lossy()
                 .into_owned(),
-            "--tls-cluster".into(),
-            "yes".into(),
         ];
-        cluster.extend(tls_client_args(Some(certs)));
-        Self::launch(test, port, Some(certs.to_owned()), cluster)
+        if certs.is_some() {
+            cluster.extend(["--tls-cluster".into(), "yes".into()]);
+        }
+        cluster.extend(tls_client_args(certs));
+        Self::launch(test, port, certs.map(ToOwned::to_owned), cluster)
     }
 
     /// A replica of `primary`, over TLS (as a client with the client certificate) when
