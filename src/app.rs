@@ -22,6 +22,7 @@ use crate::{
         redis::{self as redis_store, RedisErrorStore, RedisRateLimiter},
     },
     telemetry,
+    tls::ServerCertificate,
 };
 
 /// Everything a request handler may use.
@@ -93,12 +94,16 @@ pub enum StartError {
     Database(#[from] sea_orm::DbErr),
     #[error("redis: {0}")]
     Redis(#[from] crate::store::StoreError),
+    #[error("tls: {0}")]
+    Tls(String),
 }
 
 /// A running gateway: its router, and the background tasks to stop on shutdown.
 pub struct Gateway {
     pub state: AppState,
     pub router: Router,
+    /// The HTTPS certificate, when `tls` is configured: then every connection is TLS.
+    certificate: Option<Arc<ServerCertificate>>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
 }
@@ -116,6 +121,13 @@ impl Gateway {
         crate::install_crypto_provider();
         let config = Arc::new(config);
         let metrics = telemetry::metrics_handle();
+        // First: a certificate that cannot be served stops the start before anything else.
+        let certificate = match config.tls.files() {
+            Some((cert, key)) => Some(Arc::new(
+                ServerCertificate::load(cert, key).map_err(StartError::Tls)?,
+            )),
+            None => None,
+        };
         let db = db::connect_gateway(&config).await?;
         if config.run_migrations {
             db::migrate(&db).await?;
@@ -170,19 +182,47 @@ impl Gateway {
         }
         tasks.spawn(state.reporter.clone().run(stop.clone()));
         tasks.spawn(housekeeping(state.clone(), stop.clone()));
+        if let Some(certificate) = &certificate {
+            tasks.spawn(renew_certificate(
+                certificate.clone(),
+                config.tls.reload_interval(),
+                stop.clone(),
+            ));
+        }
         tasks.spawn(retention(state.clone(), stop));
         let router = crate::http::router(state.clone());
         Ok(Self {
             state,
             router,
+            certificate,
             shutdown,
             tasks,
         })
     }
 
     /// Serves this gateway's routes on `listener` until `shutdown` resolves ([`serve`]), with
-    /// its configured header read timeout. The future owns what it needs, so it can be spawned.
+    /// its configured header read timeout, over TLS when `tls` is configured. The future owns
+    /// what it needs, so it can be spawned.
     pub fn serve(
+        &self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let tls = self.certificate.as_ref().map(|certificate| {
+            tokio_rustls::TlsAcceptor::from(Arc::new(certificate.server_config()))
+        });
+        serve(
+            listener,
+            self.router.clone(),
+            tls,
+            self.state.config.header_read_timeout(),
+            shutdown,
+        )
+    }
+
+    /// As [`Gateway::serve`], in plain HTTP whatever `tls` says: the separate metrics port, for
+    /// a scraper inside the deployment's network.
+    pub fn serve_plain(
         &self,
         listener: tokio::net::TcpListener,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -190,9 +230,15 @@ impl Gateway {
         serve(
             listener,
             self.router.clone(),
+            None,
             self.state.config.header_read_timeout(),
             shutdown,
         )
+    }
+
+    /// Whether [`Gateway::serve`] serves HTTPS.
+    pub fn is_https(&self) -> bool {
+        self.certificate.is_some()
     }
 
     /// Stops the background tasks, letting the outbox finish the jobs it is sending.
@@ -241,6 +287,39 @@ pub(crate) fn ticker(period: Duration) -> tokio::time::Interval {
     interval
 }
 
+/// Reads the HTTPS certificate's files every `interval`, so that a renewal is served without a
+/// restart; a renewal that cannot be used is reported and the current certificate kept.
+async fn renew_certificate(
+    certificate: Arc<ServerCertificate>,
+    interval: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let metrics = telemetry::CertificateMetrics::register();
+    metrics.served(certificate.not_after());
+    let mut ticks = ticker(interval);
+    ticks.tick().await;
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = ticks.tick() => {}
+        }
+        match certificate.reload() {
+            Ok(false) => {}
+            Ok(true) => {
+                metrics.renewed(certificate.not_after());
+                tracing::info!(
+                    not_after = certificate.not_after(),
+                    "TLS certificate renewed"
+                );
+            }
+            Err(e) => {
+                metrics.failed();
+                tracing::error!(error = %e, "TLS certificate not renewed; the current one stays");
+            }
+        }
+    }
+}
+
 /// Database retention ([`db::prune`]) at the error store's cleanup interval, apart from the
 /// other chores: it deletes in chunks with pauses, which after a busy hour takes a while, and
 /// the error store's cleanup and the metrics' upkeep must not wait for it. A stop drops it
@@ -271,15 +350,17 @@ pub async fn build_app(config: Config) -> Result<Gateway, StartError> {
     Gateway::start(config).await
 }
 
-/// Serves `router` on `listener` with client addresses, until `shutdown` resolves; in-flight
-/// requests are finished first. The loop `axum::serve` runs, with hyper given a timer, which
-/// its header read timeout needs and `axum::serve` does not give it: without one, a client
-/// that sends its headers a byte at a time, or never sends another request, holds a
-/// connection for as long as it likes. Past `header_read_timeout` hyper closes it; the body
-/// and the handler have `request_timeout_secs` (the HTTP metrics layer).
+/// Serves `router` on `listener` with client addresses, over TLS with `tls` if given, until
+/// `shutdown` resolves; in-flight requests are finished first. The loop `axum::serve` runs,
+/// with hyper given a timer, which its header read timeout needs and `axum::serve` does not
+/// give it: without one, a client that sends its headers a byte at a time, or never sends
+/// another request, holds a connection for as long as it likes. Past `header_read_timeout`
+/// hyper closes it (and a TLS handshake not done by then is dropped); the body and the handler
+/// have `request_timeout_secs` (the HTTP metrics layer).
 async fn serve(
     mut listener: tokio::net::TcpListener,
     router: Router,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     header_read_timeout: Duration,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
@@ -294,6 +375,7 @@ async fn serve(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(header_read_timeout);
+    let builder = Arc::new(builder);
     let connections = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -303,20 +385,42 @@ async fn serve(
             accepted = axum::serve::Listener::accept(&mut listener) => accepted,
             () = &mut shutdown => break,
         };
-        let service = router.clone().map_request(
+        let service = TowerToHyperService::new(router.clone().map_request(
             move |mut request: axum::http::Request<hyper::body::Incoming>| {
                 request
                     .extensions_mut()
                     .insert(axum::extract::ConnectInfo(client));
                 request
             },
-        );
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service))
-            .into_owned();
-        let connection = connections.watch(connection);
+        ));
+        let builder = builder.clone();
+        let watcher = connections.watcher();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
+            let served = match tls {
+                None => {
+                    let connection = builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .into_owned();
+                    watcher.watch(connection).await
+                }
+                Some(tls) => {
+                    let stream =
+                        match tokio::time::timeout(header_read_timeout, tls.accept(stream)).await {
+                            Ok(Ok(stream)) => stream,
+                            Ok(Err(e)) => {
+                                tracing::debug!(error = %e, %client, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => return,
+                        };
+                    let connection = builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .into_owned();
+                    watcher.watch(connection).await
+                }
+            };
+            if let Err(e) = served {
                 tracing::trace!(error = %e, "connection ended with an error");
             }
         });

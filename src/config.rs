@@ -50,6 +50,9 @@ pub struct Config {
     /// Certificates for a `rediss://` (TLS) Redis.
     #[serde(default)]
     pub redis_tls: RedisTlsConfig,
+    /// HTTPS on `bind_addr`, with a certificate of the deployment's.
+    #[serde(default)]
+    pub tls: ServerTlsConfig,
     pub run_migrations: bool,
     /// `text` or `json` (`LOG_FORMAT`).
     pub log_format: String,
@@ -148,6 +151,38 @@ impl RedisTlsConfig {
             client_cert: self.cert_file.clone().map(Pem::File),
             client_key: self.key_file.clone().map(Pem::File),
         }
+    }
+}
+
+/// HTTPS on `bind_addr`: with `cert_file` (the PEM chain, leaf first) and `key_file` (its PEM
+/// private key) set together, every connection there is TLS. The files are read again every
+/// `reload_secs`, and a renewed certificate is served from then on, without a restart.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct ServerTlsConfig {
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub reload_secs: u64,
+}
+
+impl Default for ServerTlsConfig {
+    fn default() -> Self {
+        Self {
+            cert_file: None,
+            key_file: None,
+            reload_secs: 60,
+        }
+    }
+}
+
+impl ServerTlsConfig {
+    /// The certificate and key files, if HTTPS is on.
+    pub fn files(&self) -> Option<(&std::path::Path, &std::path::Path)> {
+        Some((self.cert_file.as_deref()?, self.key_file.as_deref()?))
+    }
+
+    pub fn reload_interval(&self) -> Duration {
+        Duration::from_secs(self.reload_secs)
     }
 }
 
@@ -693,6 +728,15 @@ impl Config {
                     .to_owned(),
             );
         }
+        if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
+            problems.push(
+                "SCENEHOOK_TLS__CERT_FILE and SCENEHOOK_TLS__KEY_FILE must be set together"
+                    .to_owned(),
+            );
+        }
+        if !(1..=86_400).contains(&self.tls.reload_secs) {
+            problems.push("SCENEHOOK_TLS__RELOAD_SECS must be between 1 and 86400".to_owned());
+        }
         if !self.metrics_bind_addr.is_empty()
             && self.metrics_bind_addr.parse::<SocketAddr>().is_err()
         {
@@ -1038,6 +1082,26 @@ mod tests {
             config.redis_tls.key_file.as_deref(),
             Some(std::path::Path::new("/etc/client.key"))
         );
+    }
+
+    #[test]
+    fn https_needs_its_certificate_and_key_together() {
+        let err = with_env(&[("SCENEHOOK_TLS__CERT_FILE", "/etc/tls/chain.pem")]).unwrap_err();
+        assert!(err.to_string().contains("set together"), "{err}");
+        let err = with_env(&[("SCENEHOOK_TLS__RELOAD_SECS", "0")]).unwrap_err();
+        assert!(err.to_string().contains("RELOAD_SECS"), "{err}");
+        let config = with_env(&[
+            ("SCENEHOOK_TLS__CERT_FILE", "/etc/tls/chain.pem"),
+            ("SCENEHOOK_TLS__KEY_FILE", "/etc/tls/key.pem"),
+        ])
+        .unwrap();
+        let (cert, key) = config.tls.files().unwrap();
+        assert_eq!(
+            (cert.to_str(), key.to_str()),
+            (Some("/etc/tls/chain.pem"), Some("/etc/tls/key.pem"))
+        );
+        assert_eq!(config.tls.reload_interval(), Duration::from_secs(60));
+        assert!(with_env(&[]).unwrap().tls.files().is_none());
     }
 
     #[test]

@@ -91,14 +91,19 @@ async fn run(config: Config) -> ExitCode {
     if let Ok(addr) = metrics_bind.parse::<std::net::SocketAddr>() {
         match tokio::net::TcpListener::bind(addr).await {
             Ok(l) => {
-                tokio::spawn(gateway.serve(l, std::future::pending()));
+                tokio::spawn(gateway.serve_plain(l, std::future::pending()));
             }
             Err(e) => {
                 tracing::warn!(%addr, error = %e, "cannot serve metrics on the separate port")
             }
         }
     }
-    tracing::info!(%bind, version = env!("CARGO_PKG_VERSION"), "scenehook listening");
+    tracing::info!(
+        %bind,
+        https = gateway.is_https(),
+        version = env!("CARGO_PKG_VERSION"),
+        "scenehook listening"
+    );
     gateway.serve(listener, shutdown_signal()).await;
     tracing::info!("stopped accepting; finishing background work");
     gateway.stop(grace).await;

@@ -263,6 +263,16 @@ fn describe_metrics() {
         Unit::Seconds,
         "Project creation to completion."
     );
+    describe_gauge!(
+        "scenehook_tls_certificate_expiry_timestamp_seconds",
+        Unit::Seconds,
+        "When the HTTPS certificate served now expires (Unix time); HTTPS only."
+    );
+    describe_counter!(
+        "scenehook_tls_certificate_reloads_total",
+        "HTTPS certificate files found changed, by result: renewed (served from then on) or \
+         failed (unusable; the current certificate stays). HTTPS only."
+    );
     for counter in [
         "scenehook_rate_limit_fail_open_total",
         "scenehook_error_store_failures_total",
@@ -271,5 +281,43 @@ fn describe_metrics() {
         "scenehook_log_lines_dropped_total",
     ] {
         metrics::counter!(counter).increment(0);
+    }
+}
+
+/// The HTTPS certificate's metrics: when the one served expires, and its renewals.
+pub struct CertificateMetrics {
+    expiry: metrics::Gauge,
+    renewed: metrics::Counter,
+    failed: metrics::Counter,
+}
+
+impl CertificateMetrics {
+    /// Registers both results at zero, so that an alert sees a failure's first increase.
+    pub fn register() -> Self {
+        let reloads = |result: &'static str| {
+            let counter =
+                metrics::counter!("scenehook_tls_certificate_reloads_total", "result" => result);
+            counter.increment(0);
+            counter
+        };
+        Self {
+            expiry: metrics::gauge!("scenehook_tls_certificate_expiry_timestamp_seconds"),
+            renewed: reloads("renewed"),
+            failed: reloads("failed"),
+        }
+    }
+
+    /// The certificate served now expires at `not_after` (Unix seconds).
+    pub fn served(&self, not_after: i64) {
+        self.expiry.set(not_after as f64);
+    }
+
+    pub fn renewed(&self, not_after: i64) {
+        self.renewed.increment(1);
+        self.served(not_after);
+    }
+
+    pub fn failed(&self) {
+        self.failed.increment(1);
     }
 }

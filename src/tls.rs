@@ -1,6 +1,7 @@
-//! TLS for the gateway's own connections to its servers (the Postgres ingestion writers and
-//! Redis): rustls with ring, webpki's root certificates plus a CA of the deployment's, and an
-//! optional client certificate. The drivers' glue lives with each driver.
+//! TLS with rustls and ring: for the gateway's own connections to its servers (the Postgres
+//! ingestion writers and Redis: webpki's root certificates plus a CA of the deployment's, and
+//! an optional client certificate; the drivers' glue lives with each driver), and for the
+//! HTTPS it serves itself ([`ServerCertificate`]).
 
 use std::sync::Arc;
 
@@ -187,5 +188,111 @@ impl ServerCertVerifier for Lenient {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.algorithms.supported_schemes()
+    }
+}
+
+/// The certificate the gateway serves HTTPS with, from its PEM files (`tls.cert_file`: the
+/// chain, leaf first; `tls.key_file`). [`ServerCertificate::reload`] reads them again, and a
+/// renewed pair is served from the next handshake on, without a restart; a pair that cannot
+/// be used leaves the current one in service.
+pub struct ServerCertificate {
+    cert: Pem,
+    key: Pem,
+    current: parking_lot::RwLock<Served>,
+}
+
+struct Served {
+    /// The files' bytes it was made from, to tell a renewal from no change.
+    files: (Vec<u8>, Vec<u8>),
+    key: Arc<rustls::sign::CertifiedKey>,
+    not_after: i64,
+}
+
+impl std::fmt::Debug for ServerCertificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerCertificate")
+            .field("cert", &self.cert)
+            .field("not_after", &self.not_after())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerCertificate {
+    /// Reads and checks the pair: a chain, a private key that matches its leaf, a leaf whose
+    /// validity can be read.
+    pub fn load(cert_file: &std::path::Path, key_file: &std::path::Path) -> Result<Self, String> {
+        let cert = Pem::File(cert_file.to_owned());
+        let key = Pem::File(key_file.to_owned());
+        let served = Self::make(&cert, &key)?;
+        Ok(Self {
+            cert,
+            key,
+            current: parking_lot::RwLock::new(served),
+        })
+    }
+
+    fn make(cert: &Pem, key: &Pem) -> Result<Served, String> {
+        let files = (cert.read()?, key.read()?);
+        let chain = certificates(cert)?;
+        let not_after = x509_parser::parse_x509_certificate(&chain[0])
+            .map_err(|e| format!("invalid certificate in {}: {e}", cert.describe()))?
+            .1
+            .validity()
+            .not_after
+            .timestamp();
+        let provider = rustls::crypto::ring::default_provider();
+        let certified = rustls::sign::CertifiedKey::from_der(chain, private_key(key)?, &provider)
+            .map_err(|e| {
+            format!(
+                "{} and {} do not make a pair: {e}",
+                cert.describe(),
+                key.describe()
+            )
+        })?;
+        Ok(Served {
+            files,
+            key: Arc::new(certified),
+            not_after,
+        })
+    }
+
+    /// Reads the files again: `Ok(true)` if they changed and the new pair is now served,
+    /// `Ok(false)` if they did not change, an error (the current pair still served) if they
+    /// changed into something unusable, or cannot be read.
+    pub fn reload(&self) -> Result<bool, String> {
+        let files = (self.cert.read()?, self.key.read()?);
+        if files == self.current.read().files {
+            return Ok(false);
+        }
+        let served = Self::make(&self.cert, &self.key)?;
+        *self.current.write() = served;
+        Ok(true)
+    }
+
+    /// When the certificate served now expires, in seconds since the Unix epoch.
+    pub fn not_after(&self) -> i64 {
+        self.current.read().not_after
+    }
+
+    /// A rustls server configuration that serves whatever pair is current, offering HTTP/2
+    /// and HTTP/1.1.
+    pub fn server_config(self: &Arc<Self>) -> rustls::ServerConfig {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("ring supports the default protocol versions")
+            .with_no_client_auth()
+            .with_cert_resolver(self.clone());
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        config
+    }
+}
+
+impl rustls::server::ResolvesServerCert for ServerCertificate {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.current.read().key.clone())
     }
 }

@@ -147,21 +147,30 @@ impl TestApp {
         Self::start_with(config, true).await
     }
 
+    /// Serves HTTPS when `config.tls` names a certificate; its client then trusts the
+    /// `ca.pem` beside that certificate ([`make_certificates`]'s).
     pub async fn start_with(mut config: Config, outbox: bool) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        config.app_url = format!("http://{addr}").parse().unwrap();
+        let (scheme, http) = match config.tls.files() {
+            Some((cert, _)) => ("https", https_client(&cert.with_file_name("ca.pem"))),
+            None => (
+                "http",
+                reqwest::Client::builder()
+                    .timeout(Duration::from_secs(10))
+                    .build()
+                    .unwrap(),
+            ),
+        };
+        config.app_url = format!("{scheme}://{addr}").parse().unwrap();
         let gateway = Gateway::start_with(config, outbox)
             .await
             .expect("the gateway starts");
         tokio::spawn(gateway.serve(listener, std::future::pending()));
         Self {
             addr,
-            url: format!("http://{addr}"),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .unwrap(),
+            url: format!("{scheme}://{addr}"),
+            http,
             gateway,
         }
     }
@@ -342,6 +351,20 @@ leaf client /CN=certuser 'basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// An HTTPS client that trusts the CA in `ca_file` alone and opens a connection (a handshake)
+/// for every request.
+pub fn https_client(ca_file: &std::path::Path) -> reqwest::Client {
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(ca_file).unwrap()).unwrap();
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .tls_certs_only([ca])
+        // HTTP/2 (which the gateway offers) would keep one connection for every request.
+        .http1_only()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap()
 }
 
 /// `redis-cli args…` against the server on `port` (0: none, for `--cluster create`), over TLS
@@ -775,4 +798,22 @@ pub fn sample(scrape: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> 
                     .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\""))))
             .then(|| value.parse().ok())?
         })
+}
+
+/// Metric names used by a dashboard or rule file, histogram suffixes removed.
+pub fn referenced_metrics(text: &str) -> Vec<String> {
+    let mut names: Vec<String> = text
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("scenehook_"))
+        .map(|w| {
+            ["_bucket", "_sum", "_count"]
+                .iter()
+                .fold(w.to_owned(), |n, suffix| {
+                    n.strip_suffix(suffix).map(str::to_owned).unwrap_or(n)
+                })
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    names
 }
