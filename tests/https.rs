@@ -60,7 +60,7 @@ async fn webhooks_are_served_over_https_only() {
     );
 
     // The certificate's expiry (two days from now, as `make_certificates` makes it), and every
-    // HTTPS metric the alerts use, are exported.
+    // HTTPS metric the alerts and the dashboard use, are exported.
     let scrape = app.scrape().await;
     let expiry = sample(
         &scrape,
@@ -76,21 +76,23 @@ async fn webhooks_are_served_over_https_only() {
         (now + 86_400.0..now + 3.0 * 86_400.0).contains(&expiry),
         "{expiry} against {now}"
     );
-    let alerts = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/deploy/prometheus/alerts.yml"
-    ))
-    .unwrap();
-    let https_metrics: Vec<String> = referenced_metrics(&alerts)
-        .into_iter()
-        .filter(|n| n.starts_with("scenehook_tls_"))
-        .collect();
-    assert_eq!(https_metrics.len(), 2, "{https_metrics:?}");
-    for name in https_metrics {
-        assert!(
-            scrape.contains(&format!("\n{name}")),
-            "{name} is not exported"
-        );
+    for file in [
+        "deploy/prometheus/alerts.yml",
+        "deploy/grafana/scenehook.json",
+    ] {
+        let text =
+            std::fs::read_to_string(format!("{}/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        let https_metrics: Vec<String> = referenced_metrics(&text)
+            .into_iter()
+            .filter(|n| n.starts_with("scenehook_tls_"))
+            .collect();
+        assert_eq!(https_metrics.len(), 2, "{file}: {https_metrics:?}");
+        for name in https_metrics {
+            assert!(
+                scrape.contains(&format!("\n{name}")),
+                "{file} uses {name}, which is not exported"
+            );
+        }
     }
 }
 
