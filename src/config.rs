@@ -786,6 +786,19 @@ impl Config {
         warnings
     }
 
+    /// Settings that work but are likely wrong, in any environment; logged at start.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if self.tls.files().is_some() && self.app_url.scheme() == "http" {
+            warnings.push(
+                "APP_URL is http:// but the gateway serves HTTPS: services given callback URLs \
+                 from it would call back in plain HTTP, which it refuses"
+                    .to_owned(),
+            );
+        }
+        warnings
+    }
+
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_secs)
     }
@@ -1102,6 +1115,14 @@ mod tests {
         );
         assert_eq!(config.tls.reload_interval(), Duration::from_secs(60));
         assert!(with_env(&[]).unwrap().tls.files().is_none());
+        assert!(config.warnings()[0].contains("APP_URL is http://"));
+        let config = with_env(&[
+            ("SCENEHOOK_TLS__CERT_FILE", "/etc/tls/chain.pem"),
+            ("SCENEHOOK_TLS__KEY_FILE", "/etc/tls/key.pem"),
+            ("APP_URL", "https://hooks.example.com"),
+        ])
+        .unwrap();
+        assert!(config.warnings().is_empty());
     }
 
     #[test]

@@ -62,6 +62,9 @@ async fn main() -> ExitCode {
 }
 
 async fn run(config: Config) -> ExitCode {
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
     if !config.is_production() {
         let warnings = config.development_warnings();
         if !warnings.is_empty() {
