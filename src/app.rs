@@ -211,13 +211,7 @@ impl Gateway {
         let tls = self.certificate.as_ref().map(|certificate| {
             tokio_rustls::TlsAcceptor::from(Arc::new(certificate.server_config()))
         });
-        serve(
-            listener,
-            self.router.clone(),
-            tls,
-            self.state.config.header_read_timeout(),
-            shutdown,
-        )
+        self.serve_with(listener, tls, shutdown)
     }
 
     /// As [`Gateway::serve`], in plain HTTP whatever `tls` says: the separate metrics port, for
@@ -227,10 +221,19 @@ impl Gateway {
         listener: tokio::net::TcpListener,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        self.serve_with(listener, None, shutdown)
+    }
+
+    fn serve_with(
+        &self,
+        listener: tokio::net::TcpListener,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
         serve(
             listener,
             self.router.clone(),
-            None,
+            tls,
             self.state.config.header_read_timeout(),
             shutdown,
         )

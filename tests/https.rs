@@ -7,7 +7,7 @@ mod common;
 use std::{path::Path, time::Duration};
 
 use common::*;
-use scenehook::{Gateway, config::Config};
+use scenehook::config::Config;
 
 /// `make_certificates`'s set for 127.0.0.1 in a directory of its own.
 fn certificates() -> tempfile::TempDir {
@@ -24,16 +24,9 @@ async fn https_config(test: &str, certs: &Path) -> Config {
     cfg
 }
 
-/// A video callback for an unknown project over `http`: 404 once it reached the handler.
+/// A video callback for an unknown project through `http`: 404 once it reached the handler.
 async fn webhook_status(http: &reqwest::Client, app: &TestApp) -> Result<u16, reqwest::Error> {
-    http.post(format!("{}/api/webhooks/video-complete", app.url))
-        .header("content-type", "application/json")
-        .header(
-            "x-webhook-signature",
-            scenehook::signature::sign_hex(VIDEO_SECRET, UNKNOWN_PROJECT_VIDEO.as_bytes()),
-        )
-        .body(UNKNOWN_PROJECT_VIDEO)
-        .send()
+    app.webhook_via(http, "video-complete", VIDEO_SECRET, UNKNOWN_PROJECT_VIDEO)
         .await
         .map(|r| r.status().as_u16())
 }
@@ -180,11 +173,7 @@ async fn a_certificate_that_cannot_be_served_stops_the_start() {
         let mut cfg = https_config("https_refused", certs.path()).await;
         cfg.tls.cert_file = Some(certs.path().join(cert));
         cfg.tls.key_file = Some(certs.path().join(key));
-        let error = Gateway::start_with(cfg, false)
-            .await
-            .err()
-            .unwrap_or_else(|| panic!("{case}: started"))
-            .to_string();
+        let error = start_error(cfg, case).await;
         assert!(
             error.starts_with("tls: ") && error.contains(why),
             "{case}: {error}"

@@ -19,7 +19,6 @@ use std::{path::Path, time::Duration};
 use common::*;
 use fred::interfaces::ClientLike as _;
 use scenehook::{
-    Gateway,
     config::RedisTlsConfig,
     store::{
         ErrorStore, ErrorType, ListQuery, NewError, RateLimitStore, Severity,
@@ -168,14 +167,7 @@ async fn an_untrusted_server_or_no_client_certificate_stops_the_start() {
             .unwrap();
         cfg.redis_url = redis.url();
         cfg.redis_tls = tls;
-        let started =
-            tokio::time::timeout(Duration::from_secs(20), Gateway::start_with(cfg, false))
-                .await
-                .unwrap_or_else(|_| panic!("{case}: the start neither failed nor succeeded"));
-        let error = started
-            .err()
-            .unwrap_or_else(|| panic!("{case}: started"))
-            .to_string();
+        let error = start_error(cfg, case).await;
         assert!(
             error.starts_with("redis:") && error.contains(why),
             "{case}: {error}"

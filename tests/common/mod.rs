@@ -202,14 +202,25 @@ impl TestApp {
 
     /// POSTs a body signed with the hex scheme.
     pub async fn webhook(&self, endpoint: &str, secret: &str, body: &str) -> reqwest::Response {
-        self.http
-            .post(format!("{}/api/webhooks/{endpoint}", self.url))
+        self.webhook_via(&self.http, endpoint, secret, body)
+            .await
+            .unwrap()
+    }
+
+    /// As [`TestApp::webhook`], through `http`, which may fail to connect.
+    pub async fn webhook_via(
+        &self,
+        http: &reqwest::Client,
+        endpoint: &str,
+        secret: &str,
+        body: &str,
+    ) -> reqwest::Result<reqwest::Response> {
+        http.post(format!("{}/api/webhooks/{endpoint}", self.url))
             .header("content-type", "application/json")
             .header("x-webhook-signature", sign_hex(secret, body.as_bytes()))
             .body(body.to_owned())
             .send()
             .await
-            .unwrap()
     }
 
     pub async fn api(
@@ -351,6 +362,17 @@ leaf client /CN=certuser 'basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Why the gateway did not start with `config` (`case` names it in a failure), within 20 s.
+pub async fn start_error(config: Config, case: &str) -> String {
+    let started = tokio::time::timeout(Duration::from_secs(20), Gateway::start_with(config, false))
+        .await
+        .unwrap_or_else(|_| panic!("{case}: the start neither failed nor succeeded"));
+    started
+        .err()
+        .unwrap_or_else(|| panic!("{case}: started"))
+        .to_string()
 }
 
 /// An HTTPS client that trusts the CA in `ca_file` alone and opens a connection (a handshake)
