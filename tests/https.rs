@@ -39,6 +39,21 @@ async fn webhooks_are_served_over_https_only() {
 
     assert_eq!(webhook_status(&app.http, &app).await.unwrap(), 404);
     assert_eq!(app.readiness().await.0, 200);
+    // HTTP/2 too, for a client that asks for it in the handshake (ALPN).
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(certs.path().join("ca.pem")).unwrap())
+        .unwrap();
+    let h2 = reqwest::Client::builder()
+        .tls_certs_only([ca])
+        .build()
+        .unwrap();
+    let response = app
+        .webhook_via(&h2, "video-complete", VIDEO_SECRET, UNKNOWN_PROJECT_VIDEO)
+        .await
+        .unwrap();
+    assert_eq!(
+        (response.version(), response.status().as_u16()),
+        (reqwest::Version::HTTP_2, 404)
+    );
 
     let plain = reqwest::Client::new()
         .get(format!("http://{}/healthz", app.addr))
