@@ -9,7 +9,7 @@ use sea_orm::DatabaseConnection;
 use tokio::{sync::watch, task::JoinSet};
 
 use crate::{
-    config::Config,
+    config::{Config, OperatorKey, Secret},
     db,
     domain::webhook::WebhookKind,
     outbox::{JobContext, Service, worker::Outbox},
@@ -38,7 +38,57 @@ pub struct App {
     pub webhook_metrics: crate::http::WebhookMetrics,
     pub flood_guard: crate::http::FloodGuard,
     pub project_counts: db::project_counts::ProjectCounts,
+    /// Swapped whole when secret files change ([`reread_secret_files`]).
+    credentials: parking_lot::RwLock<Arc<Credentials>>,
+}
+
+/// What requests are checked against: each endpoint's webhook secrets and the operator keys.
+pub struct Credentials {
     verifiers: [Verifier; 3],
+    pub operator_keys: Vec<OperatorKey>,
+    /// The secrets the verifiers were made from, to tell a rotation from no change.
+    webhook_secrets: [Vec<Secret>; 3],
+}
+
+impl Credentials {
+    pub fn new(config: &Config) -> Self {
+        let w = &config.webhooks;
+        let webhook_secrets = [
+            w.video_secrets.clone(),
+            w.last_frame_secrets.clone(),
+            w.stitch_secrets.clone(),
+        ];
+        Self {
+            verifiers: webhook_secrets
+                .each_ref()
+                .map(|secrets| Verifier::new(secrets, w.timestamp_tolerance_secs)),
+            operator_keys: config.operator_api_keys.clone(),
+            webhook_secrets,
+        }
+    }
+
+    pub fn verifier(&self, kind: WebhookKind) -> &Verifier {
+        &self.verifiers[kind as usize]
+    }
+
+    /// The variables whose values differ in `other`.
+    fn changed(&self, other: &Credentials) -> Vec<&'static str> {
+        let names = [
+            "VIDEO_WEBHOOK_SECRET",
+            "LAST_FRAME_WEBHOOK_SECRET",
+            "STITCH_WEBHOOK_SECRET",
+        ];
+        let mut changed: Vec<&'static str> = names
+            .into_iter()
+            .zip(self.webhook_secrets.iter().zip(&other.webhook_secrets))
+            .filter(|(_, (mine, theirs))| mine != theirs)
+            .map(|(name, _)| name)
+            .collect();
+        if self.operator_keys != other.operator_keys {
+            changed.push("OPERATOR_API_KEYS");
+        }
+        changed
+    }
 }
 
 /// Cheap to clone; extracted by handlers.
@@ -53,8 +103,9 @@ impl std::ops::Deref for AppState {
 }
 
 impl App {
-    pub fn verifier(&self, kind: WebhookKind) -> &Verifier {
-        &self.verifiers[kind as usize]
+    /// The credentials in force now.
+    pub fn credentials(&self) -> Arc<Credentials> {
+        self.credentials.read().clone()
     }
 
     pub fn job_context(&self, request_id: Option<String>) -> JobContext {
@@ -153,12 +204,6 @@ impl Gateway {
             };
         let reporter = Reporter::new(error_store);
         let limiter = RateLimiter::new(limit_store, config.rate_limit.clone(), reporter.clone());
-        let tolerance = config.webhooks.timestamp_tolerance_secs;
-        let verifiers = [
-            Verifier::new(&config.webhooks.video_secrets, tolerance),
-            Verifier::new(&config.webhooks.last_frame_secrets, tolerance),
-            Verifier::new(&config.webhooks.stitch_secrets, tolerance),
-        ];
         let outbox = Arc::new(Outbox::new(db.clone(), config.clone(), reporter.clone()));
         let ingestor = db::ingest::Ingestor::start(&db, &config, limits(&config)).await?;
         let state = AppState(Arc::new(App {
@@ -173,7 +218,7 @@ impl Gateway {
             webhook_metrics: crate::http::WebhookMetrics::register(),
             flood_guard: crate::http::FloodGuard::new(&config.rate_limit),
             project_counts: Default::default(),
-            verifiers,
+            credentials: parking_lot::RwLock::new(Arc::new(Credentials::new(&config))),
         }));
         let (shutdown, stop) = watch::channel(false);
         let mut tasks = JoinSet::new();
@@ -188,6 +233,9 @@ impl Gateway {
                 config.tls.reload_interval(),
                 stop.clone(),
             ));
+        }
+        if !config.secret_files.is_empty() {
+            tasks.spawn(reread_secret_files(state.clone(), stop.clone()));
         }
         tasks.spawn(retention(state.clone(), stop));
         let router = crate::http::router(state.clone());
@@ -295,10 +343,57 @@ pub(crate) fn ticker(period: Duration) -> tokio::time::Interval {
 async fn renew_certificate(
     certificate: Arc<ServerCertificate>,
     interval: Duration,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
-    let metrics = telemetry::CertificateMetrics::register();
-    metrics.served(certificate.not_after());
+    let expiry = telemetry::certificate_expiry();
+    expiry.set(certificate.not_after() as f64);
+    let reloads = telemetry::ReloadCounters::register("scenehook_tls_certificate_reloads_total");
+    reload_every(interval, stop, reloads, "TLS certificate", || {
+        let renewed = certificate.reload()?;
+        if renewed {
+            expiry.set(certificate.not_after() as f64);
+            tracing::info!(
+                not_after = certificate.not_after(),
+                "TLS certificate renewed"
+            );
+        }
+        Ok(renewed)
+    })
+    .await
+}
+
+/// Reads the secret files the webhook secrets and the operator keys came from every
+/// `secret_files_reload_secs`, so that a rotation takes effect without a restart; new values
+/// that production would refuse are reported and the current ones kept.
+async fn reread_secret_files(state: AppState, stop: watch::Receiver<bool>) {
+    let interval = Duration::from_secs(state.config.secret_files_reload_secs);
+    let reloads = telemetry::ReloadCounters::register("scenehook_secret_files_reloads_total");
+    reload_every(interval, stop, reloads, "secret files", || {
+        let config = state
+            .config
+            .with_secret_files_reread()
+            .map_err(|e| e.0.join("; "))?;
+        let credentials = Credentials::new(&config);
+        let changed = state.credentials().changed(&credentials);
+        if changed.is_empty() {
+            return Ok(false);
+        }
+        *state.credentials.write() = Arc::new(credentials);
+        tracing::info!(changed = ?changed, "secrets read again from their files");
+        Ok(true)
+    })
+    .await
+}
+
+/// Runs `reload` every `interval` until stopped: `Ok(true)` counts a renewal, `Ok(false)` (no
+/// change) nothing, an error a failure, logged as `what`'s.
+async fn reload_every(
+    interval: Duration,
+    mut stop: watch::Receiver<bool>,
+    reloads: telemetry::ReloadCounters,
+    what: &str,
+    mut reload: impl FnMut() -> Result<bool, String>,
+) {
     let mut ticks = ticker(interval);
     ticks.tick().await;
     loop {
@@ -306,18 +401,12 @@ async fn renew_certificate(
             _ = stop.changed() => return,
             _ = ticks.tick() => {}
         }
-        match certificate.reload() {
+        match reload() {
             Ok(false) => {}
-            Ok(true) => {
-                metrics.renewed(certificate.not_after());
-                tracing::info!(
-                    not_after = certificate.not_after(),
-                    "TLS certificate renewed"
-                );
-            }
+            Ok(true) => reloads.renewed.increment(1),
             Err(e) => {
-                metrics.failed();
-                tracing::error!(error = %e, "TLS certificate not renewed; the current one stays");
+                reloads.failed.increment(1);
+                tracing::error!(error = %e, "{what} not renewed; the current ones stay");
             }
         }
     }

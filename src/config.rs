@@ -53,6 +53,12 @@ pub struct Config {
     /// HTTPS on `bind_addr`, with a certificate of the deployment's.
     #[serde(default)]
     pub tls: ServerTlsConfig,
+    /// How often the secrets that came from files and can change while serving (the webhook
+    /// secrets and the operator keys) are read again.
+    pub secret_files_reload_secs: u64,
+    /// The `<NAME>_FILE` variables the secrets came from, as [`Config::load`] found them.
+    #[serde(skip)]
+    pub secret_files: Vec<SecretFile>,
     pub run_migrations: bool,
     /// `text` or `json` (`LOG_FORMAT`).
     pub log_format: String,
@@ -329,7 +335,7 @@ pub enum Access {
 }
 
 /// One entry of `OPERATOR_API_KEYS`: `key`, `name:key`, `name:key:rw` or `name:key:ro`.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct OperatorKey {
     pub name: String,
     pub key: Secret,
@@ -503,11 +509,27 @@ const FILE_VARIABLES: &[&str] = &[
     "REDIS_URL",
 ];
 
-/// For each `<NAME>_FILE` set, the file's text (less its final line break) as `NAME`'s value.
-/// A file that cannot be read, or a variable set both ways, is a problem naming the variable;
-/// the file's text never appears in one.
-fn merge_secret_files(mut figment: Figment) -> Result<Figment, ConfigError> {
+/// A setting read from a file: `variable`'s value came from `path` (`<variable>_FILE`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretFile {
+    pub variable: &'static str,
+    pub path: PathBuf,
+}
+
+/// A secret file's text, less its final line break.
+fn read_secret_file(path: &std::path::Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let value = text.strip_suffix('\n').unwrap_or(&text);
+    Ok(value.strip_suffix('\r').unwrap_or(value).to_owned())
+}
+
+/// For each `<NAME>_FILE` set, the file's text (less its final line break) as `NAME`'s value;
+/// and which files they were. A file that cannot be read, or a variable set both ways, is a
+/// problem naming the variable; the file's text never appears in one.
+fn merge_secret_files(mut figment: Figment) -> Result<(Figment, Vec<SecretFile>), ConfigError> {
     let mut problems = Vec::new();
+    let mut files = Vec::new();
     for name in FILE_VARIABLES {
         let file_variable = format!("{name}_FILE");
         let Some(path) = std::env::var_os(&file_variable).map(PathBuf::from) else {
@@ -522,20 +544,19 @@ fn merge_secret_files(mut figment: Figment) -> Result<Figment, ConfigError> {
             .find(|(env_name, _)| env_name == name)
             .map(|(_, key)| *key)
             .expect("every file variable has a key");
-        match std::fs::read_to_string(&path) {
-            Ok(text) => {
-                let value = text.strip_suffix('\n').unwrap_or(&text);
-                let value = value.strip_suffix('\r').unwrap_or(value);
-                figment = figment.merge((key, value.to_owned()));
+        match read_secret_file(&path) {
+            Ok(value) => {
+                figment = figment.merge((key, value));
+                files.push(SecretFile {
+                    variable: name,
+                    path,
+                });
             }
-            Err(e) => problems.push(format!(
-                "{file_variable}: cannot read {}: {e}",
-                path.display()
-            )),
+            Err(e) => problems.push(format!("{file_variable}: {e}")),
         }
     }
     if problems.is_empty() {
-        Ok(figment)
+        Ok((figment, files))
     } else {
         Err(ConfigError(problems))
     }
@@ -559,7 +580,8 @@ impl Config {
         figment = figment
             .merge(env_provider(ENV_ALIASES))
             .merge(env_provider(ENV_NAMES));
-        figment = merge_secret_files(figment)?;
+        let (with_files, secret_files) = merge_secret_files(figment)?;
+        figment = with_files;
         // `PORT` alone sets the port of the default bind address.
         if std::env::var_os("BIND_ADDR").is_none()
             && let Ok(port) = std::env::var("PORT")
@@ -567,7 +589,48 @@ impl Config {
             figment = figment.merge(("bind_addr", format!("0.0.0.0:{port}")));
         }
         figment = figment.merge(Env::prefixed("SCENEHOOK_").split("__"));
-        Self::from_figment(figment, purpose)
+        let mut config = Self::from_figment(figment, purpose)?;
+        config.secret_files = secret_files;
+        Ok(config)
+    }
+
+    /// This configuration with the secrets that came from files and can change while serving
+    /// (the webhook secrets and the operator keys) read from them again, checked as at start:
+    /// a file that cannot be read, a value that does not parse, or one production refuses is a
+    /// problem naming its variable, never the value.
+    pub fn with_secret_files_reread(&self) -> Result<Config, ConfigError> {
+        use serde::de::value::{Error, StrDeserializer};
+        fn list<T>(text: &str) -> Result<Vec<T>, String>
+        where
+            T: FromStr,
+            T::Err: fmt::Display,
+        {
+            comma_list(StrDeserializer::<Error>::new(text)).map_err(|e| e.to_string())
+        }
+        let mut config = self.clone();
+        let mut problems = Vec::new();
+        for file in &self.secret_files {
+            let c = &mut config;
+            let reread = read_secret_file(&file.path).and_then(|text| match file.variable {
+                "VIDEO_WEBHOOK_SECRET" => list(&text).map(|v| c.webhooks.video_secrets = v),
+                "LAST_FRAME_WEBHOOK_SECRET" => {
+                    list(&text).map(|v| c.webhooks.last_frame_secrets = v)
+                }
+                "STITCH_WEBHOOK_SECRET" => list(&text).map(|v| c.webhooks.stitch_secrets = v),
+                "OPERATOR_API_KEYS" => list(&text).map(|v| c.operator_api_keys = v),
+                // Read at start only: the connections and clients made from them stay.
+                _ => Ok(()),
+            });
+            if let Err(e) = reread {
+                problems.push(format!("{}_FILE: {e}", file.variable));
+            }
+        }
+        problems.extend(config.serving_secret_problems());
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError(problems))
+        }
     }
 
     /// The built-in defaults alone (development), for tests and tools.
@@ -742,20 +805,32 @@ impl Config {
         {
             problems.push("SCENEHOOK_METRICS_BIND_ADDR is not a socket address".to_owned());
         }
-        if self.is_production() && purpose == Purpose::Serve {
-            problems.extend(self.secret_problems());
-            if self.operator_api_keys.is_empty() {
-                problems.push(
-                    "OPERATOR_API_KEYS is empty: production needs at least one operator key"
-                        .to_owned(),
-                );
-            }
+        if !(1..=86_400).contains(&self.secret_files_reload_secs) {
+            problems
+                .push("SCENEHOOK_SECRET_FILES_RELOAD_SECS must be between 1 and 86400".to_owned());
+        }
+        if purpose == Purpose::Serve {
+            problems.extend(self.serving_secret_problems());
         }
         if problems.is_empty() {
             Ok(())
         } else {
             Err(ConfigError(problems))
         }
+    }
+
+    /// What production refuses to serve with: weak webhook secrets, no operator key.
+    fn serving_secret_problems(&self) -> Vec<String> {
+        if !self.is_production() {
+            return Vec::new();
+        }
+        let mut problems = self.secret_problems();
+        if self.operator_api_keys.is_empty() {
+            problems.push(
+                "OPERATOR_API_KEYS is empty: production needs at least one operator key".to_owned(),
+            );
+        }
+        problems
     }
 
     /// One line per webhook secret that production would refuse, naming its variable.
@@ -1141,6 +1216,17 @@ mod tests {
                 .collect();
             assert_eq!(video, ["from-a-file-0123456789"]);
             assert_eq!(config.operator_api_keys.len(), 2);
+            let variables: Vec<_> = config.secret_files.iter().map(|f| f.variable).collect();
+            assert_eq!(variables, ["VIDEO_WEBHOOK_SECRET", "OPERATOR_API_KEYS"]);
+
+            // Read again: the new values; a malformed one is a problem naming its variable.
+            jail.create_file("video.secret", "rotated,from-a-file-0123456789")?;
+            let reread = config.with_secret_files_reread().unwrap();
+            assert_eq!(reread.webhooks.video_secrets.len(), 2);
+            jail.create_file("keys", "a:b:c:d")?;
+            let text = config.with_secret_files_reread().unwrap_err().to_string();
+            assert!(text.starts_with("config: OPERATOR_API_KEYS_FILE: "), "{text}");
+            assert!(!text.contains("rotated"), "a secret leaked: {text}");
 
             jail.set_env("VIDEO_WEBHOOK_SECRET", "also-set-directly");
             jail.set_env("STITCH_API_KEY_FILE", "no-such-file");

@@ -273,6 +273,13 @@ fn describe_metrics() {
         "HTTPS certificate files found changed, by result: renewed (served from then on) or \
          failed (unusable; the current certificate stays). HTTPS only."
     );
+    describe_counter!(
+        "scenehook_secret_files_reloads_total",
+        "Secret files (webhook secrets, operator keys) found changed, by result: renewed (in \
+         force from then on) or failed (unusable; the current secrets stay)."
+    );
+    // Exported whether or not a secret comes from a file, as the alert on it expects.
+    ReloadCounters::register("scenehook_secret_files_reloads_total");
     for counter in [
         "scenehook_rate_limit_fail_open_total",
         "scenehook_error_store_failures_total",
@@ -284,40 +291,29 @@ fn describe_metrics() {
     }
 }
 
-/// The HTTPS certificate's metrics: when the one served expires, and its renewals.
-pub struct CertificateMetrics {
-    expiry: metrics::Gauge,
-    renewed: metrics::Counter,
-    failed: metrics::Counter,
+/// When the HTTPS certificate served now expires (Unix seconds).
+pub fn certificate_expiry() -> metrics::Gauge {
+    metrics::gauge!("scenehook_tls_certificate_expiry_timestamp_seconds")
 }
 
-impl CertificateMetrics {
-    /// Registers both results at zero, so that an alert sees a failure's first increase.
-    pub fn register() -> Self {
-        let reloads = |result: &'static str| {
-            let counter =
-                metrics::counter!("scenehook_tls_certificate_reloads_total", "result" => result);
+/// A reloaded file's outcomes: renewed (taken) and failed (unusable; the current value stays).
+pub struct ReloadCounters {
+    pub renewed: metrics::Counter,
+    pub failed: metrics::Counter,
+}
+
+impl ReloadCounters {
+    /// Registers both results of `name` at zero, so that an alert sees a failure's first
+    /// increase.
+    pub fn register(name: &'static str) -> Self {
+        let result = |result: &'static str| {
+            let counter = metrics::counter!(name, "result" => result);
             counter.increment(0);
             counter
         };
         Self {
-            expiry: metrics::gauge!("scenehook_tls_certificate_expiry_timestamp_seconds"),
-            renewed: reloads("renewed"),
-            failed: reloads("failed"),
+            renewed: result("renewed"),
+            failed: result("failed"),
         }
-    }
-
-    /// The certificate served now expires at `not_after` (Unix seconds).
-    pub fn served(&self, not_after: i64) {
-        self.expiry.set(not_after as f64);
-    }
-
-    pub fn renewed(&self, not_after: i64) {
-        self.renewed.increment(1);
-        self.served(not_after);
-    }
-
-    pub fn failed(&self) {
-        self.failed.increment(1);
     }
 }

@@ -26,7 +26,8 @@ pub async fn require_operator(
     mut request: Request,
     next: Next,
 ) -> Result<Response, AppError> {
-    let keys = &state.config.operator_api_keys;
+    let credentials = state.credentials();
+    let keys = &credentials.operator_keys;
     let operator = if keys.is_empty() {
         match peer_addr(&request) {
             Some(addr) if addr.ip().is_loopback() => Operator {

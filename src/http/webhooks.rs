@@ -400,9 +400,10 @@ async fn process(
         webhook_timestamp: header(WEBHOOK_TIMESTAMP_HEADER),
         webhook_signature: header(WEBHOOK_SIGNATURE_HEADER),
     };
-    if let Err(e) = app
-        .verifier(kind)
-        .verify(&signature, &body, chrono::Utc::now().timestamp())
+    if let Err(e) =
+        app.credentials()
+            .verifier(kind)
+            .verify(&signature, &body, chrono::Utc::now().timestamp())
     {
         // Logged and reported only for a request the limiter let in: a refused one is answered
         // 429, as if it had never been read.
