@@ -1225,7 +1225,10 @@ mod tests {
             assert_eq!(reread.webhooks.video_secrets.len(), 2);
             jail.create_file("keys", "a:b:c:d")?;
             let text = config.with_secret_files_reread().unwrap_err().to_string();
-            assert!(text.starts_with("config: OPERATOR_API_KEYS_FILE: "), "{text}");
+            assert!(
+                text.starts_with("config: OPERATOR_API_KEYS_FILE: "),
+                "{text}"
+            );
             assert!(!text.contains("rotated"), "a secret leaked: {text}");
 
             jail.set_env("VIDEO_WEBHOOK_SECRET", "also-set-directly");
