@@ -9,13 +9,12 @@ use sea_orm::DatabaseConnection;
 use tokio::{sync::watch, task::JoinSet};
 
 use crate::{
-    config::{Config, OperatorKey, Secret},
+    config::Config,
+    credentials::{Credentials, SharedCredentials},
     db,
-    domain::webhook::WebhookKind,
     outbox::{JobContext, Service, worker::Outbox},
     ratelimit::RateLimiter,
     reporter::{Reporter, now_ms},
-    signature::Verifier,
     store::{
         ErrorPolicy, ErrorStore, RateLimitStore,
         memory::{MemoryErrorStore, MemoryRateLimiter},
@@ -39,56 +38,7 @@ pub struct App {
     pub flood_guard: crate::http::FloodGuard,
     pub project_counts: db::project_counts::ProjectCounts,
     /// Swapped whole when secret files change ([`reread_secret_files`]).
-    credentials: parking_lot::RwLock<Arc<Credentials>>,
-}
-
-/// What requests are checked against: each endpoint's webhook secrets and the operator keys.
-pub struct Credentials {
-    verifiers: [Verifier; 3],
-    pub operator_keys: Vec<OperatorKey>,
-    /// The secrets the verifiers were made from, to tell a rotation from no change.
-    webhook_secrets: [Vec<Secret>; 3],
-}
-
-impl Credentials {
-    pub fn new(config: &Config) -> Self {
-        let w = &config.webhooks;
-        let webhook_secrets = [
-            w.video_secrets.clone(),
-            w.last_frame_secrets.clone(),
-            w.stitch_secrets.clone(),
-        ];
-        Self {
-            verifiers: webhook_secrets
-                .each_ref()
-                .map(|secrets| Verifier::new(secrets, w.timestamp_tolerance_secs)),
-            operator_keys: config.operator_api_keys.clone(),
-            webhook_secrets,
-        }
-    }
-
-    pub fn verifier(&self, kind: WebhookKind) -> &Verifier {
-        &self.verifiers[kind as usize]
-    }
-
-    /// The variables whose values differ in `other`.
-    fn changed(&self, other: &Credentials) -> Vec<&'static str> {
-        let names = [
-            "VIDEO_WEBHOOK_SECRET",
-            "LAST_FRAME_WEBHOOK_SECRET",
-            "STITCH_WEBHOOK_SECRET",
-        ];
-        let mut changed: Vec<&'static str> = names
-            .into_iter()
-            .zip(self.webhook_secrets.iter().zip(&other.webhook_secrets))
-            .filter(|(_, (mine, theirs))| mine != theirs)
-            .map(|(name, _)| name)
-            .collect();
-        if self.operator_keys != other.operator_keys {
-            changed.push("OPERATOR_API_KEYS");
-        }
-        changed
-    }
+    credentials: SharedCredentials,
 }
 
 /// Cheap to clone; extracted by handlers.
@@ -105,7 +55,7 @@ impl std::ops::Deref for AppState {
 impl App {
     /// The credentials in force now.
     pub fn credentials(&self) -> Arc<Credentials> {
-        self.credentials.read().clone()
+        self.credentials.current()
     }
 
     pub fn job_context(&self, request_id: Option<String>) -> JobContext {
@@ -204,7 +154,13 @@ impl Gateway {
             };
         let reporter = Reporter::new(error_store);
         let limiter = RateLimiter::new(limit_store, config.rate_limit.clone(), reporter.clone());
-        let outbox = Arc::new(Outbox::new(db.clone(), config.clone(), reporter.clone()));
+        let credentials = SharedCredentials::new(Credentials::new(&config));
+        let outbox = Arc::new(Outbox::new(
+            db.clone(),
+            config.clone(),
+            credentials.clone(),
+            reporter.clone(),
+        ));
         let ingestor = db::ingest::Ingestor::start(&db, &config, limits(&config)).await?;
         let state = AppState(Arc::new(App {
             config: config.clone(),
@@ -218,7 +174,7 @@ impl Gateway {
             webhook_metrics: crate::http::WebhookMetrics::register(),
             flood_guard: crate::http::FloodGuard::new(&config.rate_limit),
             project_counts: Default::default(),
-            credentials: parking_lot::RwLock::new(Arc::new(Credentials::new(&config))),
+            credentials,
         }));
         let (shutdown, stop) = watch::channel(false);
         let mut tasks = JoinSet::new();
@@ -362,9 +318,9 @@ async fn renew_certificate(
     .await
 }
 
-/// Reads the secret files the webhook secrets and the operator keys came from every
-/// `secret_files_reload_secs`, so that a rotation takes effect without a restart; new values
-/// that production would refuse are reported and the current ones kept.
+/// Reads the files the webhook secrets, the operator keys and the services' API keys came from
+/// every `secret_files_reload_secs`, so that a rotation takes effect without a restart; new
+/// values that production would refuse are reported and the current ones kept.
 async fn reread_secret_files(state: AppState, stop: watch::Receiver<bool>) {
     let interval = Duration::from_secs(state.config.secret_files_reload_secs);
     let reloads = telemetry::ReloadCounters::register("scenehook_secret_files_reloads_total");
@@ -378,7 +334,7 @@ async fn reread_secret_files(state: AppState, stop: watch::Receiver<bool>) {
         if changed.is_empty() {
             return Ok(false);
         }
-        *state.credentials.write() = Arc::new(credentials);
+        state.credentials.replace(credentials);
         tracing::info!(changed = ?changed, "secrets read again from their files");
         Ok(true)
     })

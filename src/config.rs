@@ -54,7 +54,7 @@ pub struct Config {
     #[serde(default)]
     pub tls: ServerTlsConfig,
     /// How often the secrets that came from files and can change while serving (the webhook
-    /// secrets and the operator keys) are read again.
+    /// secrets, the operator keys and the services' API keys) are read again.
     pub secret_files_reload_secs: u64,
     /// The `<NAME>_FILE` variables the secrets came from, as [`Config::load`] found them.
     #[serde(skip)]
@@ -217,6 +217,18 @@ pub struct ServicesConfig {
     pub last_frame: ServiceConfig,
     pub stitch: ServiceConfig,
     pub notification: ServiceConfig,
+}
+
+impl ServicesConfig {
+    pub fn get(&self, service: crate::outbox::Service) -> &ServiceConfig {
+        use crate::outbox::Service;
+        match service {
+            Service::Video => &self.video,
+            Service::LastFrame => &self.last_frame,
+            Service::Stitch => &self.stitch,
+            Service::Notification => &self.notification,
+        }
+    }
 }
 
 #[derive(Clone, Deserialize)]
@@ -595,7 +607,8 @@ impl Config {
     }
 
     /// This configuration with the secrets that came from files and can change while serving
-    /// (the webhook secrets and the operator keys) read from them again, checked as at start:
+    /// (the webhook secrets, the operator keys and the services' API keys) read from them
+    /// again, checked as at start:
     /// a file that cannot be read, a value that does not parse, or one production refuses is a
     /// problem naming its variable, never the value.
     pub fn with_secret_files_reread(&self) -> Result<Config, ConfigError> {
@@ -611,15 +624,20 @@ impl Config {
         let mut problems = Vec::new();
         for file in &self.secret_files {
             let c = &mut config;
-            let reread = read_secret_file(&file.path).and_then(|text| match file.variable {
-                "VIDEO_WEBHOOK_SECRET" => list(&text).map(|v| c.webhooks.video_secrets = v),
-                "LAST_FRAME_WEBHOOK_SECRET" => {
-                    list(&text).map(|v| c.webhooks.last_frame_secrets = v)
+            let reread = read_secret_file(&file.path).and_then(|text| {
+                match file.variable {
+                    "VIDEO_WEBHOOK_SECRET" => c.webhooks.video_secrets = list(&text)?,
+                    "LAST_FRAME_WEBHOOK_SECRET" => c.webhooks.last_frame_secrets = list(&text)?,
+                    "STITCH_WEBHOOK_SECRET" => c.webhooks.stitch_secrets = list(&text)?,
+                    "OPERATOR_API_KEYS" => c.operator_api_keys = list(&text)?,
+                    "VIDEO_API_KEY" => c.services.video.api_key = Secret::new(text),
+                    "LAST_FRAME_API_KEY" => c.services.last_frame.api_key = Secret::new(text),
+                    "STITCH_API_KEY" => c.services.stitch.api_key = Secret::new(text),
+                    "NOTIFICATION_API_KEY" => c.services.notification.api_key = Secret::new(text),
+                    // Read at start only: the connections made from them stay.
+                    _ => {}
                 }
-                "STITCH_WEBHOOK_SECRET" => list(&text).map(|v| c.webhooks.stitch_secrets = v),
-                "OPERATOR_API_KEYS" => list(&text).map(|v| c.operator_api_keys = v),
-                // Read at start only: the connections and clients made from them stay.
-                _ => Ok(()),
+                Ok(())
             });
             if let Err(e) = reread {
                 problems.push(format!("{}_FILE: {e}", file.variable));

@@ -5,6 +5,7 @@
 
 pub mod app;
 pub mod config;
+pub mod credentials;
 pub mod db;
 pub mod domain;
 pub mod error;

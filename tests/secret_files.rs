@@ -1,6 +1,6 @@
-//! Webhook secrets and operator keys given as files (`<NAME>_FILE`) are read again while the
-//! gateway serves: a rotation takes effect without a restart, and values production would
-//! refuse are not taken.
+//! Webhook secrets, operator keys and the services' API keys given as files (`<NAME>_FILE`) are
+//! read again while the gateway serves: a rotation takes effect without a restart, and values
+//! production would refuse are not taken.
 
 mod common;
 
@@ -105,4 +105,79 @@ async fn rotated_secret_files_take_effect_without_a_restart() {
     assert_eq!(signed_with(&app, "short").await, 401);
     assert_eq!(signed_with(&app, NEW_VIDEO_SECRET).await, 404);
     assert_eq!(listing_with(&app, RW_KEY).await, 401);
+}
+
+/// A project started with the outbox running: its first scene's generation goes to the video
+/// service; the authorization the video service saw on its latest call.
+async fn generation_authorized_with(
+    app: &TestApp,
+    fakes: &scenehook::fakes::FakeServices,
+    project: &str,
+) -> String {
+    let scenes = serde_json::json!([{"id": format!("{project}_s1"), "prompt": "a lighthouse"}]);
+    let (status, _) = app
+        .post(
+            "/projects",
+            serde_json::json!({"id": project, "name": project, "scenes": scenes}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let (status, _) = app
+        .post(
+            &format!("/projects/{project}/generate"),
+            serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(status, 202);
+    eventually(
+        Duration::from_secs(10),
+        "the video service is called for the project",
+        || async {
+            fakes
+                .received_by("video")
+                .iter()
+                .any(|r| r.body.to_string().contains(project))
+        },
+    )
+    .await;
+    fakes
+        .received_by("video")
+        .into_iter()
+        .rfind(|r| r.body.to_string().contains(project))
+        .and_then(|r| r.authorization)
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_api_key_is_sent_from_the_next_call_on() {
+    let Some((mut cfg, fakes)) = with_fakes(Backend::Embedded, "secret_files_api_key").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("video.key");
+    std::fs::write(&key_file, "video-key-before\n").unwrap();
+    cfg.services.video.api_key = Secret::new("video-key-before");
+    cfg.secret_files = vec![SecretFile {
+        variable: "VIDEO_API_KEY",
+        path: key_file.clone(),
+    }];
+    cfg.secret_files_reload_secs = 1;
+    let app = TestApp::start(cfg).await;
+    assert_eq!(
+        generation_authorized_with(&app, &fakes, "before").await,
+        "Bearer video-key-before"
+    );
+
+    let before = app.scrape().await;
+    std::fs::write(&key_file, "video-key-after").unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "the rotated key is read",
+        || async { reloads(&app.scrape().await, "renewed") > reloads(&before, "renewed") },
+    )
+    .await;
+    assert_eq!(
+        generation_authorized_with(&app, &fakes, "after").await,
+        "Bearer video-key-after"
+    );
 }

@@ -7,7 +7,7 @@ use reqwest::{StatusCode, header};
 use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
 use reqwest_retry::{RetryTransientMiddleware, policies::ExponentialBackoff};
 
-use crate::config::{OutboxConfig, ServiceConfig};
+use crate::config::{OutboxConfig, Secret, ServiceConfig};
 
 /// How one logical call (retries included) ended.
 #[derive(Debug)]
@@ -76,10 +76,11 @@ impl OutboundClient {
         }
     }
 
-    /// POSTs `payload` to the service with its API key and the job id as idempotency key.
+    /// POSTs `payload` to the service with `api_key` and the job id as idempotency key.
     pub async fn post(
         &self,
         service: &ServiceConfig,
+        api_key: &Secret,
         idempotency_key: &str,
         request_id: Option<&str>,
         payload: &serde_json::Value,
@@ -88,7 +89,7 @@ impl OutboundClient {
         let mut request = self
             .http
             .post(service.endpoint())
-            .bearer_auth(service.api_key.expose())
+            .bearer_auth(api_key.expose())
             .header("Idempotency-Key", idempotency_key)
             .json(payload);
         if let Some(id) = request_id {

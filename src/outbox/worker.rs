@@ -18,7 +18,8 @@ use super::{
     client::{CallResult, OutboundClient},
 };
 use crate::{
-    config::{Config, ServiceConfig},
+    config::Config,
+    credentials::SharedCredentials,
     db::{
         self,
         outbox::{Claim, Settle},
@@ -30,6 +31,8 @@ use crate::{
 pub struct Outbox {
     db: DatabaseConnection,
     config: Arc<Config>,
+    /// The services' API keys among them, which a rotation may change.
+    credentials: SharedCredentials,
     client: OutboundClient,
     reporter: Reporter,
     lanes: Vec<Lane>,
@@ -41,7 +44,12 @@ struct Lane {
 }
 
 impl Outbox {
-    pub fn new(db: DatabaseConnection, config: Arc<Config>, reporter: Reporter) -> Self {
+    pub fn new(
+        db: DatabaseConnection,
+        config: Arc<Config>,
+        credentials: SharedCredentials,
+        reporter: Reporter,
+    ) -> Self {
         let o = &config.outbox;
         let lanes = Service::ALL
             .into_iter()
@@ -59,6 +67,7 @@ impl Outbox {
             client: OutboundClient::new(o),
             db,
             config,
+            credentials,
             reporter,
             lanes,
         }
@@ -75,16 +84,6 @@ impl Outbox {
 
     pub fn breaker_state(&self, service: Service) -> BreakerState {
         self.lane(service).breaker.state()
-    }
-
-    fn service_config(&self, service: Service) -> &ServiceConfig {
-        let s = &self.config.services;
-        match service {
-            Service::Video => &s.video,
-            Service::LastFrame => &s.last_frame,
-            Service::Stitch => &s.stitch,
-            Service::Notification => &s.notification,
-        }
     }
 
     /// Runs every lane until `shutdown` turns true; a lane finishes the jobs it is sending.
@@ -219,7 +218,8 @@ impl Outbox {
         let (result, elapsed) = self
             .client
             .post(
-                self.service_config(service),
+                self.config.services.get(service),
+                self.credentials.current().service_key(service),
                 &job.id,
                 job.request_id.as_deref(),
                 &job.payload,
