@@ -48,40 +48,31 @@ impl Credentials {
 
     /// The variables whose values differ in `other`.
     pub fn changed(&self, other: &Credentials) -> Vec<&'static str> {
-        let webhooks = [
+        const WEBHOOK_SECRETS: [&str; 3] = [
             "VIDEO_WEBHOOK_SECRET",
             "LAST_FRAME_WEBHOOK_SECRET",
             "STITCH_WEBHOOK_SECRET",
         ];
-        let services = [
+        const API_KEYS: [&str; 4] = [
             "VIDEO_API_KEY",
             "LAST_FRAME_API_KEY",
             "STITCH_API_KEY",
             "NOTIFICATION_API_KEY",
         ];
-        let differing = |names: &[&'static str], mine: Vec<bool>| -> Vec<&'static str> {
-            names
-                .iter()
-                .zip(mine)
-                .filter(|(_, differs)| *differs)
-                .map(|(name, _)| *name)
-                .collect()
-        };
-        let mut changed = differing(
-            &webhooks,
-            (0..3)
-                .map(|i| self.webhook_secrets[i] != other.webhook_secrets[i])
-                .collect(),
-        );
+        let mut changed = Vec::new();
+        for (i, name) in WEBHOOK_SECRETS.into_iter().enumerate() {
+            if self.webhook_secrets[i] != other.webhook_secrets[i] {
+                changed.push(name);
+            }
+        }
         if self.operator_keys != other.operator_keys {
             changed.push("OPERATOR_API_KEYS");
         }
-        changed.extend(differing(
-            &services,
-            (0..4)
-                .map(|i| self.service_keys[i] != other.service_keys[i])
-                .collect(),
-        ));
+        for (i, name) in API_KEYS.into_iter().enumerate() {
+            if self.service_keys[i] != other.service_keys[i] {
+                changed.push(name);
+            }
+        }
         changed
     }
 }
@@ -101,5 +92,25 @@ impl SharedCredentials {
 
     pub fn replace(&self, credentials: Credentials) {
         *self.0.write() = Arc::new(credentials);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rotation_names_the_variables_that_changed() {
+        let before = Config::defaults();
+        let mut after = before.clone();
+        after.webhooks.video_secrets.push(Secret::new("rotated"));
+        after.services.notification.api_key = Secret::new("rotated");
+        let (before, after) = (Credentials::new(&before), Credentials::new(&after));
+        assert_eq!(
+            before.changed(&after),
+            ["VIDEO_WEBHOOK_SECRET", "NOTIFICATION_API_KEY"]
+        );
+        assert!(after.changed(&after).is_empty());
+        assert_eq!(after.service_key(Service::Notification).expose(), "rotated");
     }
 }
