@@ -66,14 +66,17 @@ async fn rotated_secret_files_take_effect_without_a_restart() {
     // Rotation, step one: the new secret beside the old, and a new key beside the old.
     std::fs::write(&video, format!("{NEW_VIDEO_SECRET},{VIDEO_SECRET}\n")).unwrap();
     std::fs::write(&keys, format!("ops:{RW_KEY}:rw,new:{NEW_KEY}:rw")).unwrap();
+    // Both, as a check may fall between the two writes.
     eventually(
         Duration::from_secs(10),
-        "the new secret is in force",
-        || async { signed_with(&app, NEW_VIDEO_SECRET).await == 404 },
+        "the new secret and key are in force",
+        || async {
+            signed_with(&app, NEW_VIDEO_SECRET).await == 404
+                && listing_with(&app, NEW_KEY).await == 200
+        },
     )
     .await;
     assert_eq!(signed_with(&app, VIDEO_SECRET).await, 404);
-    assert_eq!(listing_with(&app, NEW_KEY).await, 200);
     assert_eq!(listing_with(&app, RW_KEY).await, 200);
 
     // Step two: the old ones go.
@@ -81,12 +84,13 @@ async fn rotated_secret_files_take_effect_without_a_restart() {
     std::fs::write(&keys, format!("new:{NEW_KEY}:rw")).unwrap();
     eventually(
         Duration::from_secs(10),
-        "the old secret is refused",
-        || async { signed_with(&app, VIDEO_SECRET).await == 401 },
+        "the old secret and key are refused",
+        || async {
+            signed_with(&app, VIDEO_SECRET).await == 401 && listing_with(&app, RW_KEY).await == 401
+        },
     )
     .await;
     assert_eq!(signed_with(&app, NEW_VIDEO_SECRET).await, 404);
-    assert_eq!(listing_with(&app, RW_KEY).await, 401);
     assert_eq!(listing_with(&app, NEW_KEY).await, 200);
     let rotated = scrape(&app.http, &app.url).await;
     assert!(reloads(&rotated, "renewed") >= 2.0, "{rotated}");
