@@ -304,7 +304,7 @@ async fn renew_certificate(
     let expiry = telemetry::certificate_expiry();
     expiry.set(certificate.not_after() as f64);
     let reloads = telemetry::ReloadCounters::register("scenehook_tls_certificate_reloads_total");
-    reload_every(interval, stop, reloads, "TLS certificate", || {
+    reload_every(interval, stop, reloads, "TLS certificate", move || {
         let renewed = certificate.reload()?;
         if renewed {
             expiry.set(certificate.not_after() as f64);
@@ -324,7 +324,7 @@ async fn renew_certificate(
 async fn reread_secret_files(state: AppState, stop: watch::Receiver<bool>) {
     let interval = Duration::from_secs(state.config.secret_files_reload_secs);
     let reloads = telemetry::ReloadCounters::register("scenehook_secret_files_reloads_total");
-    reload_every(interval, stop, reloads, "secret files", || {
+    reload_every(interval, stop, reloads, "secret files", move || {
         let config = state
             .config
             .with_secret_files_reread()
@@ -341,15 +341,17 @@ async fn reread_secret_files(state: AppState, stop: watch::Receiver<bool>) {
     .await
 }
 
-/// Runs `reload` every `interval` until stopped: `Ok(true)` counts a renewal, `Ok(false)` (no
-/// change) nothing, an error a failure, logged as `what`'s.
+/// Runs `reload` every `interval` until stopped, on a blocking thread (it reads files):
+/// `Ok(true)` counts a renewal, `Ok(false)` (no change) nothing, an error a failure, logged as
+/// `what`'s.
 async fn reload_every(
     interval: Duration,
     mut stop: watch::Receiver<bool>,
     reloads: telemetry::ReloadCounters,
     what: &str,
-    mut reload: impl FnMut() -> Result<bool, String>,
+    reload: impl Fn() -> Result<bool, String> + Send + Sync + 'static,
 ) {
+    let reload = Arc::new(reload);
     let mut ticks = ticker(interval);
     ticks.tick().await;
     loop {
@@ -357,7 +359,11 @@ async fn reload_every(
             _ = stop.changed() => return,
             _ = ticks.tick() => {}
         }
-        match reload() {
+        let reload = reload.clone();
+        let reloaded = tokio::task::spawn_blocking(move || reload())
+            .await
+            .unwrap_or_else(|_| Err("the reload panicked".to_owned()));
+        match reloaded {
             Ok(false) => {}
             Ok(true) => reloads.renewed.increment(1),
             Err(e) => {
