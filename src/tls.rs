@@ -123,8 +123,12 @@ pub fn client_config(settings: &TlsSettings) -> Result<ClientConfig, String> {
 }
 
 fn certificates(pem: &Pem) -> Result<Vec<CertificateDer<'static>>, String> {
-    let data = pem.read()?;
-    let certs = CertificateDer::pem_slice_iter(&data)
+    certificates_in(&pem.read()?, pem)
+}
+
+/// The certificates in `data`, `pem`'s text.
+fn certificates_in(data: &[u8], pem: &Pem) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_slice_iter(data)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("invalid certificate in {}: {e}", pem.describe()))?;
     if certs.is_empty() {
@@ -134,7 +138,12 @@ fn certificates(pem: &Pem) -> Result<Vec<CertificateDer<'static>>, String> {
 }
 
 fn private_key(pem: &Pem) -> Result<PrivateKeyDer<'static>, String> {
-    PrivateKeyDer::from_pem_slice(&pem.read()?)
+    private_key_in(&pem.read()?, pem)
+}
+
+/// The private key in `data`, `pem`'s text.
+fn private_key_in(data: &[u8], pem: &Pem) -> Result<PrivateKeyDer<'static>, String> {
+    PrivateKeyDer::from_pem_slice(data)
         .map_err(|e| format!("no usable private key in {}: {e}", pem.describe()))
 }
 
@@ -223,7 +232,7 @@ impl ServerCertificate {
     pub fn load(cert_file: &std::path::Path, key_file: &std::path::Path) -> Result<Self, String> {
         let cert = Pem::File(cert_file.to_owned());
         let key = Pem::File(key_file.to_owned());
-        let served = Self::make(&cert, &key)?;
+        let served = Self::make(&cert, &key, (cert.read()?, key.read()?))?;
         Ok(Self {
             cert,
             key,
@@ -231,9 +240,10 @@ impl ServerCertificate {
         })
     }
 
-    fn make(cert: &Pem, key: &Pem) -> Result<Served, String> {
-        let files = (cert.read()?, key.read()?);
-        let chain = certificates(cert)?;
+    /// The pair in `files`, the texts of `cert` and `key` (read once, so that what is compared
+    /// with the next read is what was parsed).
+    fn make(cert: &Pem, key: &Pem, files: (Vec<u8>, Vec<u8>)) -> Result<Served, String> {
+        let chain = certificates_in(&files.0, cert)?;
         let not_after = x509_parser::parse_x509_certificate(&chain[0])
             .map_err(|e| format!("invalid certificate in {}: {e}", cert.describe()))?
             .1
@@ -241,14 +251,15 @@ impl ServerCertificate {
             .not_after
             .timestamp();
         let provider = rustls::crypto::ring::default_provider();
-        let certified = rustls::sign::CertifiedKey::from_der(chain, private_key(key)?, &provider)
+        let private_key = private_key_in(&files.1, key)?;
+        let certified = rustls::sign::CertifiedKey::from_der(chain, private_key, &provider)
             .map_err(|e| {
-            format!(
-                "{} and {} do not make a pair: {e}",
-                cert.describe(),
-                key.describe()
-            )
-        })?;
+                format!(
+                    "{} and {} do not make a pair: {e}",
+                    cert.describe(),
+                    key.describe()
+                )
+            })?;
         Ok(Served {
             files,
             key: Arc::new(certified),
@@ -264,7 +275,7 @@ impl ServerCertificate {
         if files == self.current.read().files {
             return Ok(false);
         }
-        let served = Self::make(&self.cert, &self.key)?;
+        let served = Self::make(&self.cert, &self.key, files)?;
         *self.current.write() = served;
         Ok(true)
     }
