@@ -190,7 +190,7 @@ impl Gateway {
                 stop.clone(),
             ));
         }
-        if !config.secret_files.is_empty() {
+        if config.reloadable_secret_files().next().is_some() {
             tasks.spawn(reread_secret_files(state.clone(), stop.clone()));
         }
         tasks.spawn(retention(state.clone(), stop));

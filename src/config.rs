@@ -521,6 +521,19 @@ const FILE_VARIABLES: &[&str] = &[
     "REDIS_URL",
 ];
 
+/// The file variables read again while serving ([`Config::with_secret_files_reread`]); the
+/// others (`DATABASE_URL`, `REDIS_URL`) are read at start only.
+const RELOADABLE_FILE_VARIABLES: &[&str] = &[
+    "VIDEO_WEBHOOK_SECRET",
+    "LAST_FRAME_WEBHOOK_SECRET",
+    "STITCH_WEBHOOK_SECRET",
+    "OPERATOR_API_KEYS",
+    "VIDEO_API_KEY",
+    "LAST_FRAME_API_KEY",
+    "STITCH_API_KEY",
+    "NOTIFICATION_API_KEY",
+];
+
 /// A setting read from a file: `variable`'s value came from `path` (`<variable>_FILE`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SecretFile {
@@ -547,15 +560,21 @@ fn merge_secret_files(mut figment: Figment) -> Result<(Figment, Vec<SecretFile>)
         let Some(path) = std::env::var_os(&file_variable).map(PathBuf::from) else {
             continue;
         };
-        if std::env::var_os(name).is_some() {
-            problems.push(format!("{name} and {file_variable} are both set: set one"));
-            continue;
-        }
         let key = ENV_NAMES
             .iter()
             .find(|(env_name, _)| env_name == name)
             .map(|(_, key)| *key)
             .expect("every file variable has a key");
+        // `SCENEHOOK_<KEY>` overrides the file's value at start but not when it is read again:
+        // one source or the other.
+        let override_variable = format!("SCENEHOOK_{}", key.replace('.', "__").to_uppercase());
+        if let Some(other) = [*name, override_variable.as_str()]
+            .into_iter()
+            .find(|other| std::env::var_os(other).is_some())
+        {
+            problems.push(format!("{other} and {file_variable} are both set: set one"));
+            continue;
+        }
         match read_secret_file(&path) {
             Ok(value) => {
                 figment = figment.merge((key, value));
@@ -622,7 +641,7 @@ impl Config {
         }
         let mut config = self.clone();
         let mut problems = Vec::new();
-        for file in &self.secret_files {
+        for file in self.reloadable_secret_files() {
             let c = &mut config;
             let reread = read_secret_file(&file.path).and_then(|text| {
                 match file.variable {
@@ -634,8 +653,7 @@ impl Config {
                     "LAST_FRAME_API_KEY" => c.services.last_frame.api_key = Secret::new(text),
                     "STITCH_API_KEY" => c.services.stitch.api_key = Secret::new(text),
                     "NOTIFICATION_API_KEY" => c.services.notification.api_key = Secret::new(text),
-                    // Read at start only: the connections made from them stay.
-                    _ => {}
+                    other => unreachable!("{other} is not read again"),
                 }
                 Ok(())
             });
@@ -649,6 +667,13 @@ impl Config {
         } else {
             Err(ConfigError(problems))
         }
+    }
+
+    /// The secret files [`Config::with_secret_files_reread`] reads again.
+    pub fn reloadable_secret_files(&self) -> impl Iterator<Item = &SecretFile> {
+        self.secret_files
+            .iter()
+            .filter(|file| RELOADABLE_FILE_VARIABLES.contains(&file.variable))
     }
 
     /// The built-in defaults alone (development), for tests and tools.
@@ -1219,6 +1244,27 @@ mod tests {
     }
 
     #[test]
+    fn only_the_secrets_read_while_serving_are_read_again() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("video.secret", "from-a-file-0123456789")?;
+            jail.create_file("database.url", "sqlite://data/from-a-file.db?mode=rwc")?;
+            jail.set_env("VIDEO_WEBHOOK_SECRET_FILE", "video.secret");
+            jail.set_env("DATABASE_URL_FILE", "database.url");
+            let config = Config::load(Purpose::Serve).unwrap();
+            assert_eq!(config.secret_files.len(), 2);
+            let reloadable: Vec<_> = config
+                .reloadable_secret_files()
+                .map(|f| f.variable)
+                .collect();
+            assert_eq!(reloadable, ["VIDEO_WEBHOOK_SECRET"]);
+            // A file read at start only is not read again: its going away changes nothing.
+            std::fs::remove_file("database.url").unwrap();
+            assert!(config.with_secret_files_reread().is_ok());
+            Ok(())
+        });
+    }
+
+    #[test]
     fn secrets_may_come_from_files() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("video.secret", "from-a-file-0123456789\n")?;
@@ -1248,6 +1294,16 @@ mod tests {
                 "{text}"
             );
             assert!(!text.contains("rotated"), "a secret leaked: {text}");
+
+            // The file and `SCENEHOOK_<KEY>`, which would win at start only, are one too many.
+            jail.set_env("SCENEHOOK_OPERATOR_API_KEYS", "ops:override:rw");
+            let text = Config::load(Purpose::Serve).unwrap_err().to_string();
+            assert!(
+                text.contains(
+                    "SCENEHOOK_OPERATOR_API_KEYS and OPERATOR_API_KEYS_FILE are both set"
+                ),
+                "{text}"
+            );
 
             jail.set_env("VIDEO_WEBHOOK_SECRET", "also-set-directly");
             jail.set_env("STITCH_API_KEY_FILE", "no-such-file");
