@@ -106,7 +106,28 @@ pub struct Gateway {
     /// The HTTPS certificate, when `tls` is configured: then every connection is TLS.
     certificate: Option<Arc<ServerCertificate>>,
     shutdown: watch::Sender<bool>,
+    reloads: FileReloads,
     tasks: JoinSet<()>,
+}
+
+/// Asks a running gateway to read its certificate and secret files at once, instead of at
+/// their next `*_reload_secs` check (`SIGHUP` does it for the binary).
+#[derive(Clone)]
+pub struct FileReloads(Arc<watch::Sender<()>>);
+
+impl FileReloads {
+    fn new() -> Self {
+        Self(Arc::new(watch::channel(()).0))
+    }
+
+    /// Reads them now: each file's reload runs once more, soon, whatever its schedule.
+    pub fn request(&self) {
+        self.0.send_replace(());
+    }
+
+    fn requested(&self) -> watch::Receiver<()> {
+        self.0.subscribe()
+    }
 }
 
 impl Gateway {
@@ -177,6 +198,7 @@ impl Gateway {
             credentials,
         }));
         let (shutdown, stop) = watch::channel(false);
+        let reloads = FileReloads::new();
         let mut tasks = JoinSet::new();
         if run_outbox {
             tasks.spawn(outbox.run(stop.clone()));
@@ -187,11 +209,16 @@ impl Gateway {
             tasks.spawn(renew_certificate(
                 certificate.clone(),
                 config.tls.reload_interval(),
+                reloads.requested(),
                 stop.clone(),
             ));
         }
         if config.reloadable_secret_files().next().is_some() {
-            tasks.spawn(reread_secret_files(state.clone(), stop.clone()));
+            tasks.spawn(reread_secret_files(
+                state.clone(),
+                reloads.requested(),
+                stop.clone(),
+            ));
         }
         tasks.spawn(retention(state.clone(), stop));
         let router = crate::http::router(state.clone());
@@ -200,8 +227,19 @@ impl Gateway {
             router,
             certificate,
             shutdown,
+            reloads,
             tasks,
         })
+    }
+
+    /// What asks this gateway to read its certificate and secret files at once.
+    pub fn file_reloads(&self) -> FileReloads {
+        self.reloads.clone()
+    }
+
+    /// Whether this gateway reads any file again while it serves (a certificate, a secret).
+    pub fn reloads_files(&self) -> bool {
+        self.certificate.is_some() || self.state.config.reloadable_secret_files().next().is_some()
     }
 
     /// Serves this gateway's routes on `listener` until `shutdown` resolves ([`serve`]), with
@@ -299,12 +337,18 @@ pub(crate) fn ticker(period: Duration) -> tokio::time::Interval {
 async fn renew_certificate(
     certificate: Arc<ServerCertificate>,
     interval: Duration,
+    requested: watch::Receiver<()>,
     stop: watch::Receiver<bool>,
 ) {
     let expiry = telemetry::certificate_expiry();
     expiry.set(certificate.not_after() as f64);
     let reloads = telemetry::ReloadCounters::register("scenehook_tls_certificate_reloads_total");
-    reload_every(interval, stop, reloads, "TLS certificate", move || {
+    let schedule = Schedule {
+        interval,
+        requested,
+        stop,
+    };
+    reload_on(schedule, reloads, "TLS certificate", move || {
         let renewed = certificate.reload()?;
         if renewed {
             expiry.set(certificate.not_after() as f64);
@@ -321,10 +365,18 @@ async fn renew_certificate(
 /// Reads the files the webhook secrets, the operator keys and the services' API keys came from
 /// every `secret_files_reload_secs`, so that a rotation takes effect without a restart; new
 /// values that production would refuse are reported and the current ones kept.
-async fn reread_secret_files(state: AppState, stop: watch::Receiver<bool>) {
-    let interval = Duration::from_secs(state.config.secret_files_reload_secs);
+async fn reread_secret_files(
+    state: AppState,
+    requested: watch::Receiver<()>,
+    stop: watch::Receiver<bool>,
+) {
+    let schedule = Schedule {
+        interval: Duration::from_secs(state.config.secret_files_reload_secs),
+        requested,
+        stop,
+    };
     let reloads = telemetry::ReloadCounters::register("scenehook_secret_files_reloads_total");
-    reload_every(interval, stop, reloads, "secret files", move || {
+    reload_on(schedule, reloads, "secret files", move || {
         let config = state
             .config
             .with_secret_files_reread()
@@ -341,23 +393,32 @@ async fn reread_secret_files(state: AppState, stop: watch::Receiver<bool>) {
     .await
 }
 
-/// Runs `reload` every `interval` until stopped, on a blocking thread (it reads files):
-/// `Ok(true)` counts a renewal, `Ok(false)` (no change) nothing, an error a failure, logged as
-/// `what`'s.
-async fn reload_every(
+/// When a file is read again: every `interval`, and at once when [`FileReloads::request`]ed,
+/// until stopped.
+struct Schedule {
     interval: Duration,
-    mut stop: watch::Receiver<bool>,
+    requested: watch::Receiver<()>,
+    stop: watch::Receiver<bool>,
+}
+
+/// Runs `reload` on `schedule`, on a blocking thread (it reads files): `Ok(true)` counts a
+/// renewal, `Ok(false)` (no change) nothing, an error a failure, logged as `what`'s.
+async fn reload_on(
+    mut schedule: Schedule,
     reloads: telemetry::ReloadCounters,
     what: &str,
     reload: impl Fn() -> Result<bool, String> + Send + Sync + 'static,
 ) {
     let reload = Arc::new(reload);
-    let mut ticks = ticker(interval);
+    let mut ticks = ticker(schedule.interval);
     ticks.tick().await;
     loop {
         tokio::select! {
-            _ = stop.changed() => return,
+            _ = schedule.stop.changed() => return,
             _ = ticks.tick() => {}
+            Ok(()) = schedule.requested.changed() => {
+                tracing::info!("reading the {what} again, as asked");
+            }
         }
         let reload = reload.clone();
         let reloaded = tokio::task::spawn_blocking(move || reload())

@@ -20,7 +20,7 @@ pub mod telemetry;
 mod text_enum;
 pub mod tls;
 
-pub use app::{Gateway, build_app};
+pub use app::{FileReloads, Gateway, build_app};
 
 /// Installs rustls's process-wide crypto provider (ring), which reqwest and sqlx's TLS need
 /// when more than one could be chosen; a second install is a no-op.

@@ -101,6 +101,10 @@ async fn run(config: Config) -> ExitCode {
             }
         }
     }
+    tokio::spawn(reload_on_hangup(
+        gateway.file_reloads(),
+        gateway.reloads_files(),
+    ));
     tracing::info!(
         %bind,
         https = gateway.is_https(),
@@ -184,7 +188,29 @@ const HELP: &str = "\
 
 Configuration: config/*.toml (or $SCENEHOOK_CONFIG_DIR), then environment variables
 (DATABASE_URL, REDIS_URL, VIDEO_WEBHOOK_SECRET, ..., SCENEHOOK_<SECTION>__<KEY>); every key
-is in config/default.toml and README's Configuration section.";
+is in config/default.toml and README's Configuration section.
+
+Signals: SIGTERM or SIGINT stop it gracefully; SIGHUP reads the HTTPS certificate and the
+secrets given as files (NAME_FILE) again at once.";
+
+/// SIGHUP reads the certificate and secret files at once (a renewal's deploy hook, after a
+/// rotation), as it reloads nginx or HAProxy; with no such file it is logged and ignored
+/// rather than ending the process.
+async fn reload_on_hangup(reloads: scenehook::FileReloads, any_files: bool) {
+    #[cfg(unix)]
+    if let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+    {
+        while hangups.recv().await.is_some() {
+            if any_files {
+                reloads.request();
+            } else {
+                tracing::info!("SIGHUP: no certificate or secret file to read again");
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (reloads, any_files);
+}
 
 /// SIGTERM (orchestrators) or SIGINT (a terminal).
 async fn shutdown_signal() {

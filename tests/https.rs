@@ -195,3 +195,30 @@ async fn a_certificate_that_cannot_be_served_stops_the_start() {
         );
     }
 }
+
+/// A renewal is read at once when asked ([`scenehook::FileReloads`], which SIGHUP uses), long
+/// before the next scheduled check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_is_read_at_once_when_asked() {
+    let certs = certificates();
+    let mut cfg = https_config("https_asked", certs.path()).await;
+    cfg.tls.reload_secs = 3600;
+    let app = TestApp::start_with(cfg, false).await;
+    let renewal = certificates();
+    for file in ["server.pem", "server.key"] {
+        std::fs::copy(renewal.path().join(file), certs.path().join(file)).unwrap();
+    }
+    let second_ca = https_client(&renewal.path().join("ca.pem"));
+    assert!(webhook_status(&second_ca, &app).await.is_err());
+    app.gateway.file_reloads().request();
+    eventually(
+        Duration::from_secs(10),
+        "the renewed certificate is served once asked",
+        || async {
+            webhook_status(&second_ca, &app)
+                .await
+                .is_ok_and(|s| s == 404)
+        },
+    )
+    .await;
+}

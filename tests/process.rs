@@ -513,3 +513,98 @@ async fn backup_copies_the_running_embedded_database() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("pg_dump"));
     assert!(!dir.path().join("pg.db").exists());
 }
+
+/// SIGHUP reads the secret files at once, long before their next scheduled check, and leaves
+/// the gateway serving; a gateway with no such file logs it and goes on (SIGHUP's default
+/// would end it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reads_the_secret_files_at_once() {
+    const BEFORE: &str = "hangup-video-secret-before-0123456789";
+    const AFTER: &str = "hangup-video-secret-after-01234567890";
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("video.secret");
+    std::fs::write(&secret_file, BEFORE).unwrap();
+    let http = reqwest::Client::new();
+    let start = |name: &str, secret: (&str, String)| {
+        let port = free_port();
+        let env = [
+            ("BIND_ADDR", format!("127.0.0.1:{port}")),
+            (
+                "DATABASE_URL",
+                format!("sqlite://{}?mode=rwc", dir.path().join(name).display()),
+            ),
+            secret,
+            ("SCENEHOOK_SECRET_FILES_RELOAD_SECS", "3600".into()),
+            ("SCENEHOOK_OUTBOX__ENABLED", "false".into()),
+        ];
+        (
+            gateway(&env, dir.path()),
+            format!("http://127.0.0.1:{port}"),
+        )
+    };
+    let hang_up = |child: &Child| {
+        let sent = Command::new("kill")
+            .args(["-HUP", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+    };
+    // 404 (no such project) once the signature is accepted, 401 if not.
+    let signed_with = |url: String, secret: &'static str| {
+        let http = http.clone();
+        async move {
+            http.post(format!("{url}/api/webhooks/video-complete"))
+                .header("content-type", "application/json")
+                .header(
+                    "x-webhook-signature",
+                    scenehook::signature::sign_hex(secret, UNKNOWN_PROJECT_VIDEO.as_bytes()),
+                )
+                .body(UNKNOWN_PROJECT_VIDEO)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+
+    let (mut with_file, url) = start(
+        "file.db",
+        (
+            "VIDEO_WEBHOOK_SECRET_FILE",
+            secret_file.display().to_string(),
+        ),
+    );
+    healthy(&http, &url).await;
+    assert_eq!(signed_with(url.clone(), BEFORE).await, 404);
+    std::fs::write(&secret_file, AFTER).unwrap();
+    assert_eq!(signed_with(url.clone(), AFTER).await, 401);
+    hang_up(&with_file);
+    eventually(
+        Duration::from_secs(10),
+        "the rotated secret is in force after SIGHUP",
+        || {
+            let status = signed_with(url.clone(), AFTER);
+            async move { status.await == 404 }
+        },
+    )
+    .await;
+    assert_eq!(signed_with(url.clone(), BEFORE).await, 401);
+    assert!(with_file.try_wait().unwrap().is_none(), "SIGHUP ended it");
+    with_file.kill().unwrap();
+    with_file.wait().unwrap();
+
+    let (mut without_files, url) = start("plain.db", ("VIDEO_WEBHOOK_SECRET", BEFORE.into()));
+    healthy(&http, &url).await;
+    hang_up(&without_files);
+    // A signal's default action is taken as it is delivered; a request answered after it
+    // shows the process still there.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(signed_with(url.clone(), BEFORE).await, 404);
+    assert!(
+        without_files.try_wait().unwrap().is_none(),
+        "SIGHUP ended it"
+    );
+    without_files.kill().unwrap();
+    without_files.wait().unwrap();
+}
