@@ -154,6 +154,8 @@ impl Gateway {
         if config.run_migrations {
             db::migrate(&db).await?;
         }
+        // Before anything is written: the first jobs' due times are the server's too.
+        measure_database_clock(&db).await;
         let policy = ErrorPolicy::from_config(&config.errors);
         let prefix = config.redis_key_prefix.clone();
         let (redis, limit_store, error_store): (_, Arc<dyn RateLimitStore>, Arc<dyn ErrorStore>) =
@@ -305,9 +307,12 @@ impl Gateway {
 async fn housekeeping(state: AppState, mut stop: watch::Receiver<bool>) {
     let mut cleanup = ticker(state.config.errors.cleanup_interval());
     let mut tick = ticker(Duration::from_secs(2));
+    let mut clock = ticker(DATABASE_CLOCK_INTERVAL);
+    clock.tick().await;
     loop {
         tokio::select! {
             _ = stop.changed() => return,
+            _ = clock.tick() => measure_database_clock(&state.db).await,
             _ = cleanup.tick() => {
                 // Safe on every instance at once: each removal is idempotent.
                 match state.reporter.store().cleanup(now_ms()).await {
@@ -322,6 +327,33 @@ async fn housekeeping(state: AppState, mut stop: watch::Receiver<bool>) {
                 state.flood_guard.prune();
             }
         }
+    }
+}
+
+/// How often an instance measures its clock against the database's: often enough to follow a
+/// clock that is stepped or drifts, at one query a minute.
+const DATABASE_CLOCK_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Measures the database's clock against this instance's ([`db::clock`]), which corrects the
+/// times it writes from then on, and exports the offset. A failed measurement keeps the last.
+async fn measure_database_clock(db: &DatabaseConnection) {
+    match db::clock::measure(db).await {
+        Ok(Some(offset)) => {
+            let seconds = offset.num_microseconds().unwrap_or(i64::MAX) as f64 / 1e6;
+            telemetry::database_clock_offset().set(seconds);
+            if seconds.abs() >= 1.0 {
+                tracing::warn!(
+                    offset_seconds = seconds,
+                    "this instance's clock is off the database server's; the times it writes \
+                     are corrected, but its logs and webhook timestamp checks use its own clock"
+                );
+            }
+        }
+        Ok(None) => {}
+        Err(e) => tracing::warn!(
+            error = %e,
+            "could not read the database server's clock; the last offset stays"
+        ),
     }
 }
 

@@ -268,6 +268,12 @@ fn describe_metrics() {
         Unit::Seconds,
         "When the HTTPS certificate served now expires (Unix time); HTTPS only."
     );
+    describe_gauge!(
+        "scenehook_database_clock_offset_seconds",
+        Unit::Seconds,
+        "The Postgres server's clock minus this instance's, measured every minute; the times \
+         the instance writes are corrected by it. Postgres only."
+    );
     describe_counter!(
         "scenehook_tls_certificate_reloads_total",
         "HTTPS certificate files found changed, by result: renewed (served from then on) or \
@@ -289,6 +295,11 @@ fn describe_metrics() {
     ] {
         metrics::counter!(counter).increment(0);
     }
+}
+
+/// The database server's clock minus this instance's ([`crate::db::clock`]).
+pub fn database_clock_offset() -> metrics::Gauge {
+    metrics::gauge!("scenehook_database_clock_offset_seconds")
 }
 
 /// When the HTTPS certificate served now expires (Unix seconds).

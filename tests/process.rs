@@ -608,3 +608,124 @@ async fn sighup_reads_the_secret_files_at_once() {
     without_files.kill().unwrap();
     without_files.wait().unwrap();
 }
+
+/// A gateway whose clock runs two hours ahead of the Postgres server's drives a project to
+/// completion at the usual pace, a failed call retried on the way: the jobs it queues and
+/// reschedules are due by the server's clock, which the claims judge by, not two hours late.
+/// libfaketime moves the binary's clock (its `FAKETIME`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_clock_ahead_of_the_database_delays_no_job() {
+    let test = "clock_ahead";
+    let (Some(faketime), Some(database_url)) = (faketime_library(test), fresh_postgres(test).await)
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let defaults = scenehook::config::Config::defaults();
+    let fakes = FakeServices::start(
+        FakeConfig::for_gateway(&defaults, Duration::from_millis(20)),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    // The first generation request fails: the job is retried after its backoff.
+    fakes.set_behaviour(
+        "video",
+        Behaviour {
+            fail_with: Some(503),
+            ..Default::default()
+        },
+    );
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut env = vec![
+        ("LD_PRELOAD", faketime),
+        ("FAKETIME", "+2h".into()),
+        ("BIND_ADDR", format!("127.0.0.1:{port}")),
+        ("APP_URL", url.clone()),
+        ("DATABASE_URL", database_url),
+        ("OPERATOR_API_KEYS", format!("ops:{RW_KEY}:rw")),
+        ("SCENEHOOK_OUTBOX__POLL_INTERVAL_MS", "50".into()),
+        ("SCENEHOOK_OUTBOX__BASE_DELAY_MS", "200".into()),
+        ("SCENEHOOK_OUTBOX__INLINE_RETRIES", "0".into()),
+    ];
+    for var in [
+        "VIDEO_SERVICE_URL",
+        "LAST_FRAME_SERVICE_URL",
+        "STITCH_SERVICE_URL",
+        "NOTIFICATION_SERVICE_URL",
+    ] {
+        env.push((var, fakes.url()));
+    }
+    let http = reqwest::Client::new();
+    let mut child = gateway(&env, dir.path());
+    healthy(&http, &url).await;
+    let offset = sample(
+        &scrape(&http, &url).await,
+        "scenehook_database_clock_offset_seconds",
+        &[],
+    )
+    .expect("the offset is exported");
+    assert!(
+        (-7_205.0..-7_195.0).contains(&offset),
+        "the server's clock is two hours behind the instance's, not {offset} s"
+    );
+    let alerts = std::fs::read_to_string(format!(
+        "{}/deploy/prometheus/alerts.yml",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    assert!(
+        referenced_metrics(&alerts)
+            .iter()
+            .any(|name| name == "scenehook_database_clock_offset_seconds"),
+        "the alert watches the exported offset"
+    );
+
+    let post = |path: &str, body: serde_json::Value| {
+        http.post(format!("{url}/api/v1{path}"))
+            .bearer_auth(RW_KEY)
+            .json(&body)
+            .send()
+    };
+    let scenes = json!([{"id": "ck_s0", "prompt": "a"}, {"id": "ck_s1", "prompt": "b"}]);
+    let created = post(
+        "/projects",
+        json!({"id": "ck", "name": "clock", "scenes": scenes}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(created.status(), 201);
+    let started = post("/projects/ck/generate", json!(null)).await.unwrap();
+    assert_eq!(started.status(), 202);
+    eventually(
+        Duration::from_secs(10),
+        "the first generation request is refused",
+        || async { !fakes.received_by("video").is_empty() },
+    )
+    .await;
+    fakes.set_behaviour("video", Behaviour::default());
+    eventually(Duration::from_secs(20), "the project completes", || async {
+        let project = http
+            .get(format!("{url}/api/v1/projects/ck"))
+            .bearer_auth(RW_KEY)
+            .send()
+            .await;
+        match project {
+            Ok(r) => r
+                .json::<serde_json::Value>()
+                .await
+                .is_ok_and(|p| p["status"] == "completed"),
+            Err(_) => false,
+        }
+    })
+    .await;
+    let generations = fakes.received_by("video");
+    assert_eq!(
+        generations.iter().map(|r| r.status).collect::<Vec<_>>(),
+        [503, 200, 200],
+        "one refusal, retried; then the second scene"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

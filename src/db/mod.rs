@@ -3,6 +3,7 @@
 
 mod backup;
 mod checkpointer;
+pub mod clock;
 pub mod ingest;
 mod migrate;
 pub mod outbox;
@@ -149,7 +150,7 @@ pub async fn prune(
     let before = |age: Duration| {
         chrono::Duration::from_std(age)
             .ok()
-            .and_then(|age| chrono::Utc::now().checked_sub_signed(age))
+            .and_then(|age| clock::now().checked_sub_signed(age))
             .unwrap_or(chrono::DateTime::UNIX_EPOCH)
     };
     let deliveries = prune_deliveries(db, before(delivery_retention)).await?;

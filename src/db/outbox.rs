@@ -194,7 +194,7 @@ pub async fn settle_and_claim(
             }
             Settle::Dead { error } => (
                 JobStatus::Dead,
-                Utc::now(),
+                super::clock::now(),
                 job.attempts,
                 Some(error.clone()),
             ),
@@ -222,7 +222,7 @@ async fn complete_all(
     db: &impl ConnectionTrait,
     jobs: &[&outbox_job::Model],
 ) -> Result<Vec<String>, DbErr> {
-    let now = Utc::now();
+    let now = super::clock::now();
     // `$1` now, then each job's id and attempt. The ids alone find the rows by key; the pairs
     // check that each is still this attempt.
     let mut values: Vec<sea_orm::Value> = vec![now.into()];
@@ -269,7 +269,10 @@ async fn update_held(
         )
         .col_expr(outbox_job::Column::Attempts, Expr::value(attempts))
         .col_expr(outbox_job::Column::LastError, Expr::value(last_error))
-        .col_expr(outbox_job::Column::UpdatedAt, Expr::value(Utc::now()))
+        .col_expr(
+            outbox_job::Column::UpdatedAt,
+            Expr::value(super::clock::now()),
+        )
         .filter(outbox_job::Column::Id.eq(job.id.as_str()))
         .filter(outbox_job::Column::Status.eq(JobStatus::InFlight.as_str()))
         .filter(outbox_job::Column::Attempts.eq(job.attempts))
@@ -344,7 +347,7 @@ pub async fn replay(
 
 /// Dead jobs of `service` (or every service) back to pending.
 fn replaying(service: Option<Service>) -> UpdateMany<outbox_job::Entity> {
-    let now = Utc::now();
+    let now = super::clock::now();
     outbox_job::Entity::update_many()
         .col_expr(
             outbox_job::Column::Status,
@@ -424,7 +427,7 @@ pub async fn stats(db: &DatabaseConnection) -> Result<OutboxStats, DbErr> {
         .flatten()
         .min();
     let oldest_pending_secs = earliest
-        .map(|due| (Utc::now() - due).num_milliseconds().max(0) as f64 / 1000.0)
+        .map(|due| (super::clock::now() - due).num_milliseconds().max(0) as f64 / 1000.0)
         .unwrap_or(0.0);
     Ok(OutboxStats {
         counts: counts

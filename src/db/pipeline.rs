@@ -412,7 +412,7 @@ pub async fn create_project(
     db: &DatabaseConnection,
     new: NewProject,
 ) -> Result<ProjectWithScenes, PipelineError> {
-    let now = Utc::now();
+    let now = super::clock::now();
     let txn = super::begin(db).await?;
     let project = new_project_row(new.id.clone(), new.name, now);
     let scenes: Vec<scene::ActiveModel> = new
@@ -494,7 +494,7 @@ pub async fn generate(
     jobs: &JobContext,
 ) -> Result<Effects, PipelineError> {
     let txn = super::begin(db).await?;
-    let now = Utc::now();
+    let now = super::clock::now();
     let mut work = load_project(&txn, project_id)
         .await?
         .ok_or(PipelineError::ProjectNotFound)?;
@@ -527,7 +527,7 @@ pub async fn store_video_task(
     let mut state = scene_state(&row);
     let stored = record_video_task(&mut state, task_id);
     if stored {
-        absorb_scene(&mut row, &state, Utc::now(), &mut Vec::new());
+        absorb_scene(&mut row, &state, super::clock::now(), &mut Vec::new());
         upsert_scenes(&txn, vec![row]).await?;
     }
     txn.commit().await?;

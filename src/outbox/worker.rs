@@ -6,7 +6,6 @@
 
 use std::{sync::Arc, time::Duration};
 
-use chrono::Utc;
 use entity::outbox_job;
 use sea_orm::DatabaseConnection;
 use tokio::{sync::Notify, task::JoinSet};
@@ -138,7 +137,7 @@ impl Outbox {
                     service: service.as_str(),
                     limit: slots as u64,
                     lease,
-                    now: Utc::now(),
+                    now: db::clock::now(),
                 });
                 match db::outbox::settle_and_claim(&self.db, &finished, next).await {
                     Ok(settled) => {
@@ -210,7 +209,7 @@ impl Outbox {
         if !lane.breaker.permits() {
             return Settle::Release {
                 at: db::outbox::after(
-                    Utc::now(),
+                    db::clock::now(),
                     Duration::from_millis(self.config.outbox.poll_interval_ms),
                 ),
             };
@@ -269,7 +268,7 @@ impl Outbox {
                         .increment(1);
                     tracing::info!(%error, delay_ms = delay.as_millis() as u64, "outbound call failed, retrying later");
                     Settle::RetryAt {
-                        at: db::outbox::after(Utc::now(), delay),
+                        at: db::outbox::after(db::clock::now(), delay),
                         error,
                     }
                 }

@@ -62,6 +62,11 @@ fn service_url(var: &str, test: &str) -> Option<String> {
     }
 }
 
+/// libfaketime's library, to run a binary on a clock of the test's choosing (`FAKETIME`).
+pub fn faketime_library(test: &str) -> Option<String> {
+    service_url("SCENEHOOK_TEST_FAKETIME_LIB", test)
+}
+
 pub fn redis_url(test: &str) -> Option<String> {
     service_url("SCENEHOOK_TEST_REDIS_URL", test)
 }

@@ -187,7 +187,7 @@ impl SqliteWriter {
             std::thread::sleep(pause);
         }
         let begun = Instant::now();
-        let now = Utc::now();
+        let now = crate::db::clock::now();
         let mut connection = self.connection.lock();
         let txn = connection
             .transaction_with_behavior(TransactionBehavior::Immediate)

@@ -20,7 +20,6 @@
 mod session;
 mod tls;
 
-use chrono::Utc;
 use entity::{project, scene};
 use sea_orm::DbErr;
 use tokio_postgres::{Row, types::ToSql};
@@ -184,7 +183,7 @@ async fn transaction(
     before_commit: impl FnOnce(),
 ) -> Result<Vec<Reply>, DbErr> {
     let (client, statements) = (&session.client, &session.statements);
-    let now = Utc::now();
+    let now = crate::db::clock::now();
     let mut sorted: Vec<_> = batch.items.iter().collect();
     sorted.sort_unstable_by(|a, b| (a.kind, &a.key).cmp(&(b.kind, &b.key)));
     // The claims are not known before the scenes are asked for: every delivery's scenes are
