@@ -54,6 +54,40 @@ async fn healthy(http: &reqwest::Client, url: &str) {
     .await;
 }
 
+/// The environment that points the gateway's four services at `fakes`.
+fn services_at(fakes: &FakeServices) -> [(&'static str, String); 4] {
+    [
+        "VIDEO_SERVICE_URL",
+        "LAST_FRAME_SERVICE_URL",
+        "STITCH_SERVICE_URL",
+        "NOTIFICATION_SERVICE_URL",
+    ]
+    .map(|var| (var, fakes.url()))
+}
+
+/// Waits up to 20 s for project `id` of the gateway at `url` to be completed.
+async fn completes(http: &reqwest::Client, url: &str, id: &str) {
+    eventually(
+        Duration::from_secs(20),
+        &format!("project {id} completes"),
+        || async {
+            let project = http
+                .get(format!("{url}/api/v1/projects/{id}"))
+                .bearer_auth(RW_KEY)
+                .send()
+                .await;
+            match project {
+                Ok(r) => r
+                    .json::<serde_json::Value>()
+                    .await
+                    .is_ok_and(|p| p["status"] == "completed"),
+                Err(_) => false,
+            }
+        },
+    )
+    .await;
+}
+
 /// Killed between the webhook's commit and the end of the outbound call: after a restart the
 /// job is sent exactly once more and the project completes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -91,14 +125,7 @@ async fn sigkill_mid_call_is_recovered_exactly_once() {
         ("SCENEHOOK_OUTBOX__REQUEST_TIMEOUT_MS", "3500".into()),
         ("SCENEHOOK_OUTBOX__INLINE_RETRIES", "0".into()),
     ];
-    for var in [
-        "VIDEO_SERVICE_URL",
-        "LAST_FRAME_SERVICE_URL",
-        "STITCH_SERVICE_URL",
-        "NOTIFICATION_SERVICE_URL",
-    ] {
-        env.push((var, fakes.url()));
-    }
+    env.extend(services_at(&fakes));
     let http = reqwest::Client::new();
     let mut child = gateway(&env, dir.path());
     healthy(&http, &url).await;
@@ -138,25 +165,7 @@ async fn sigkill_mid_call_is_recovered_exactly_once() {
 
     let mut child = gateway(&env, dir.path());
     healthy(&http, &url).await;
-    eventually(
-        Duration::from_secs(20),
-        "the project completes after the restart",
-        || async {
-            let r = http
-                .get(format!("{url}/api/v1/projects/pk"))
-                .bearer_auth(RW_KEY)
-                .send()
-                .await;
-            match r {
-                Ok(r) => r
-                    .json::<serde_json::Value>()
-                    .await
-                    .is_ok_and(|p| p["status"] == "completed"),
-                Err(_) => false,
-            }
-        },
-    )
-    .await;
+    completes(&http, &url, "pk").await;
     let frames = fakes.received_by("last_frame");
     assert_eq!(
         frames.len(),
@@ -649,14 +658,7 @@ async fn an_instance_clock_ahead_of_the_database_delays_no_job() {
         ("SCENEHOOK_OUTBOX__BASE_DELAY_MS", "200".into()),
         ("SCENEHOOK_OUTBOX__INLINE_RETRIES", "0".into()),
     ];
-    for var in [
-        "VIDEO_SERVICE_URL",
-        "LAST_FRAME_SERVICE_URL",
-        "STITCH_SERVICE_URL",
-        "NOTIFICATION_SERVICE_URL",
-    ] {
-        env.push((var, fakes.url()));
-    }
+    env.extend(services_at(&fakes));
     let http = reqwest::Client::new();
     let mut child = gateway(&env, dir.path());
     healthy(&http, &url).await;
@@ -705,21 +707,7 @@ async fn an_instance_clock_ahead_of_the_database_delays_no_job() {
     )
     .await;
     fakes.set_behaviour("video", Behaviour::default());
-    eventually(Duration::from_secs(20), "the project completes", || async {
-        let project = http
-            .get(format!("{url}/api/v1/projects/ck"))
-            .bearer_auth(RW_KEY)
-            .send()
-            .await;
-        match project {
-            Ok(r) => r
-                .json::<serde_json::Value>()
-                .await
-                .is_ok_and(|p| p["status"] == "completed"),
-            Err(_) => false,
-        }
-    })
-    .await;
+    completes(&http, &url, "ck").await;
     let generations = fakes.received_by("video");
     assert_eq!(
         generations.iter().map(|r| r.status).collect::<Vec<_>>(),
