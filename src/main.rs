@@ -51,7 +51,7 @@ async fn main() -> ExitCode {
     let _log_writer = telemetry::init_tracing(config.log_format == "json");
     match command {
         Some("demo") => demo::run(config).await,
-        Some("migrate") => migrate(config).await,
+        Some("migrate") => migrate(config, &args[1..]).await,
         Some("backup") => backup(&config, args.get(1)).await,
         Some("--no-migrate") | None => run(config).await,
         Some(other) => {
@@ -117,21 +117,62 @@ async fn run(config: Config) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// `scenehook migrate`: applies the pending migrations, under the lock an instance's start
-/// takes, and exits. For a release step (a job, an init container) ahead of instances started
-/// with `--no-migrate`.
-async fn migrate(config: Config) -> ExitCode {
-    let migrated = match scenehook::db::connect(&config).await {
-        Ok(db) => scenehook::db::migrate(&db).await,
-        Err(e) => Err(e),
-    };
-    match migrated {
-        Ok(()) => {
-            tracing::info!("the database is migrated");
-            ExitCode::SUCCESS
+/// What `scenehook migrate [up | status | down N]` was asked.
+enum MigrateCommand {
+    Up,
+    Status,
+    Down(u32),
+}
+
+impl MigrateCommand {
+    fn parse(args: &[String]) -> Option<Self> {
+        let args: Vec<&str> = args
+            .iter()
+            .map(String::as_str)
+            .filter(|a| *a != "--no-migrate")
+            .collect();
+        match args[..] {
+            [] | ["up"] => Some(Self::Up),
+            ["status"] => Some(Self::Status),
+            ["down", steps] => steps.parse().ok().filter(|&n| n > 0).map(Self::Down),
+            _ => None,
         }
+    }
+}
+
+/// `scenehook migrate`: applies the pending migrations (`up`, the default), under the lock an
+/// instance's start takes, and exits; for a release step (a job, an init container) ahead of
+/// instances started with `--no-migrate`. `down N` rolls back the last N under the same lock,
+/// back to an earlier release's schema; `status` lists them.
+async fn migrate(config: Config, args: &[String]) -> ExitCode {
+    let Some(command) = MigrateCommand::parse(args) else {
+        eprintln!("migrate takes `up`, `status` or `down N` (N at least 1); {USAGE}");
+        return ExitCode::from(2);
+    };
+    let db = match scenehook::db::connect(&config).await {
+        Ok(db) => db,
         Err(e) => {
-            eprintln!("migrating failed: {e}");
+            eprintln!("cannot connect to the database: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let done = match command {
+        MigrateCommand::Up => scenehook::db::migrate(&db)
+            .await
+            .map(|()| tracing::info!("the database is migrated")),
+        MigrateCommand::Down(steps) => scenehook::db::roll_back(&db, steps)
+            .await
+            .map(|()| tracing::info!(steps, "migrations rolled back")),
+        MigrateCommand::Status => scenehook::db::migration_status(&db).await.map(|all| {
+            for (name, applied) in all {
+                println!("{} {name}", if applied { "applied" } else { "pending" });
+            }
+        }),
+    };
+    match done {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("migrate failed: {e}");
             ExitCode::from(1)
         }
     }
@@ -173,7 +214,8 @@ async fn backup(config: &Config, target: Option<&String>) -> ExitCode {
     }
 }
 
-const USAGE: &str = "usage: scenehook [demo | migrate | backup PATH] [--no-migrate]";
+const USAGE: &str =
+    "usage: scenehook [demo | migrate [up | status | down N] | backup PATH] [--no-migrate]";
 
 const HELP_TITLE: &str = "scenehook: the webhook gateway of the scene-by-scene video pipeline";
 
@@ -182,6 +224,8 @@ const HELP: &str = "\
   (no command)   serve: migrate the database (unless --no-migrate), then listen on BIND_ADDR
   demo           the gateway and the fake services in one process, driving a 3-scene project
   migrate        apply the database migrations and exit (a release step)
+  migrate status list the migrations, applied or pending
+  migrate down N roll back the last N migrations (to an earlier release's schema)
   backup PATH    copy the embedded SQLite database to PATH while the gateway runs
   --help, -h     this text
   --version, -V  the version

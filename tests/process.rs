@@ -319,7 +319,8 @@ fn demo_runs_a_project_to_completion() {
 }
 
 /// `scenehook migrate` applies the migrations and exits, on SQLite and on Postgres, where two
-/// run at once (two release jobs, or a job beside an instance's start) both succeed.
+/// run at once (two release jobs, or a job beside an instance's start) both succeed;
+/// `migrate status` lists them and `migrate down N` rolls back the last N.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrate_applies_the_migrations_and_exits() {
     let dir = tempfile::tempdir().unwrap();
@@ -350,6 +351,51 @@ async fn migrate_applies_the_migrations_and_exits() {
             scenehook::db::migrations_applied(&db).await.unwrap(),
             "{url}"
         );
+        db.close().await.unwrap();
+
+        // `status` lists them; `down N` rolls back the last N, and `up` applies them again.
+        let migrate = |args: &[&str]| {
+            let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
+            command_in(dir.path(), &args)
+                .env("DATABASE_URL", &url)
+                .output()
+                .unwrap()
+        };
+        let status = || {
+            let out = migrate(&["migrate", "status"]);
+            assert!(out.status.success(), "{url}: {out:?}");
+            String::from_utf8(out.stdout).unwrap()
+        };
+        let all_applied = status();
+        let lines: Vec<&str> = all_applied.lines().collect();
+        assert!(
+            lines.len() >= 5 && lines.iter().all(|l| l.starts_with("applied m")),
+            "{url}: {all_applied}"
+        );
+        assert!(migrate(&["migrate", "down", "2"]).status.success(), "{url}");
+        let rolled_back = status();
+        let states: Vec<&str> = rolled_back
+            .lines()
+            .map(|l| l.split(' ').next().unwrap())
+            .collect();
+        let kept = lines.len() - 2;
+        assert_eq!(states[..kept], vec!["applied"; kept][..], "{url}");
+        assert_eq!(states[kept..], ["pending", "pending"], "{url}");
+        let db = sea_orm::Database::connect(&url).await.unwrap();
+        assert!(!scenehook::db::migrations_applied(&db).await.unwrap());
+        db.close().await.unwrap();
+        assert!(migrate(&["migrate", "up"]).status.success(), "{url}");
+        assert_eq!(status(), all_applied, "{url}");
+        for refused in [
+            &["migrate", "down"][..],
+            &["migrate", "down", "0"],
+            &["migrate", "sideways"],
+        ] {
+            let out = migrate(refused);
+            assert_eq!(out.status.code(), Some(2), "{refused:?}");
+            assert!(String::from_utf8_lossy(&out.stderr).contains("down N"));
+        }
+        assert_eq!(status(), all_applied, "{url}");
     }
 }
 

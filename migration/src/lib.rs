@@ -2,7 +2,7 @@
 //! Postgres (a storage setting only Postgres has is skipped on SQLite, a table rebuild only
 //! SQLite needs is skipped on Postgres).
 
-pub use sea_orm_migration::prelude::*;
+pub use sea_orm_migration::{MigrationStatus, prelude::*};
 
 mod m20261129_000001_initial_schema;
 mod m20261129_000002_deliveries_by_age;

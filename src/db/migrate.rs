@@ -30,19 +30,55 @@ use super::{CONNECT_TIMEOUT, is_postgres};
 /// holds a snapshot, and a `CREATE INDEX CONCURRENTLY` waits for every older snapshot to go,
 /// so the migrating instance would wait for the ones waiting for it.
 pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
+    run_locked(db, Direction::Up).await
+}
+
+/// Rolls back the last `steps` applied migrations, under the same lock as [`migrate`]
+/// (`scenehook migrate down N`, to return to an earlier release's schema).
+pub async fn roll_back(db: &DatabaseConnection, steps: u32) -> Result<(), DbErr> {
+    run_locked(db, Direction::Down(steps)).await
+}
+
+enum Direction {
+    Up,
+    Down(u32),
+}
+
+async fn run_locked(db: &DatabaseConnection, direction: Direction) -> Result<(), DbErr> {
+    let run = async |db: &DatabaseConnection| match direction {
+        Direction::Up => Migrator::up(db, None).await,
+        Direction::Down(steps) => Migrator::down(db, Some(steps)).await,
+    };
     if !is_postgres(db) {
         // One process owns an SQLite file.
-        return Migrator::up(db, None).await;
+        return run(db).await;
     }
     let options = db.get_postgres_connection_pool().connect_options();
     let session = LockedSession::open(&options).await?;
-    let migrated = Migrator::up(&session.connection, None).await;
+    let migrated = run(&session.connection).await;
     session.close(migrated).await
 }
 
-/// Whether every migration has been applied, for readiness.
+/// Whether every migration has been applied, for readiness. Read-only: the readiness check
+/// creates nothing, not even the migrations' table of a database never migrated.
 pub async fn migrations_applied(db: &DatabaseConnection) -> Result<bool, DbErr> {
-    Ok(Migrator::get_pending_migrations(db).await?.is_empty())
+    Ok(Migrator::get_pending_migrations_read_only(db)
+        .await?
+        .is_empty())
+}
+
+/// Each migration's name and whether it is applied, oldest first (`scenehook migrate status`).
+pub async fn migration_status(db: &DatabaseConnection) -> Result<Vec<(String, bool)>, DbErr> {
+    Ok(Migrator::get_migration_with_status_read_only(db)
+        .await?
+        .iter()
+        .map(|m| {
+            (
+                m.name().to_owned(),
+                m.status() == migration::MigrationStatus::Applied,
+            )
+        })
+        .collect())
 }
 
 /// How often an instance asks again for the lock another is migrating under.

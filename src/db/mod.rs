@@ -12,7 +12,7 @@ pub mod project_counts;
 mod wal_vfs;
 
 pub use backup::backup_sqlite;
-pub use migrate::{migrate, migrations_applied};
+pub use migrate::{migrate, migration_status, migrations_applied, roll_back};
 
 use std::time::Duration;
 
