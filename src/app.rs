@@ -339,7 +339,7 @@ const DATABASE_CLOCK_INTERVAL: Duration = Duration::from_secs(60);
 async fn measure_database_clock(db: &DatabaseConnection) {
     match db::clock::measure(db).await {
         Ok(Some(offset)) => {
-            let seconds = offset.num_microseconds().unwrap_or(i64::MAX) as f64 / 1e6;
+            let seconds = offset.as_seconds_f64();
             telemetry::database_clock_offset().set(seconds);
             if seconds.abs() >= 1.0 {
                 tracing::warn!(

@@ -23,11 +23,6 @@ pub fn now() -> DateTime<Utc> {
         .unwrap_or_else(Utc::now)
 }
 
-/// The last measured offset (the server's clock minus this process's).
-pub fn offset() -> chrono::Duration {
-    chrono::Duration::microseconds(OFFSET_MICROS.load(Ordering::Relaxed))
-}
-
 /// Samples a measurement takes; the one with the shortest round trip is kept, as the least
 /// disturbed by a wait for a core or the pool.
 const SAMPLES: usize = 3;
