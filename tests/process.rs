@@ -54,6 +54,22 @@ async fn healthy(http: &reqwest::Client, url: &str) {
     .await;
 }
 
+/// Fakes for a gateway run as a process (with the default secrets), `service` behaving as
+/// `behaviour` until told otherwise.
+async fn fakes_where(service: &'static str, behaviour: Behaviour) -> FakeServices {
+    let fakes = FakeServices::start(
+        FakeConfig::for_gateway(
+            &scenehook::config::Config::defaults(),
+            Duration::from_millis(20),
+        ),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    fakes.set_behaviour(service, behaviour);
+    fakes
+}
+
 /// The environment that points the gateway's four services at `fakes`.
 fn services_at(fakes: &FakeServices) -> [(&'static str, String); 4] {
     [
@@ -93,20 +109,14 @@ async fn completes(http: &reqwest::Client, url: &str, id: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_call_is_recovered_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
-    let defaults = scenehook::config::Config::defaults();
-    let fakes = FakeServices::start(
-        FakeConfig::for_gateway(&defaults, Duration::from_millis(20)),
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .await
-    .unwrap();
-    fakes.set_behaviour(
+    let fakes = fakes_where(
         "last_frame",
         Behaviour {
             hang: true,
             ..Default::default()
         },
-    );
+    )
+    .await;
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
     let mut env = vec![
@@ -676,21 +686,15 @@ async fn an_instance_clock_ahead_of_the_database_delays_no_job() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let defaults = scenehook::config::Config::defaults();
-    let fakes = FakeServices::start(
-        FakeConfig::for_gateway(&defaults, Duration::from_millis(20)),
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .await
-    .unwrap();
     // The first generation request fails: the job is retried after its backoff.
-    fakes.set_behaviour(
+    let fakes = fakes_where(
         "video",
         Behaviour {
             fail_with: Some(503),
             ..Default::default()
         },
-    );
+    )
+    .await;
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
     let mut env = vec![
