@@ -31,6 +31,14 @@ async fn webhook_status(http: &reqwest::Client, app: &TestApp) -> Result<u16, re
         .map(|r| r.status().as_u16())
 }
 
+/// Waits up to 10 s for `http` (trusting one CA) to reach the webhook handler: `what`.
+async fn served_soon(http: &reqwest::Client, app: &TestApp, what: &str) {
+    eventually(Duration::from_secs(10), what, || async {
+        webhook_status(http, app).await.is_ok_and(|s| s == 404)
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhooks_are_served_over_https_only() {
     let certs = certificates();
@@ -128,16 +136,7 @@ async fn a_renewed_certificate_is_served_without_a_restart() {
         std::fs::rename(&staged, certs.path().join(file)).unwrap();
     }
     let second_ca = https_client(&renewal.path().join("ca.pem"));
-    eventually(
-        Duration::from_secs(10),
-        "the renewed certificate is served",
-        || async {
-            webhook_status(&second_ca, &app)
-                .await
-                .is_ok_and(|s| s == 404)
-        },
-    )
-    .await;
+    served_soon(&second_ca, &app, "the renewed certificate is served").await;
     // A client of its own: one that connected before resumes its TLS session, with no
     // certificate sent.
     let first_ca_anew = https_client(&certs.path().join("ca.pem"));
@@ -211,14 +210,10 @@ async fn a_renewal_is_read_at_once_when_asked() {
     let second_ca = https_client(&renewal.path().join("ca.pem"));
     assert!(webhook_status(&second_ca, &app).await.is_err());
     app.gateway.file_reloads().request();
-    eventually(
-        Duration::from_secs(10),
+    served_soon(
+        &second_ca,
+        &app,
         "the renewed certificate is served once asked",
-        || async {
-            webhook_status(&second_ca, &app)
-                .await
-                .is_ok_and(|s| s == 404)
-        },
     )
     .await;
 }
