@@ -315,21 +315,7 @@ async fn logs_never_carry_secrets_and_sigterm_exits_cleanly() {
             .status(),
         202
     );
-    eventually(Duration::from_secs(20), "the project completes", || async {
-        match http
-            .get(api("/projects/pl"))
-            .bearer_auth(operator_key)
-            .send()
-            .await
-        {
-            Ok(r) => r
-                .json::<serde_json::Value>()
-                .await
-                .is_ok_and(|p| p["status"] == "completed"),
-            Err(_) => false,
-        }
-    })
-    .await;
+    project_completes(&http, &url, operator_key, "pl").await;
     assert_eq!(send_forged_webhook(&http, &url).await, 401);
     assert_eq!(
         http.get(api("/errors"))

@@ -81,27 +81,30 @@ fn services_at(fakes: &FakeServices) -> [(&'static str, String); 4] {
     .map(|var| (var, fakes.url()))
 }
 
-/// Waits up to 20 s for project `id` of the gateway at `url` to be completed.
-async fn completes(http: &reqwest::Client, url: &str, id: &str) {
-    eventually(
-        Duration::from_secs(20),
-        &format!("project {id} completes"),
-        || async {
-            let project = http
-                .get(format!("{url}/api/v1/projects/{id}"))
-                .bearer_auth(RW_KEY)
-                .send()
-                .await;
-            match project {
-                Ok(r) => r
-                    .json::<serde_json::Value>()
-                    .await
-                    .is_ok_and(|p| p["status"] == "completed"),
-                Err(_) => false,
-            }
-        },
+/// Creates a project of `scenes` on the gateway at `url` and starts its generation.
+async fn create_and_generate(
+    http: &reqwest::Client,
+    url: &str,
+    id: &str,
+    scenes: serde_json::Value,
+) {
+    let post = |path: String, body: serde_json::Value| {
+        http.post(format!("{url}/api/v1{path}"))
+            .bearer_auth(RW_KEY)
+            .json(&body)
+            .send()
+    };
+    let created = post(
+        "/projects".into(),
+        json!({"id": id, "name": id, "scenes": scenes}),
     )
-    .await;
+    .await
+    .unwrap();
+    assert_eq!(created.status(), 201);
+    let started = post(format!("/projects/{id}/generate"), json!(null))
+        .await
+        .unwrap();
+    assert_eq!(started.status(), 202);
 }
 
 /// Killed between the webhook's commit and the end of the outbound call: after a restart the
@@ -139,29 +142,7 @@ async fn sigkill_mid_call_is_recovered_exactly_once() {
     let http = reqwest::Client::new();
     let mut child = gateway(&env, dir.path());
     healthy(&http, &url).await;
-    let post = |path: &str, body: serde_json::Value| {
-        http.post(format!("{url}/api/v1{path}"))
-            .bearer_auth(RW_KEY)
-            .json(&body)
-            .send()
-    };
-    assert_eq!(
-        post(
-            "/projects",
-            json!({"id": "pk", "name": "crash", "scenes": [{"id": "pk_s0", "prompt": "x"}]})
-        )
-        .await
-        .unwrap()
-        .status(),
-        201
-    );
-    assert_eq!(
-        post("/projects/pk/generate", json!(null))
-            .await
-            .unwrap()
-            .status(),
-        202
-    );
+    create_and_generate(&http, &url, "pk", json!([{"id": "pk_s0", "prompt": "x"}])).await;
     // The video callback was committed and the extraction request is in flight (hanging).
     eventually(
         Duration::from_secs(10),
@@ -175,7 +156,7 @@ async fn sigkill_mid_call_is_recovered_exactly_once() {
 
     let mut child = gateway(&env, dir.path());
     healthy(&http, &url).await;
-    completes(&http, &url, "pk").await;
+    project_completes(&http, &url, RW_KEY, "pk").await;
     let frames = fakes.received_by("last_frame");
     assert_eq!(
         frames.len(),
@@ -618,14 +599,7 @@ async fn sighup_reads_the_secret_files_at_once() {
     let signed_with = |url: String, secret: &'static str| {
         let http = http.clone();
         async move {
-            http.post(format!("{url}/api/webhooks/video-complete"))
-                .header("content-type", "application/json")
-                .header(
-                    "x-webhook-signature",
-                    scenehook::signature::sign_hex(secret, UNKNOWN_PROJECT_VIDEO.as_bytes()),
-                )
-                .body(UNKNOWN_PROJECT_VIDEO)
-                .send()
+            signed_webhook(&http, &url, "video-complete", secret, UNKNOWN_PROJECT_VIDEO)
                 .await
                 .unwrap()
                 .status()
@@ -734,22 +708,8 @@ async fn an_instance_clock_ahead_of_the_database_delays_no_job() {
         "the alert watches the exported offset"
     );
 
-    let post = |path: &str, body: serde_json::Value| {
-        http.post(format!("{url}/api/v1{path}"))
-            .bearer_auth(RW_KEY)
-            .json(&body)
-            .send()
-    };
     let scenes = json!([{"id": "ck_s0", "prompt": "a"}, {"id": "ck_s1", "prompt": "b"}]);
-    let created = post(
-        "/projects",
-        json!({"id": "ck", "name": "clock", "scenes": scenes}),
-    )
-    .await
-    .unwrap();
-    assert_eq!(created.status(), 201);
-    let started = post("/projects/ck/generate", json!(null)).await.unwrap();
-    assert_eq!(started.status(), 202);
+    create_and_generate(&http, &url, "ck", scenes).await;
     eventually(
         Duration::from_secs(10),
         "the first generation request is refused",
@@ -757,7 +717,7 @@ async fn an_instance_clock_ahead_of_the_database_delays_no_job() {
     )
     .await;
     fakes.set_behaviour("video", Behaviour::default());
-    completes(&http, &url, "ck").await;
+    project_completes(&http, &url, RW_KEY, "ck").await;
     let generations = fakes.received_by("video");
     assert_eq!(
         generations.iter().map(|r| r.status).collect::<Vec<_>>(),

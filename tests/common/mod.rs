@@ -62,6 +62,47 @@ fn service_url(var: &str, test: &str) -> Option<String> {
     }
 }
 
+/// A webhook to `endpoint` of the gateway at `url` (one started in-process or as a process),
+/// signed with `secret` in the hex scheme.
+pub async fn signed_webhook(
+    http: &reqwest::Client,
+    url: &str,
+    endpoint: &str,
+    secret: &str,
+    body: &str,
+) -> reqwest::Result<reqwest::Response> {
+    http.post(format!("{url}/api/webhooks/{endpoint}"))
+        .header("content-type", "application/json")
+        .header("x-webhook-signature", sign_hex(secret, body.as_bytes()))
+        .body(body.to_owned())
+        .send()
+        .await
+}
+
+/// Waits up to 20 s for project `id` of the gateway at `url` to be completed, asking with the
+/// operator key `key`.
+pub async fn project_completes(http: &reqwest::Client, url: &str, key: &str, id: &str) {
+    eventually(
+        Duration::from_secs(20),
+        &format!("project {id} completes"),
+        || async {
+            let project = http
+                .get(format!("{url}/api/v1/projects/{id}"))
+                .bearer_auth(key)
+                .send()
+                .await;
+            match project {
+                Ok(r) => r
+                    .json::<serde_json::Value>()
+                    .await
+                    .is_ok_and(|p| p["status"] == "completed"),
+                Err(_) => false,
+            }
+        },
+    )
+    .await;
+}
+
 /// libfaketime's library, to run a binary on a clock of the test's choosing (`FAKETIME`).
 pub fn faketime_library(test: &str) -> Option<String> {
     service_url("SCENEHOOK_TEST_FAKETIME_LIB", test)
@@ -220,12 +261,7 @@ impl TestApp {
         secret: &str,
         body: &str,
     ) -> reqwest::Result<reqwest::Response> {
-        http.post(format!("{}/api/webhooks/{endpoint}", self.url))
-            .header("content-type", "application/json")
-            .header("x-webhook-signature", sign_hex(secret, body.as_bytes()))
-            .body(body.to_owned())
-            .send()
-            .await
+        signed_webhook(http, &self.url, endpoint, secret, body).await
     }
 
     pub async fn api(
